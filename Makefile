@@ -1,0 +1,67 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# rtbackup: real-time block-level backup for Linux.
+#
+#   make                  the module (rtbackup.ko) and the tools
+#   make KDIR=/lib/modules/$(uname -r)/build
+#                         the module against another Rust-enabled 6.12 tree
+#   make deps             install every prerequisite (Debian 12)
+#   make kernel           build the test kernel into the cache (~/.cache/rtbackup)
+#   make check            every test: lints, unit tests, VM tests
+#   make clean
+
+# The kernel tree to build against. Default: the test kernel of `make kernel`.
+TEST_KDIR := $(shell scripts/kernel.sh dir 2>/dev/null)
+KDIR ?= $(TEST_KDIR)
+# The rustc the kernel tree was configured with (Debian's rustc-web: rustup's
+# has no rust-src). Kbuild refuses a different one.
+KRUSTC ?= $(if $(wildcard /usr/bin/rustc),/usr/bin/rustc,rustc)
+CARGO ?= cargo
+TOOLS_TARGET := tools/target/release
+
+# LLVM=1 when the tree was built with clang (the test kernel: KASAN + Rust
+# requires it), evaluated when the recipe runs, after `make kernel`.
+KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
+	$$(grep -qs '^CONFIG_CC_IS_CLANG=y' $(KDIR)/.config && echo LLVM=1)
+
+.PHONY: all module tools deps kernel check lint test vm-test clean
+all: module tools
+
+ifeq ($(KDIR),$(TEST_KDIR))
+module: kernel
+endif
+module:
+	@test -n "$(KDIR)" && test -f "$(KDIR)/.config" || \
+		{ echo "no kernel tree at '$(KDIR)': run 'make kernel' or pass KDIR=" >&2; exit 1; }
+	@grep -qs '^CONFIG_RUST=y' $(KDIR)/.config || \
+		{ echo "$(KDIR) is not built with CONFIG_RUST=y" >&2; exit 1; }
+	$(KMAKE) modules
+
+tools:
+	$(CARGO) build --release --locked --manifest-path tools/Cargo.toml
+
+deps:
+	scripts/deps.sh
+
+kernel:
+	scripts/kernel.sh build
+
+lint: module
+	rustfmt --check --edition 2021 --config-path $(KDIR)/source/.rustfmt.toml \
+		rust/*.rs rust/sys/*.rs
+	$(KMAKE) CLIPPY=1 modules
+	$(CARGO) fmt --manifest-path tools/Cargo.toml --all -- --check
+	$(CARGO) clippy --manifest-path tools/Cargo.toml --locked --all-targets -- -D warnings
+
+test: tools
+	$(CARGO) test --manifest-path tools/Cargo.toml --locked
+
+vm-test: all
+	tests/vm/run-suite
+
+check: deps
+	$(MAKE) lint test vm-test
+
+clean:
+	-$(KMAKE) clean
+	$(CARGO) clean --manifest-path tools/Cargo.toml

@@ -1,0 +1,241 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The control interface: the table of attached devices and the ioctls of
+//! `/dev/rtbackup-control` that change and describe it.
+//!
+//! Every request is validated completely before anything changes: ABI
+//! version (`EPROTO`), flags and reserved fields (`EINVAL`), NUL-terminated
+//! strings (`EINVAL`), sizes (`EINVAL`), user addresses (`EFAULT`). A request
+//! that fails leaves the table as it was.
+
+use crate::device::Device;
+use crate::sys::{
+    self,
+    bdev::LowerDevice,
+    disk::Disk,
+    ModuleRef,
+};
+use crate::uapi::{self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbVersion};
+use core::mem::size_of;
+use kernel::{
+    alloc::{flags::GFP_KERNEL, KVec},
+    fmt,
+    prelude::*,
+    str::{CStr, CString},
+    sync::{Arc, Mutex},
+    uaccess::{UserPtr, UserSlice},
+};
+
+/// An attached device. Field order is teardown order: the disk goes first
+/// (no more I/O), then the device (releases the lower device), then the
+/// module reference.
+struct Attached {
+    disk: Disk<Device>,
+    device: Arc<Device>,
+    _module: ModuleRef,
+}
+
+impl Attached {
+    fn info(&self) -> RtbDeviceInfo {
+        let dev = &self.device;
+        let (disk_major, disk_minor) = self.disk.devt();
+        let lower = dev.lower_device();
+        let (lower_major, lower_minor) = lower.devt();
+        let (logical, physical) = lower.block_sizes();
+        let mut state = uapi::RTB_STATE_ATTACHED;
+        if dev.is_detaching() {
+            state |= uapi::RTB_STATE_DETACHING;
+        }
+        let mut info = RtbDeviceInfo::ZERO;
+        info.index = dev.index();
+        info.state = state;
+        info.disk_major = disk_major;
+        info.disk_minor = disk_minor;
+        info.lower_major = lower_major;
+        info.lower_minor = lower_minor;
+        info.open_count = self.disk.openers();
+        info.logical_block_size = logical;
+        info.physical_block_size = physical;
+        info.capacity_sectors = lower.nr_sectors();
+        copy_c_string(&mut info.disk_name, uapi::RTB_DISK_PREFIX.as_bytes(), Some(dev.index()));
+        copy_c_string(&mut info.lower_path, dev.lower_path(), None);
+        info.stats = dev.stats(self.disk.in_flight());
+        info
+    }
+}
+
+/// Writes `prefix` (and the decimal `number`) into `dst`, NUL-terminated,
+/// truncating if needed.
+fn copy_c_string(dst: &mut [u8], prefix: &[u8], number: Option<u32>) {
+    let mut digits = [0u8; 10];
+    let mut nd = 0;
+    if let Some(mut n) = number {
+        loop {
+            digits[nd] = b'0' + (n % 10) as u8;
+            nd += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let src = prefix.iter().copied().chain(digits[..nd].iter().rev().copied());
+    let room = dst.len().saturating_sub(1);
+    let mut len = 0;
+    for (d, s) in dst.iter_mut().take(room).zip(src) {
+        *d = s;
+        len += 1;
+    }
+    if let Some(nul) = dst.get_mut(len) {
+        *nul = 0;
+    }
+}
+
+fn check_version(v: u32) -> Result {
+    if v != uapi::RTB_ABI_VERSION {
+        return Err(sys::eproto());
+    }
+    Ok(())
+}
+
+fn require_admin() -> Result {
+    if !sys::capable_sys_admin() {
+        return Err(EPERM);
+    }
+    Ok(())
+}
+
+/// The control state: a slot per possible device index.
+#[pin_data]
+pub(crate) struct Control {
+    #[pin]
+    slots: Mutex<KVec<Option<Attached>>>,
+}
+
+impl Control {
+    /// Empty control state.
+    pub(crate) fn new() -> Result<impl PinInit<Self>> {
+        let max = uapi::RTB_MAX_DEVICES as usize;
+        let mut slots = KVec::with_capacity(max, GFP_KERNEL)?;
+        for _ in 0..max {
+            slots.push(None, GFP_KERNEL)?;
+        }
+        Ok(pin_init!(Self {
+            slots <- kernel::new_mutex!(slots, "rtbackup_slots"),
+        }))
+    }
+
+    /// Handles one ioctl of `/dev/rtbackup-control`.
+    pub(crate) fn ioctl(&self, cmd: u32, arg: UserPtr) -> Result<isize> {
+        match cmd {
+            uapi::RTB_IOC_VERSION => self.ioctl_version(arg),
+            uapi::RTB_IOC_ATTACH => self.ioctl_attach(arg),
+            uapi::RTB_IOC_DETACH => self.ioctl_detach(arg),
+            uapi::RTB_IOC_LIST => self.ioctl_list(arg),
+            _ => Err(ENOTTY),
+        }
+        .map(|()| 0)
+    }
+
+    fn ioctl_version(&self, arg: UserPtr) -> Result {
+        let mut v = RtbVersion::ZERO;
+        v.abi_version = uapi::RTB_ABI_VERSION;
+        copy_c_string(&mut v.release, uapi::RTB_RELEASE.as_bytes(), None);
+        UserSlice::new(arg, size_of::<RtbVersion>()).writer().write(&v)
+    }
+
+    fn ioctl_attach(&self, arg: UserPtr) -> Result {
+        require_admin()?;
+        let (mut reader, mut writer) = UserSlice::new(arg, size_of::<RtbAttach>()).reader_writer();
+        let mut req: RtbAttach = reader.read()?;
+        check_version(req.abi_version)?;
+        if req.flags != 0 || req.pad != 0 || req.index != 0 || req.reserved.iter().any(|&r| r != 0)
+        {
+            return Err(EINVAL);
+        }
+        let path = uapi::c_str_bytes(&req.lower_path).ok_or(EINVAL)?;
+        if path.is_empty() {
+            return Err(EINVAL);
+        }
+        let cpath = CStr::from_bytes_with_nul(&req.lower_path[..=path.len()]).map_err(|_| EINVAL)?;
+
+        let mut slots = self.slots.lock();
+        let index = slots.iter().position(Option::is_none).ok_or(ENOSPC)?;
+        let attached = attach(index as u32, cpath)?;
+        req.index = index as u32;
+        // Tell userspace before publishing; if its buffer is gone, nothing
+        // was attached as far as anybody can tell.
+        writer.write(&req)?;
+        slots[index] = Some(attached);
+        pr_info!("{}{}: attached to {}\n", uapi::RTB_DISK_PREFIX, index, cpath);
+        Ok(())
+    }
+
+    fn ioctl_detach(&self, arg: UserPtr) -> Result {
+        require_admin()?;
+        let req: RtbDetach = UserSlice::new(arg, size_of::<RtbDetach>()).reader().read()?;
+        check_version(req.abi_version)?;
+        if req.flags != 0 || req.pad != 0 || req.reserved.iter().any(|&r| r != 0) {
+            return Err(EINVAL);
+        }
+        let mut slots = self.slots.lock();
+        let slot = slots.get_mut(req.index as usize).ok_or(ENXIO)?;
+        let attached = slot.as_ref().ok_or(ENXIO)?;
+        attached.disk.with_open_lock(|openers| {
+            if openers > 0 {
+                return Err(EBUSY);
+            }
+            attached.device.begin_detach();
+            Ok(())
+        })?;
+        // Tear down under the lock, so the index (and the disk name) cannot
+        // be reused before the old disk is gone.
+        drop(slot.take());
+        pr_info!("{}{}: detached\n", uapi::RTB_DISK_PREFIX, req.index);
+        Ok(())
+    }
+
+    fn ioctl_list(&self, arg: UserPtr) -> Result {
+        let (mut reader, mut writer) = UserSlice::new(arg, size_of::<RtbList>()).reader_writer();
+        let mut req: RtbList = reader.read()?;
+        check_version(req.abi_version)?;
+        if req.flags != 0 || req.count != 0 || req.reserved.iter().any(|&r| r != 0) {
+            return Err(EINVAL);
+        }
+        if req.capacity > uapi::RTB_MAX_DEVICES {
+            return Err(EINVAL);
+        }
+        let capacity = req.capacity as usize;
+        let mut out = UserSlice::new(req.devices as UserPtr, capacity * size_of::<RtbDeviceInfo>())
+            .writer();
+        let slots = self.slots.lock();
+        let mut count = 0u32;
+        for attached in slots.iter().flatten() {
+            if (count as usize) < capacity {
+                out.write(&attached.info())?;
+            }
+            count += 1;
+        }
+        drop(slots);
+        req.count = count;
+        writer.write(&req)
+    }
+}
+
+/// Opens `path` and stacks `/dev/rtbackup<index>` on it.
+fn attach(index: u32, path: &CStr) -> Result<Attached> {
+    let lower = LowerDevice::open(path)?;
+    if lower.is_this_module() {
+        return Err(EINVAL);
+    }
+    let mut lower_path = KVec::with_capacity(path.len(), GFP_KERNEL)?;
+    lower_path.extend_from_slice(path.as_bytes(), GFP_KERNEL)?;
+    let device = Arc::new(Device::new(index, lower, lower_path), GFP_KERNEL)?;
+    let name = CString::try_from_fmt(fmt!("{}{}", uapi::RTB_DISK_PREFIX, index))?;
+    let disk = Disk::new(device.clone(), &name)?;
+    Ok(Attached {
+        disk,
+        device,
+        _module: ModuleRef::get(),
+    })
+}

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * C glue of the rtbackup module; see glue.h. Each function wraps one macro,
+ * inline function or static structure that bindgen cannot export.
+ */
+#include <linux/blkdev.h>
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/wait_bit.h>
+
+#include "glue.h"
+
+/* BLK_OPEN_* are __force casts, which bindgen drops. */
+unsigned int rtb_blk_open_read_write(void)
+{
+	return (__force unsigned int)(BLK_OPEN_READ | BLK_OPEN_WRITE);
+}
+
+/* BLK_FEAT_* are __force casts, which bindgen drops. */
+unsigned int rtb_blk_feat_io_stat(void)
+{
+	return (__force unsigned int)BLK_FEAT_IO_STAT;
+}
+
+unsigned int rtb_blk_feat_stable_writes(void)
+{
+	return (__force unsigned int)BLK_FEAT_STABLE_WRITES;
+}
+
+/* blk_alloc_disk() is a macro that defines a static lock_class_key. */
+struct gendisk *rtb_alloc_disk(struct queue_limits *lim)
+{
+	return blk_alloc_disk(lim, NUMA_NO_NODE);
+}
+
+/* wait_var_event() is a macro; the waker calls wake_up_var(). */
+void rtb_wait_var_zero(unsigned int *var)
+{
+	wait_var_event(var, READ_ONCE(*var) == 0);
+}
+
+/* struct miscdevice and misc_register() are not in 6.12's bindings. */
+static const struct file_operations rtb_control_fops = {
+	.owner = THIS_MODULE,
+	.open = nonseekable_open,
+	.unlocked_ioctl = rtb_control_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice rtb_control_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.fops = &rtb_control_fops,
+	.mode = 0600,
+};
+
+int rtb_control_register(const char *name)
+{
+	rtb_control_misc.name = name;
+	return misc_register(&rtb_control_misc);
+}
+
+void rtb_control_deregister(void)
+{
+	misc_deregister(&rtb_control_misc);
+}

@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The module's only unsafe boundary.
+//!
+//! Every `bindings::` call and every call into the C glue (`rust/glue.c`)
+//! lives under this module. It exposes safe types whose invariants are
+//! documented on the type and established where they are constructed; the
+//! device, control and (later) ring logic use only these types.
+//!
+//! Linux 6.12's `kernel` crate has no bio, bio-based gendisk or misc-device
+//! abstractions; when the module moves to a kernel that has them, this layer
+//! is what shrinks.
+
+pub(crate) mod bdev;
+pub(crate) mod bio;
+pub(crate) mod control;
+pub(crate) mod disk;
+mod glue;
+
+use crate::uapi;
+use kernel::{bindings, error::Error, types::AsBytes, types::FromBytes};
+
+/// `GFP_NOIO`, which bindgen cannot see: `__GFP_RECLAIM` is
+/// `__GFP_DIRECT_RECLAIM | __GFP_KSWAPD_RECLAIM` (include/linux/gfp_types.h).
+pub(crate) const GFP_NOIO: bindings::gfp_t =
+    (1 << bindings::___GFP_DIRECT_RECLAIM_BIT) | (1 << bindings::___GFP_KSWAPD_RECLAIM_BIT);
+
+// Cross-check: GFP_KERNEL is GFP_NOIO plus __GFP_IO and __GFP_FS.
+const _: () = assert!(
+    bindings::GFP_KERNEL
+        == GFP_NOIO | (1 << bindings::___GFP_IO_BIT) | (1 << bindings::___GFP_FS_BIT)
+);
+
+/// `EPROTO`, which `kernel::error::code` lacks in 6.12.
+pub(crate) fn eproto() -> Error {
+    Error::from_errno(-(bindings::EPROTO as i32))
+}
+
+/// Whether the calling task may administer devices (`CAP_SYS_ADMIN`).
+pub(crate) fn capable_sys_admin() -> bool {
+    // SAFETY: `capable` only inspects the current task's credentials.
+    unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as i32) }
+}
+
+/// A reference on this module: `rmmod` fails with `EBUSY` while one exists.
+///
+/// # Invariants
+///
+/// The module's reference count was incremented when this was created and
+/// is decremented when it is dropped.
+pub(crate) struct ModuleRef(());
+
+impl ModuleRef {
+    /// Takes a reference on this module.
+    pub(crate) fn get() -> Self {
+        // SAFETY: the module is live: this code runs from an ioctl of a file
+        // whose `fops.owner` is this module, which holds a reference.
+        unsafe { bindings::__module_get(crate::THIS_MODULE.as_ptr()) };
+        // INVARIANT: the reference was taken above.
+        Self(())
+    }
+}
+
+impl Drop for ModuleRef {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant this reference was taken in `get`.
+        unsafe { bindings::module_put(crate::THIS_MODULE.as_ptr()) };
+    }
+}
+
+// SAFETY: the ABI structures consist of integers and integer arrays only, with
+// explicit padding fields (sizes asserted in uapi.rs), so every bit pattern is
+// a valid value and no byte is uninitialised padding.
+unsafe impl FromBytes for uapi::RtbVersion {}
+// SAFETY: see above.
+unsafe impl AsBytes for uapi::RtbVersion {}
+// SAFETY: see above.
+unsafe impl FromBytes for uapi::RtbAttach {}
+// SAFETY: see above.
+unsafe impl AsBytes for uapi::RtbAttach {}
+// SAFETY: see above.
+unsafe impl FromBytes for uapi::RtbDetach {}
+// SAFETY: see above.
+unsafe impl AsBytes for uapi::RtbDetach {}
+// SAFETY: see above.
+unsafe impl FromBytes for uapi::RtbList {}
+// SAFETY: see above.
+unsafe impl AsBytes for uapi::RtbList {}
+// SAFETY: see above.
+unsafe impl AsBytes for uapi::RtbDeviceInfo {}

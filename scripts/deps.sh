@@ -1,0 +1,46 @@
+#!/bin/sh
+# Install every prerequisite for building and testing rtbackup on a Debian 12
+# (bookworm) machine.  Idempotent: anything already present is left alone.
+set -eu
+
+APT_PKGS="
+    build-essential bc bison flex cpio kmod libelf-dev libssl-dev dwarves
+    linux-source-6.12 rustc-web rust-web-src rust-web-clippy rustfmt-web libclang-dev clang lld llvm
+    qemu-system-x86 qemu-utils busybox-static
+    fio xfsprogs e2fsprogs dmsetup util-linux iproute2 nbd-client jq
+"
+
+need_apt=""
+for p in $APT_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+        need_apt="$need_apt $p"
+done
+if [ -n "$need_apt" ]; then
+    echo "deps: apt-get install$need_apt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $need_apt
+fi
+
+# bindgen >= 0.65.1 is required by 6.12; Debian bookworm ships 0.60.
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! "$CARGO_BIN/bindgen" --version 2>/dev/null | grep -q '^bindgen 0\.\(6[5-9]\|[7-9][0-9]\)'; then
+    echo "deps: cargo install bindgen-cli"
+    cargo install --locked bindgen-cli
+fi
+
+# rustfmt/clippy for the userspace toolchain (used by make check's lint step).
+if command -v rustup >/dev/null 2>&1; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+# virtme-ng boots the test kernel with the host's filesystem as root.
+if ! command -v vng >/dev/null 2>&1; then
+    echo "deps: pip install virtme-ng"
+    python3 -m pip install -q "virtme-ng==1.42"
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+echo "deps: all prerequisites present"

@@ -1,0 +1,94 @@
+#!/bin/sh
+# Build (or reuse) the rtbackup test kernel: Linux 6.12 from Debian's
+# linux-source-6.12 with Rust, lockdep, KASAN, kmemleak and fault injection.
+#
+#   scripts/kernel.sh dir     print the build directory (the KDIR) for this
+#                             kernel version + config, without building
+#   scripts/kernel.sh build   build it unless a complete build is cached
+#
+# The cache lives outside the repository, in $RTBACKUP_CACHE (default
+# ~/.cache/rtbackup), keyed by the source package version and a hash of the
+# config inputs, so a changed fragment or a new source package rebuilds.
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${RTBACKUP_CACHE:-$HOME/.cache/rtbackup}
+tarball=/usr/src/linux-source-6.12.tar.xz
+fragment=$here/tests/vm/kernel.config
+RUSTC=${RUSTC:-/usr/bin/rustc}
+BINDGEN=${BINDGEN:-${CARGO_HOME:-$HOME/.cargo}/bin/bindgen}
+
+die() { echo "kernel: $*" >&2; exit 1; }
+
+command -v clang >/dev/null || die "clang missing: run 'make deps'"
+[ -r "$tarball" ] || die "$tarball missing: run 'make deps'"
+pkgver=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null) ||
+    die "linux-source-6.12 not installed: run 'make deps'"
+vngver=$(virtme-configkernel --help >/dev/null 2>&1 && pip show virtme-ng 2>/dev/null |
+    sed -n 's/^Version: //p')
+[ -n "$vngver" ] || die "virtme-ng missing: run 'make deps'"
+key=$( (echo "$pkgver"; echo "$vngver"; "$RUSTC" --version; clang --version | head -1
+    cat "$fragment" "$0") |
+    sha256sum | cut -c1-12)
+src=$cache/src/linux-source-$pkgver
+out=$cache/kernel/$pkgver-$key
+
+case "${1:-}" in
+dir) echo "$out"; exit 0 ;;
+build) ;;
+*) die "usage: $0 dir|build" ;;
+esac
+
+if [ -f "$out/.rtbackup-complete" ]; then
+    echo "kernel: cached build $out"
+    exit 0
+fi
+
+if [ ! -f "$src/.rtbackup-extracted" ]; then
+    echo "kernel: extracting $tarball"
+    rm -rf "$src" "$src.tmp"
+    mkdir -p "$src.tmp"
+    tar -C "$src.tmp" --strip-components=1 -xf "$tarball"
+    touch "$src.tmp/.rtbackup-extracted"
+    mv "$src.tmp" "$src"
+fi
+
+mkdir -p "$out"
+# Kbuild and Kconfig must see Debian's rustc-web (it has rust-src), not rustup's.
+export PATH="/usr/bin:$PATH"
+# 6.12's RUST depends on "!KASAN || CC_IS_CLANG": a KASAN kernel with Rust
+# must be built with LLVM, and so must its modules (the Makefile checks).
+mkvars="LLVM=1 RUSTC=$RUSTC BINDGEN=$BINDGEN"
+# shellcheck disable=SC2086
+mk() { make -C "$src" O="$out" $mkvars "$@"; }
+
+if [ ! -f "$out/.config" ] || [ "$fragment" -nt "$out/.config" ]; then
+    echo "kernel: configuring $out"
+    # virtme-ng's defconfig (what the guest needs: virtio, 9p, virtiofs...),
+    # then our fragment merged last so it wins, then resolve dependencies.
+    # shellcheck disable=SC2086
+    { (cd "$src" && virtme-configkernel --defconfig O="$out" $mkvars) &&
+        (cd "$out" && "$src/scripts/kconfig/merge_config.sh" -m -O "$out" \
+            "$out/.config" "$fragment") &&
+        mk olddefconfig; } >"$out/configure.log" 2>&1 ||
+        { cat "$out/configure.log"; die "configuration failed"; }
+fi
+
+# Every option the fragment asks for must be in the final config.
+missing=""
+for opt in $(sed -n 's/^\(CONFIG_[A-Z0-9_]*=[ym]\)$/\1/p' "$fragment"); do
+    name=${opt%=*}
+    grep -q "^$name=[ym]\$" "$out/.config" || missing="$missing $name"
+done
+for name in $(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$fragment"); do
+    grep -q "^$name=[ym]\$" "$out/.config" && missing="$missing !$name"
+done
+[ -z "$missing" ] || die "config did not take:$missing (see $out/configure.log)"
+
+echo "kernel: building in $out (about 15 minutes on 2 cores)"
+mk -j"$(nproc)" bzImage modules >"$out/build.log" 2>&1 ||
+    { tail -40 "$out/build.log"; die "build failed, log in $out/build.log"; }
+mk -j"$(nproc)" modules_prepare >>"$out/build.log" 2>&1 ||
+    { tail -40 "$out/build.log"; die "modules_prepare failed"; }
+touch "$out/.rtbackup-complete"
+echo "kernel: built $out"

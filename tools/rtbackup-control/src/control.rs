@@ -1,0 +1,291 @@
+//! The control device and its operations.
+
+use crate::diagnose::{devt_string, user_of};
+use crate::error::{Error, Result};
+use crate::ioctl;
+use crate::status::DeviceStatus;
+use nix::errno::Errno;
+use rtbackup_abi::{
+    c_str_bytes, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbVersion, RTB_ABI_VERSION,
+    RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX,
+};
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Where the module's control device appears.
+pub const CONTROL_PATH: &str = "/dev/rtbackup-control";
+
+/// The module's version, as it reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModuleVersion {
+    /// ABI version spoken by the module.
+    pub abi_version: u32,
+    /// Release of the module.
+    pub release: String,
+}
+
+/// Result of a successful attach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttachedDevice {
+    /// `N` of `/dev/rtbackupN`.
+    pub index: u32,
+    /// `/dev/rtbackupN`.
+    pub device: String,
+    /// The lower device.
+    pub lower: String,
+}
+
+/// An open control device whose module speaks our ABI version.
+#[derive(Debug)]
+pub struct Control {
+    file: File,
+    path: PathBuf,
+    version: ModuleVersion,
+}
+
+impl Control {
+    /// Opens [`CONTROL_PATH`].
+    pub fn open() -> Result<Self> {
+        Self::open_path(CONTROL_PATH)
+    }
+
+    /// Opens the control device at `path` and checks the ABI version.
+    pub fn open_path(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotLoaded { path: path.clone() },
+                std::io::ErrorKind::PermissionDenied => {
+                    Error::PermissionDenied { path: path.clone() }
+                }
+                _ => Error::sys(
+                    format!("open {}", path.display()),
+                    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                ),
+            })?;
+        let mut v = RtbVersion::ZERO;
+        // SAFETY: `v` is a valid `RtbVersion` for the kernel to fill.
+        unsafe { ioctl::version(file.as_raw_fd(), &mut v) }.map_err(|errno| match errno {
+            Errno::ENOTTY => Error::sys(
+                format!("{}: not an rtbackup control device", path.display()),
+                errno,
+            ),
+            _ => Error::sys("RTB_IOC_VERSION", errno),
+        })?;
+        let version = ModuleVersion {
+            abi_version: v.abi_version,
+            release: String::from_utf8_lossy(c_str_bytes(&v.release).unwrap_or(&[])).into_owned(),
+        };
+        if version.abi_version != RTB_ABI_VERSION {
+            return Err(Error::AbiMismatch {
+                module: version.abi_version,
+                tool: RTB_ABI_VERSION,
+            });
+        }
+        Ok(Self {
+            file,
+            path,
+            version,
+        })
+    }
+
+    /// The module's version.
+    pub fn version(&self) -> &ModuleVersion {
+        &self.version
+    }
+
+    fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
+    fn permission(&self, errno: Errno, op: &str) -> Error {
+        match errno {
+            Errno::EPERM | Errno::EACCES => Error::PermissionDenied {
+                path: self.path.clone(),
+            },
+            Errno::EPROTO => Error::AbiMismatch {
+                module: self.version.abi_version,
+                tool: RTB_ABI_VERSION,
+            },
+            _ => Error::sys(op, errno),
+        }
+    }
+
+    /// All attached devices, by index.
+    pub fn list(&self) -> Result<Vec<DeviceStatus>> {
+        let mut infos = vec![RtbDeviceInfo::ZERO; RTB_MAX_DEVICES as usize];
+        let mut req = RtbList::ZERO;
+        req.abi_version = RTB_ABI_VERSION;
+        req.capacity = RTB_MAX_DEVICES;
+        req.devices = infos.as_mut_ptr() as u64;
+        // SAFETY: `req.devices` points to `capacity` writable entries that
+        // outlive the call.
+        unsafe { ioctl::list(self.fd(), &mut req) }
+            .map_err(|e| self.permission(e, "RTB_IOC_LIST"))?;
+        let n = (req.count as usize).min(infos.len());
+        Ok(infos[..n].iter().map(DeviceStatus::from).collect())
+    }
+
+    /// Stacks `/dev/rtbackupN` on the block device at `lower`.
+    pub fn attach(&self, lower: &Path) -> Result<AttachedDevice> {
+        let meta = std::fs::metadata(lower).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NoSuchPath {
+                path: lower.to_path_buf(),
+            },
+            _ => Error::sys(
+                format!("stat {}", lower.display()),
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            ),
+        })?;
+        if !meta.file_type().is_block_device() {
+            return Err(Error::NotBlockDevice {
+                path: lower.to_path_buf(),
+            });
+        }
+        let devt = devt_string(meta.rdev());
+        let devices = self.list()?;
+        if let Some(d) = devices.iter().find(|d| d.lower_devt == devt) {
+            return Err(Error::AlreadyAttached {
+                path: lower.to_path_buf(),
+                disk: d.disk_name().to_owned(),
+            });
+        }
+        if devices.iter().any(|d| d.devt == devt) {
+            return Err(Error::StackedOnItself {
+                path: lower.to_path_buf(),
+            });
+        }
+        let abs = std::fs::canonicalize(lower).unwrap_or_else(|_| lower.to_path_buf());
+        let bytes = abs.as_os_str().as_encoded_bytes();
+        if bytes.len() >= RTB_PATH_MAX || bytes.contains(&0) {
+            return Err(Error::PathTooLong {
+                path: abs,
+                max: RTB_PATH_MAX - 1,
+            });
+        }
+        let mut req = RtbAttach::ZERO;
+        req.abi_version = RTB_ABI_VERSION;
+        req.lower_path[..bytes.len()].copy_from_slice(bytes);
+        tracing::debug!(path = %abs.display(), "RTB_IOC_ATTACH");
+        // SAFETY: `req` is a valid `RtbAttach` for the kernel to read and fill.
+        unsafe { ioctl::attach(self.fd(), &mut req) }.map_err(|errno| match errno {
+            Errno::EBUSY => Error::LowerBusy {
+                path: lower.to_path_buf(),
+                user: user_of(&devt),
+            },
+            Errno::EINVAL if self.list().is_ok_and(|l| l.iter().any(|d| d.devt == devt)) => {
+                Error::StackedOnItself {
+                    path: lower.to_path_buf(),
+                }
+            }
+            Errno::ENOENT => Error::NoSuchPath {
+                path: lower.to_path_buf(),
+            },
+            Errno::ENOTBLK => Error::NotBlockDevice {
+                path: lower.to_path_buf(),
+            },
+            _ => self.permission(errno, &format!("attach {}", lower.display())),
+        })?;
+        Ok(AttachedDevice {
+            index: req.index,
+            device: format!("/dev/{RTB_DISK_PREFIX}{}", req.index),
+            lower: abs.display().to_string(),
+        })
+    }
+
+    /// Finds the attached device that `name` refers to: `/dev/rtbackupN`
+    /// (or a symlink to it), `rtbackupN`, `N`, or the lower device's path.
+    pub fn resolve(&self, name: &str) -> Result<DeviceStatus> {
+        let devices = self.list()?;
+        let no_such = || Error::NoSuchDevice {
+            name: name.to_owned(),
+        };
+        if let Ok(meta) = std::fs::metadata(name) {
+            if meta.file_type().is_block_device() {
+                let devt = devt_string(meta.rdev());
+                return devices
+                    .iter()
+                    .find(|d| d.devt == devt)
+                    .or_else(|| devices.iter().find(|d| d.lower_devt == devt))
+                    .cloned()
+                    .ok_or_else(no_such);
+            }
+        }
+        let index = parse_index(name).ok_or_else(|| Error::BadDeviceName {
+            name: name.to_owned(),
+        })?;
+        devices
+            .into_iter()
+            .find(|d| d.index == index)
+            .ok_or_else(no_such)
+    }
+
+    /// Removes the device `index`. Refused while it is open or mounted.
+    pub fn detach(&self, index: u32) -> Result<()> {
+        let mut req = RtbDetach::ZERO;
+        req.abi_version = RTB_ABI_VERSION;
+        req.index = index;
+        let disk = format!("{RTB_DISK_PREFIX}{index}");
+        // SAFETY: `req` is a valid `RtbDetach` for the kernel to read.
+        unsafe { ioctl::detach(self.fd(), &req) }.map_err(|errno| match errno {
+            Errno::EBUSY => Error::DeviceBusy {
+                openers: self
+                    .list()
+                    .ok()
+                    .and_then(|l| l.into_iter().find(|d| d.index == index))
+                    .map_or(1, |d| d.open_count),
+                disk: disk.clone(),
+            },
+            Errno::ENXIO => Error::NoSuchDevice { name: disk.clone() },
+            _ => self.permission(errno, &format!("detach {disk}")),
+        })?;
+        Ok(())
+    }
+}
+
+/// Parses `/dev/rtbackupN`, `rtbackupN` or `N`.
+fn parse_index(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("/dev/").unwrap_or(name);
+    let digits = rest.strip_prefix(RTB_DISK_PREFIX).unwrap_or(rest);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&n| n < RTB_MAX_DEVICES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names() {
+        assert_eq!(parse_index("/dev/rtbackup0"), Some(0));
+        assert_eq!(parse_index("rtbackup12"), Some(12));
+        assert_eq!(parse_index("7"), Some(7));
+        assert_eq!(parse_index("/dev/sda"), None);
+        assert_eq!(parse_index("rtbackup"), None);
+        assert_eq!(parse_index("rtbackup-1"), None);
+        assert_eq!(parse_index("99999999999999"), None);
+        assert_eq!(parse_index("256"), None);
+        assert_eq!(parse_index(""), None);
+    }
+
+    #[test]
+    fn missing_control_device_says_modprobe() {
+        let err = Control::open_path("/nonexistent/rtbackup-control").unwrap_err();
+        assert!(matches!(err, Error::NotLoaded { .. }));
+        assert!(err.to_string().contains("modprobe rtbackup"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_the_control_device_is_refused() {
+        let err = Control::open_path("/dev/null").unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::ENOTTY), "{err}");
+    }
+}

@@ -1,0 +1,133 @@
+//! The error type of this crate.
+//!
+//! Rules: every public function returns [`Result`]; an error names what was
+//! being done and to what (device path, ioctl), and keeps the errno; messages
+//! say what to do where that is known.
+
+use nix::errno::Errno;
+use std::path::PathBuf;
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong talking to the module.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `/dev/rtbackup-control` does not exist.
+    #[error("the rtbackup kernel module is not loaded ({path} is missing): run 'modprobe rtbackup'")]
+    NotLoaded {
+        /// The control device path.
+        path: PathBuf,
+    },
+    /// The caller may not use the control device.
+    #[error("permission denied on {path}: rtbackupctl must run as root (CAP_SYS_ADMIN)")]
+    PermissionDenied {
+        /// The path refused.
+        path: PathBuf,
+    },
+    /// The module speaks another ABI version.
+    #[error("the loaded rtbackup module speaks ABI version {module} but this tool speaks {tool}: install matching versions")]
+    AbiMismatch {
+        /// The module's version.
+        module: u32,
+        /// Ours.
+        tool: u32,
+    },
+    /// A lower device path does not exist.
+    #[error("{path}: no such file or directory")]
+    NoSuchPath {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// A lower device path is not a block device.
+    #[error("{path}: not a block device")]
+    NotBlockDevice {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The lower device is already attached.
+    #[error("{path} is already attached as /dev/{disk}")]
+    AlreadyAttached {
+        /// The path given.
+        path: PathBuf,
+        /// The stacked disk over it.
+        disk: String,
+    },
+    /// The lower device is in use by somebody else.
+    #[error("{path} is in use{}: unmount it or stop its user first", .user.as_deref().map(|u| format!(" ({u})")).unwrap_or_default())]
+    LowerBusy {
+        /// The path given.
+        path: PathBuf,
+        /// Who uses it, when known (a mount point, a holder).
+        user: Option<String>,
+    },
+    /// An rtbackup device cannot be the lower device of another.
+    #[error("{path} is itself an rtbackup device")]
+    StackedOnItself {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The device to detach is open (mounted, or held open by a process).
+    #[error("/dev/{disk} is in use ({openers} opener(s)): unmount it and close it before detaching")]
+    DeviceBusy {
+        /// The stacked disk.
+        disk: String,
+        /// How many openers it has.
+        openers: u32,
+    },
+    /// No attached device matches.
+    #[error("{name}: no such rtbackup device (see 'rtbackupctl status')")]
+    NoSuchDevice {
+        /// What the user named.
+        name: String,
+    },
+    /// An argument that cannot name a device.
+    #[error("{name}: not an rtbackup device name (expected /dev/rtbackupN, rtbackupN or N)")]
+    BadDeviceName {
+        /// What the user named.
+        name: String,
+    },
+    /// A path longer than the ABI allows.
+    #[error("{path}: path longer than {max} bytes")]
+    PathTooLong {
+        /// The path given.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
+    /// Any other system call failure.
+    #[error("{op} failed: {errno}")]
+    Sys {
+        /// What was being done.
+        op: String,
+        /// The errno.
+        errno: Errno,
+    },
+}
+
+impl Error {
+    pub(crate) fn sys(op: impl Into<String>, errno: Errno) -> Self {
+        Self::Sys {
+            op: op.into(),
+            errno,
+        }
+    }
+
+    /// The errno underneath, if the error came from a system call.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Self::Sys { errno, .. } => Some(*errno),
+            Self::NotLoaded { .. } | Self::NoSuchPath { .. } => Some(Errno::ENOENT),
+            Self::PermissionDenied { .. } => Some(Errno::EACCES),
+            Self::AbiMismatch { .. } => Some(Errno::EPROTO),
+            Self::NotBlockDevice { .. } => Some(Errno::ENOTBLK),
+            Self::AlreadyAttached { .. } | Self::LowerBusy { .. } | Self::DeviceBusy { .. } => {
+                Some(Errno::EBUSY)
+            }
+            Self::NoSuchDevice { .. } => Some(Errno::ENXIO),
+            Self::StackedOnItself { .. } | Self::BadDeviceName { .. } => Some(Errno::EINVAL),
+            Self::PathTooLong { .. } => Some(Errno::ENAMETOOLONG),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The raw ioctls, numbered by the shared ABI.
+
+use rtbackup_abi::{
+    RtbAttach, RtbDetach, RtbList, RtbVersion, RTB_IOC_ATTACH, RTB_IOC_DETACH, RTB_IOC_LIST,
+    RTB_IOC_VERSION,
+};
+
+nix::ioctl_read_bad!(version, RTB_IOC_VERSION, RtbVersion);
+nix::ioctl_readwrite_bad!(attach, RTB_IOC_ATTACH, RtbAttach);
+nix::ioctl_write_ptr_bad!(detach, RTB_IOC_DETACH, RtbDetach);
+nix::ioctl_readwrite_bad!(list, RTB_IOC_LIST, RtbList);

@@ -1,0 +1,18 @@
+//! Talk to the rtbackup kernel module through `/dev/rtbackup-control`.
+//!
+//! [`Control`] wraps the versioned ioctls of `rtbackup-abi` and turns errnos
+//! into [`Error`]s that say what is wrong and what to do. The `rtbackupctl`
+//! binary is a thin layer over this crate.
+
+mod control;
+mod diagnose;
+mod error;
+mod ioctl;
+mod status;
+
+pub use control::{AttachedDevice, Control, ModuleVersion, CONTROL_PATH};
+pub use error::{Error, Result};
+pub use status::{DeviceStatus, Stats};
+
+/// The ABI version these tools speak.
+pub const ABI_VERSION: u32 = rtbackup_abi::RTB_ABI_VERSION;

@@ -1,0 +1,152 @@
+//! What `rtbackupctl status` shows about a device.
+
+use rtbackup_abi::{c_str_bytes, RtbDeviceInfo, RtbStats, RTB_STATE_DETACHING};
+use serde::Serialize;
+
+/// One attached device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceStatus {
+    /// `N` of `/dev/rtbackupN`.
+    pub index: u32,
+    /// `/dev/rtbackupN`.
+    pub device: String,
+    /// `major:minor` of the stacked disk.
+    pub devt: String,
+    /// The lower device, as attached.
+    pub lower: String,
+    /// `major:minor` of the lower device.
+    pub lower_devt: String,
+    /// `attached` or `detaching`.
+    pub state: &'static str,
+    /// Openers of the stacked disk (a mount is one).
+    pub open_count: u32,
+    /// Capacity in bytes.
+    pub size_bytes: u64,
+    /// Logical block size in bytes.
+    pub logical_block_size: u32,
+    /// Physical block size in bytes.
+    pub physical_block_size: u32,
+    /// I/O counters since attach.
+    pub stats: Stats,
+}
+
+/// I/O counters since attach.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Read bios.
+    pub reads: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Write bios.
+    pub writes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Discard bios.
+    pub discards: u64,
+    /// Bytes discarded.
+    pub discard_bytes: u64,
+    /// Write-zeroes bios.
+    pub write_zeroes: u64,
+    /// Bytes zeroed.
+    pub write_zeroes_bytes: u64,
+    /// Flushes (empty or with a write).
+    pub flushes: u64,
+    /// FUA writes.
+    pub fua_writes: u64,
+    /// Bios failed by the lower device.
+    pub errors: u64,
+    /// Bios at the lower device now.
+    pub in_flight: u64,
+}
+
+fn string(buf: &[u8]) -> String {
+    String::from_utf8_lossy(c_str_bytes(buf).unwrap_or(buf)).into_owned()
+}
+
+impl From<&RtbStats> for Stats {
+    fn from(s: &RtbStats) -> Self {
+        Self {
+            reads: s.reads,
+            read_bytes: s.read_bytes,
+            writes: s.writes,
+            write_bytes: s.write_bytes,
+            discards: s.discards,
+            discard_bytes: s.discard_bytes,
+            write_zeroes: s.write_zeroes,
+            write_zeroes_bytes: s.write_zeroes_bytes,
+            flushes: s.flushes,
+            fua_writes: s.fua_writes,
+            errors: s.errors,
+            in_flight: s.in_flight,
+        }
+    }
+}
+
+impl From<&RtbDeviceInfo> for DeviceStatus {
+    fn from(i: &RtbDeviceInfo) -> Self {
+        Self {
+            index: i.index,
+            device: format!("/dev/{}", string(&i.disk_name)),
+            devt: format!("{}:{}", i.disk_major, i.disk_minor),
+            lower: string(&i.lower_path),
+            lower_devt: format!("{}:{}", i.lower_major, i.lower_minor),
+            state: if i.state & RTB_STATE_DETACHING != 0 {
+                "detaching"
+            } else {
+                "attached"
+            },
+            open_count: i.open_count,
+            size_bytes: i.capacity_sectors.saturating_mul(512),
+            logical_block_size: i.logical_block_size,
+            physical_block_size: i.physical_block_size,
+            stats: Stats::from(&i.stats),
+        }
+    }
+}
+
+impl DeviceStatus {
+    /// The disk name, `rtbackupN`.
+    pub fn disk_name(&self) -> &str {
+        self.device.trim_start_matches("/dev/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtbackup_abi::RTB_STATE_ATTACHED;
+
+    #[test]
+    fn status_from_kernel_info() {
+        let mut i = RtbDeviceInfo::ZERO;
+        i.index = 3;
+        i.state = RTB_STATE_ATTACHED;
+        i.disk_major = 259;
+        i.disk_minor = 7;
+        i.lower_major = 8;
+        i.lower_minor = 16;
+        i.capacity_sectors = 2048;
+        i.disk_name[..9].copy_from_slice(b"rtbackup3");
+        i.lower_path[..8].copy_from_slice(b"/dev/sdb");
+        i.stats.writes = 5;
+        let s = DeviceStatus::from(&i);
+        assert_eq!(s.device, "/dev/rtbackup3");
+        assert_eq!(s.disk_name(), "rtbackup3");
+        assert_eq!(s.devt, "259:7");
+        assert_eq!(s.lower, "/dev/sdb");
+        assert_eq!(s.lower_devt, "8:16");
+        assert_eq!(s.state, "attached");
+        assert_eq!(s.size_bytes, 1024 * 1024);
+        assert_eq!(s.stats.writes, 5);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["stats"]["writes"], 5);
+        assert_eq!(json["lower"], "/dev/sdb");
+    }
+
+    #[test]
+    fn unterminated_kernel_string_is_read_whole() {
+        let mut i = RtbDeviceInfo::ZERO;
+        i.disk_name = [b'x'; 32];
+        assert_eq!(DeviceStatus::from(&i).device.len(), 5 + 32);
+    }
+}

@@ -1,0 +1,1 @@
+//! Test helpers for the rtbackup VM tests; see the binaries in `src/bin`.

@@ -1,0 +1,47 @@
+//! The command line: one file per subcommand.
+
+mod attach;
+mod detach;
+mod status;
+mod version;
+
+use clap::{Parser, Subcommand};
+use rtbackup_control::{Control, CONTROL_PATH};
+use std::path::PathBuf;
+
+/// Configure rtbackup real-time backup devices.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// The module's control device.
+    #[arg(long, global = true, default_value = CONTROL_PATH, value_name = "PATH")]
+    control: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Attach(attach::Args),
+    Detach(detach::Args),
+    Status(status::Args),
+    Version(version::Args),
+}
+
+impl Cli {
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        let open = || Control::open_path(&self.control);
+        match self.command {
+            Command::Attach(a) => a.run(&open()?),
+            Command::Detach(a) => a.run(&open()?),
+            Command::Status(a) => a.run(&open()?),
+            Command::Version(a) => a.run(&self.control),
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
