@@ -16,6 +16,8 @@ KDIR ?= $(TEST_KDIR)
 # The rustc the kernel tree was configured with (Debian's rustc-web: rustup's
 # has no rust-src). Kbuild refuses a different one.
 KRUSTC ?= $(if $(wildcard /usr/bin/rustc),/usr/bin/rustc,rustc)
+KCLIPPY ?= $(if $(wildcard /usr/bin/clippy-driver),/usr/bin/clippy-driver,clippy-driver)
+KRUSTFMT ?= $(if $(wildcard /usr/bin/rustfmt),/usr/bin/rustfmt,rustfmt)
 CARGO ?= cargo
 TOOLS_TARGET := tools/target/release
 
@@ -47,9 +49,9 @@ kernel:
 	scripts/kernel.sh build
 
 lint: module
-	rustfmt --check --edition 2021 --config-path $(KDIR)/source/.rustfmt.toml \
+	$(KRUSTFMT) --check --edition 2021 --config-path $(KDIR)/source/.rustfmt.toml \
 		rust/*.rs rust/sys/*.rs
-	$(KMAKE) CLIPPY=1 modules
+	$(KMAKE) CLIPPY=1 CLIPPY_DRIVER=$(KCLIPPY) modules
 	$(CARGO) fmt --manifest-path tools/Cargo.toml --all -- --check
 	$(CARGO) clippy --manifest-path tools/Cargo.toml --locked --all-targets -- -D warnings
 

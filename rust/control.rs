@@ -9,12 +9,7 @@
 //! that fails leaves the table as it was.
 
 use crate::device::Device;
-use crate::sys::{
-    self,
-    bdev::LowerDevice,
-    disk::Disk,
-    ModuleRef,
-};
+use crate::sys::{self, bdev::LowerDevice, disk::Disk, ModuleRef};
 use crate::uapi::{self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbVersion};
 use core::mem::size_of;
 use kernel::{
@@ -57,7 +52,11 @@ impl Attached {
         info.logical_block_size = logical;
         info.physical_block_size = physical;
         info.capacity_sectors = lower.nr_sectors();
-        copy_c_string(&mut info.disk_name, uapi::RTB_DISK_PREFIX.as_bytes(), Some(dev.index()));
+        copy_c_string(
+            &mut info.disk_name,
+            uapi::RTB_DISK_PREFIX.as_bytes(),
+            Some(dev.index()),
+        );
         copy_c_string(&mut info.lower_path, dev.lower_path(), None);
         info.stats = dev.stats(self.disk.in_flight());
         info
@@ -79,7 +78,7 @@ fn copy_c_string(dst: &mut [u8], prefix: &[u8], number: Option<u32>) {
             }
         }
     }
-    let src = prefix.iter().copied().chain(digits[..nd].iter().rev().copied());
+    let src = Iterator::chain(prefix.iter().copied(), digits[..nd].iter().rev().copied());
     let room = dst.len().saturating_sub(1);
     let mut len = 0;
     for (d, s) in dst.iter_mut().take(room).zip(src) {
@@ -141,7 +140,9 @@ impl Control {
         let mut v = RtbVersion::ZERO;
         v.abi_version = uapi::RTB_ABI_VERSION;
         copy_c_string(&mut v.release, uapi::RTB_RELEASE.as_bytes(), None);
-        UserSlice::new(arg, size_of::<RtbVersion>()).writer().write(&v)
+        UserSlice::new(arg, size_of::<RtbVersion>())
+            .writer()
+            .write(&v)
     }
 
     fn ioctl_attach(&self, arg: UserPtr) -> Result {
@@ -157,7 +158,8 @@ impl Control {
         if path.is_empty() {
             return Err(EINVAL);
         }
-        let cpath = CStr::from_bytes_with_nul(&req.lower_path[..=path.len()]).map_err(|_| EINVAL)?;
+        let cpath =
+            CStr::from_bytes_with_nul(&req.lower_path[..=path.len()]).map_err(|_| EINVAL)?;
 
         let mut slots = self.slots.lock();
         let index = slots.iter().position(Option::is_none).ok_or(ENOSPC)?;
@@ -167,13 +169,20 @@ impl Control {
         // was attached as far as anybody can tell.
         writer.write(&req)?;
         slots[index] = Some(attached);
-        pr_info!("{}{}: attached to {}\n", uapi::RTB_DISK_PREFIX, index, cpath);
+        pr_info!(
+            "{}{}: attached to {}\n",
+            uapi::RTB_DISK_PREFIX,
+            index,
+            cpath
+        );
         Ok(())
     }
 
     fn ioctl_detach(&self, arg: UserPtr) -> Result {
         require_admin()?;
-        let req: RtbDetach = UserSlice::new(arg, size_of::<RtbDetach>()).reader().read()?;
+        let req: RtbDetach = UserSlice::new(arg, size_of::<RtbDetach>())
+            .reader()
+            .read()?;
         check_version(req.abi_version)?;
         if req.flags != 0 || req.pad != 0 || req.reserved.iter().any(|&r| r != 0) {
             return Err(EINVAL);
@@ -206,8 +215,11 @@ impl Control {
             return Err(EINVAL);
         }
         let capacity = req.capacity as usize;
-        let mut out = UserSlice::new(req.devices as UserPtr, capacity * size_of::<RtbDeviceInfo>())
-            .writer();
+        let mut out = UserSlice::new(
+            req.devices as UserPtr,
+            capacity * size_of::<RtbDeviceInfo>(),
+        )
+        .writer();
         let slots = self.slots.lock();
         let mut count = 0u32;
         for attached in slots.iter().flatten() {

@@ -162,7 +162,12 @@ impl DiskOps for Device {
 
     fn submit_bio(&self, bio: &BioRef<'_>) -> Action {
         self.stats.count_submit(bio);
-        Action::Remap
+        match bio.op() {
+            // Zone management and driver-private operations have no meaning
+            // on a non-zoned bio-based disk (zoned lowers are refused).
+            ReqOp::Other(_) => Action::Complete(BlkStatus::not_supported()),
+            _ => Action::Remap,
+        }
     }
 
     fn end_bio(&self, _bio: &BioRef<'_>, status: BlkStatus) {

@@ -28,6 +28,11 @@ unsigned int rtb_blk_feat_stable_writes(void)
 	return (__force unsigned int)BLK_FEAT_STABLE_WRITES;
 }
 
+unsigned int rtb_blk_feat_zoned(void)
+{
+	return (__force unsigned int)BLK_FEAT_ZONED;
+}
+
 /* blk_alloc_disk() is a macro that defines a static lock_class_key. */
 struct gendisk *rtb_alloc_disk(struct queue_limits *lim)
 {

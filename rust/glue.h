@@ -17,6 +17,7 @@ long rtb_control_ioctl(struct file *file, unsigned int cmd, unsigned long arg);
 unsigned int rtb_blk_open_read_write(void);
 unsigned int rtb_blk_feat_io_stat(void);
 unsigned int rtb_blk_feat_stable_writes(void);
+unsigned int rtb_blk_feat_zoned(void);
 struct gendisk *rtb_alloc_disk(struct queue_limits *lim);
 void rtb_wait_var_zero(unsigned int *var);
 int rtb_control_register(const char *name);

@@ -51,6 +51,16 @@ impl BlkStatus {
         Self(unsafe { bindings::errno_to_blk_status(err.to_errno()) })
     }
 
+    /// `BLK_STS_NOTSUPP`.
+    pub(crate) fn not_supported() -> Self {
+        Self::from_error(super::eopnotsupp())
+    }
+
+    /// A raw status from the block layer.
+    pub(super) fn from_raw(raw: bindings::blk_status_t) -> Self {
+        Self(raw)
+    }
+
     /// Whether this is `BLK_STS_OK`.
     pub(crate) fn is_ok(self) -> bool {
         self == Self::OK
@@ -117,17 +127,11 @@ impl<'a> BioRef<'a> {
         self.opf() & REQ_PREFLUSH != 0
     }
 
-    /// First sector (512 bytes) the bio addresses.
-    pub(crate) fn sector(&self) -> u64 {
+    /// Size in bytes.
+    pub(crate) fn bytes(&self) -> u32 {
         // SAFETY: `self.bio` is valid (type invariant); the original bio's
         // iterator is not advanced by this module or the layers below, which
         // work on clones.
-        unsafe { (*self.bio.as_ptr()).bi_iter.bi_sector }
-    }
-
-    /// Size in bytes.
-    pub(crate) fn bytes(&self) -> u32 {
-        // SAFETY: as in `sector`.
         unsafe { (*self.bio.as_ptr()).bi_iter.bi_size }
     }
 }

@@ -82,7 +82,7 @@ impl Drop for ControlDevice {
 /// Called by the VFS for an open file of the control device, in process
 /// context; `arg` is an untrusted user address or value.
 #[no_mangle]
-pub unsafe extern "C" fn rtb_control_ioctl(
+pub(crate) unsafe extern "C" fn rtb_control_ioctl(
     _file: *mut bindings::file,
     cmd: c_uint,
     arg: c_ulong,
@@ -94,7 +94,7 @@ pub unsafe extern "C" fn rtb_control_ioctl(
     // SAFETY: non-null `CONTROL` points to a live `Control` (invariant of
     // `ControlDevice`, which outlives every open file as explained in drop).
     let control = unsafe { &*control };
-    match control.ioctl(cmd, arg as usize) {
+    match control.ioctl(cmd, arg) {
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }

@@ -193,10 +193,14 @@ unsafe extern "C" fn clone_end_io<T: DiskOps>(clone: *mut bindings::bio) {
     // SAFETY: the clone came from our bio_set, so its `CloneCtx` sits in the
     // front padding; the original is not completed until below.
     let (orig, start, status) = unsafe {
-        let ctx = clone.cast::<u8>().sub(CLONE_FRONT_PAD).cast::<CloneCtx>().read();
+        let ctx = clone
+            .cast::<u8>()
+            .sub(CLONE_FRONT_PAD)
+            .cast::<CloneCtx>()
+            .read();
         let status = (*clone).bi_status;
         bindings::bio_put(clone);
-        (ctx.orig, ctx.start, BlkStatus(status))
+        (ctx.orig, ctx.start, BlkStatus::from_raw(status))
     };
     // SAFETY: the original was submitted to our disk; the disk data lives
     // until the in-flight count dropped below reaches zero.
@@ -286,13 +290,14 @@ impl<T: DiskOps> Disk<T> {
         // SAFETY: `lim` is a valid queue_limits; the lower bdev is open.
         unsafe {
             bindings::blk_set_stacking_limits(&mut lim);
-            bindings::queue_limits_stack_bdev(
-                &mut lim,
-                lower.as_raw_bdev(),
-                0,
-                name.as_char_ptr(),
-            );
+            bindings::queue_limits_stack_bdev(&mut lim, lower.as_raw_bdev(), 0, name.as_char_ptr());
             lim.features |= glue::rtb_blk_feat_io_stat() | glue::rtb_blk_feat_stable_writes();
+        }
+        // Zoned devices need zone reporting and append emulation, which a
+        // plain remap does not provide.
+        // SAFETY: returns a constant.
+        if lim.features & unsafe { glue::rtb_blk_feat_zoned() } != 0 {
+            return Err(super::eopnotsupp());
         }
         // SAFETY: `lim` is valid and only read during the call.
         let gendisk = from_err_ptr(unsafe { glue::rtb_alloc_disk(&mut lim) })?;

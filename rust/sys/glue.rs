@@ -16,6 +16,8 @@ extern "C" {
     pub(crate) fn rtb_blk_feat_io_stat() -> c_uint;
     /// `BLK_FEAT_STABLE_WRITES`.
     pub(crate) fn rtb_blk_feat_stable_writes() -> c_uint;
+    /// `BLK_FEAT_ZONED`.
+    pub(crate) fn rtb_blk_feat_zoned() -> c_uint;
     /// `blk_alloc_disk(lim, NUMA_NO_NODE)`: a bio-based gendisk or an `ERR_PTR`.
     pub(crate) fn rtb_alloc_disk(lim: *mut bindings::queue_limits) -> *mut bindings::gendisk;
     /// `wait_var_event(var, READ_ONCE(*var) == 0)`; woken by `wake_up_var(var)`.

@@ -36,6 +36,11 @@ pub(crate) fn eproto() -> Error {
     Error::from_errno(-(bindings::EPROTO as i32))
 }
 
+/// `EOPNOTSUPP`, which `kernel::error::code` lacks in 6.12.
+pub(crate) fn eopnotsupp() -> Error {
+    Error::from_errno(-(bindings::EOPNOTSUPP as i32))
+}
+
 /// Whether the calling task may administer devices (`CAP_SYS_ADMIN`).
 pub(crate) fn capable_sys_admin() -> bool {
     // SAFETY: `capable` only inspects the current task's credentials.

@@ -1,0 +1,72 @@
+#!/bin/sh
+# Bad input gets a clear message and a non-zero exit, and changes nothing:
+# module not loaded, paths that are not usable block devices, a device
+# already attached, a partition in use, and raw ioctls with garbage.
+. "$(dirname "$0")/../lib.sh"
+
+d0=$(disk 0); d1=$(disk 1)
+
+say "module not loaded: every command says to modprobe"
+lsmod | grep -q '^rtbackup ' && unload
+expect_fail 'modprobe rtbackup' rtbackupctl status
+expect_fail 'modprobe rtbackup' rtbackupctl attach "$d0"
+expect_fail 'modprobe rtbackup' rtbackupctl detach rtbackup0
+
+load
+before=$(table)
+[ "$before" = "[]" ] || fail "fresh module has devices: $before"
+
+say "paths that cannot be attached"
+expect_fail 'no such file' rtbackupctl attach /dev/does-not-exist
+expect_fail 'not a block device' rtbackupctl attach /etc/hostname
+expect_fail 'not a block device' rtbackupctl attach /tmp
+expect_fail 'not a block device' rtbackupctl attach /dev/null
+expect_fail 'usage|required' rtbackupctl attach
+expect_fail 'not an rtbackup device name' rtbackupctl detach sda
+expect_fail 'no such rtbackup device' rtbackupctl detach rtbackup7
+expect_fail 'no such rtbackup device' rtbackupctl status 3
+[ "$(table)" = "$before" ] || fail "device table changed"
+
+say "a device already attached, and stacking on ourselves"
+dev=$(rtbackupctl attach "$d0")
+[ "$dev" = /dev/rtbackup0 ] || fail "attach printed '$dev'"
+one=$(table)
+expect_fail "already attached as /dev/rtbackup0" rtbackupctl attach "$d0"
+expect_fail "itself an rtbackup device" rtbackupctl attach /dev/rtbackup0
+say "a lower device opened exclusively cannot be mounted or attached around the filter"
+mkfs.ext4 -q -F /dev/rtbackup0
+mkdir -p /mnt/t
+if mount "$d0" /mnt/t 2>/dev/null; then umount /mnt/t; fail "mounted $d0 around the filter"; fi
+[ "$(table)" = "$one" ] || fail "device table changed"
+rtbackupctl detach /dev/rtbackup0
+
+say "a partition in use"
+printf 'label: dos\n,64M\n,\n' | sfdisk -q "$d1"
+partprobe "$d1" 2>/dev/null || blockdev --rereadpt "$d1"
+udevadm settle 2>/dev/null || sleep 1
+p1=${d1}1
+[ -b "$p1" ] || fail "no partition $p1"
+mkfs.ext4 -q -F "$p1"
+mount "$p1" /mnt/t
+expect_fail "in use \(partition ${p1#/dev/} mounted at /mnt/t\)" rtbackupctl attach "$d1"
+expect_fail "in use \(mounted at /mnt/t\)" rtbackupctl attach "$p1"
+umount /mnt/t
+say "an unused partition can be attached"
+rtbackupctl attach "$p1" >/dev/null
+rtbackupctl status | grep -q "$p1" || fail "status does not show $p1"
+rtbackupctl detach "$p1"
+wipefs -qa "$d1"
+[ "$(table)" = "$before" ] || fail "device table changed"
+
+say "raw ioctls with garbage arguments, with and without a device attached"
+rtb-ioctl-garbage
+rtbackupctl attach "$d0" >/dev/null
+rtb-ioctl-garbage
+rtbackupctl detach rtbackup0
+
+say "a non-root caller is refused"
+expect_fail 'permission denied|must run as root' setpriv --reuid=65534 --regid=65534 --clear-groups rtbackupctl attach "$d0"
+[ "$(table)" = "$before" ] || fail "device table changed"
+
+unload
+say "pass"

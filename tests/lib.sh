@@ -1,0 +1,69 @@
+# Shared helpers for the VM test cases (sourced; POSIX sh).
+# Each case runs as root in the test VM with RTB_DISKS set and rtbackupctl
+# on PATH; it narrates its steps and exits non-zero at the first failure.
+
+set -eu
+
+TEST=$(basename "$0" .sh)
+
+say() { echo "[$TEST] $*"; echo "rtbtest: $TEST: $*" >/dev/kmsg 2>/dev/null || true; }
+fail() { echo "[$TEST] FAIL: $*" >&2; exit 1; }
+
+# disk N: the Nth scratch disk.
+disk() { echo "$RTB_DISKS" | tr ' ' '\n' | sed -n "$(($1 + 1))p"; }
+
+# expect_fail PATTERN CMD...: CMD must exit non-zero and print PATTERN
+# (grep -E) on stderr.
+expect_fail() {
+    pattern=$1; shift
+    if "$@" >/tmp/expect.out 2>/tmp/expect.err; then
+        fail "'$*' succeeded but should have failed ($(cat /tmp/expect.out))"
+    fi
+    grep -Eq "$pattern" /tmp/expect.err ||
+        fail "'$*' failed without '$pattern' in its message: $(cat /tmp/expect.err)"
+    say "refused as expected: $* -> $(head -1 /tmp/expect.err)"
+}
+
+# The device table, without the counters: what must not change on bad input.
+table() { rtbackupctl status --json | jq -c '[.devices[] | {index, device, lower, state, open_count}]'; }
+
+# same_bytes A B: byte-for-byte equality of two block devices (or files),
+# after dropping caches so both are read from the devices themselves.
+same_bytes() {
+    sync
+    blockdev --flushbufs "$1" 2>/dev/null || true
+    blockdev --flushbufs "$2" 2>/dev/null || true
+    echo 3 >/proc/sys/vm/drop_caches
+    cmp "$1" "$2" || fail "$1 and $2 differ"
+    say "$1 and $2 are identical ($(blockdev --getsize64 "$1") bytes)"
+}
+
+# load / unload the module, checking the control device comes and goes.
+load() { modprobe rtbackup; [ -c /dev/rtbackup-control ] || fail "no /dev/rtbackup-control after modprobe"; }
+unload() { rmmod rtbackup; [ ! -e /dev/rtbackup-control ] || fail "/dev/rtbackup-control left after rmmod"; }
+
+# make_tree DIR: a tree of files of varied sizes, and a checksum list of it.
+make_tree() {
+    mkdir -p "$1"
+    i=0
+    while [ $i -lt 40 ]; do
+        mkdir -p "$1/d$((i % 7))"
+        head -c $(( (i * 7919) % 300000 + 1 )) /dev/urandom >"$1/d$((i % 7))/f$i"
+        i=$((i + 1))
+    done
+    cp -a /usr/share/doc/fio "$1/doc" 2>/dev/null || true
+    (cd "$1" && find . -type f -print0 | sort -z | xargs -0 md5sum) >/tmp/$TEST.md5
+}
+
+# check_tree DIR: the tree matches the checksums of make_tree.
+check_tree() { (cd "$1" && md5sum --quiet -c /tmp/$TEST.md5) || fail "files in $1 differ"; }
+
+# fio_verify FILE SIZE: random writes with crc32c verification.
+fio_verify() {
+    fio --name=verify --filename="$1" --size="$2" --rw=randwrite --bs=4k \
+        --ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c \
+        --verify_fatal=1 --do_verify=1 --output=/tmp/fio.out ||
+        { cat /tmp/fio.out; fail "fio verify on $1 failed"; }
+    grep -q "err= 0" /tmp/fio.out || { cat /tmp/fio.out; fail "fio reported errors"; }
+    say "fio randwrite+verify of $2 on $1 passed"
+}
