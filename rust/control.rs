@@ -163,12 +163,10 @@ impl Control {
 
         let mut slots = self.slots.lock();
         let index = slots.iter().position(Option::is_none).ok_or(ENOSPC)?;
-        let attached = attach(index as u32, cpath)?;
+        // Answer before the disk exists: a fault here changes nothing.
         req.index = index as u32;
-        // Tell userspace before publishing; if its buffer is gone, nothing
-        // was attached as far as anybody can tell.
         writer.write(&req)?;
-        slots[index] = Some(attached);
+        slots[index] = Some(attach(index as u32, cpath)?);
         pr_info!(
             "{}{}: attached to {}\n",
             uapi::RTB_DISK_PREFIX,

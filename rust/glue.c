@@ -17,6 +17,11 @@ unsigned int rtb_blk_open_read_write(void)
 	return (__force unsigned int)(BLK_OPEN_READ | BLK_OPEN_WRITE);
 }
 
+unsigned int rtb_blk_open_restrict_writes(void)
+{
+	return (__force unsigned int)BLK_OPEN_RESTRICT_WRITES;
+}
+
 /* BLK_FEAT_* are __force casts, which bindgen drops. */
 unsigned int rtb_blk_feat_io_stat(void)
 {
@@ -39,10 +44,25 @@ struct gendisk *rtb_alloc_disk(struct queue_limits *lim)
 	return blk_alloc_disk(lim, NUMA_NO_NODE);
 }
 
-/* wait_var_event() is a macro; the waker calls wake_up_var(). */
-void rtb_wait_var_zero(unsigned int *var)
+/* atomic_t operations are inline; wait_var_event() is a macro. */
+void rtb_atomic_inc(atomic_t *v)
 {
-	wait_var_event(var, READ_ONCE(*var) == 0);
+	atomic_inc(v);
+}
+
+int rtb_atomic_read(atomic_t *v)
+{
+	return atomic_read(v);
+}
+
+void rtb_atomic_dec_and_wake_up(atomic_t *v)
+{
+	atomic_dec_and_wake_up(v);
+}
+
+void rtb_wait_atomic_zero(atomic_t *v)
+{
+	wait_var_event(v, atomic_read_acquire(v) == 0);
 }
 
 /* struct miscdevice and misc_register() are not in 6.12's bindings. */

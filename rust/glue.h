@@ -7,6 +7,8 @@
 #ifndef RTBACKUP_GLUE_H
 #define RTBACKUP_GLUE_H
 
+#include <linux/types.h>
+
 struct file;
 struct gendisk;
 struct queue_limits;
@@ -15,11 +17,15 @@ struct queue_limits;
 long rtb_control_ioctl(struct file *file, unsigned int cmd, unsigned long arg);
 
 unsigned int rtb_blk_open_read_write(void);
+unsigned int rtb_blk_open_restrict_writes(void);
 unsigned int rtb_blk_feat_io_stat(void);
 unsigned int rtb_blk_feat_stable_writes(void);
 unsigned int rtb_blk_feat_zoned(void);
 struct gendisk *rtb_alloc_disk(struct queue_limits *lim);
-void rtb_wait_var_zero(unsigned int *var);
+void rtb_atomic_inc(atomic_t *v);
+int rtb_atomic_read(atomic_t *v);
+void rtb_atomic_dec_and_wake_up(atomic_t *v);
+void rtb_wait_atomic_zero(atomic_t *v);
 int rtb_control_register(const char *name);
 void rtb_control_deregister(void);
 

@@ -12,13 +12,17 @@ use kernel::{alloc::flags::GFP_KERNEL, bindings, error::from_err_ptr, prelude::*
 const MINORBITS: u32 = 20;
 
 /// A block device opened for reading and writing with an exclusive claim, so
-/// that nobody can mount it or write to it around the filter.
+/// that nobody can mount or claim it around the filter. The open also asks
+/// for `BLK_OPEN_RESTRICT_WRITES`: where the kernel enforces it
+/// (`bdev_allow_write_mounted=0` or `CONFIG_BLK_DEV_WRITE_MOUNTED=n`), plain
+/// writers of the lower device are refused too, as for a mounted filesystem.
 ///
 /// # Invariants
 ///
 /// `file` is a block device file returned by `bdev_file_open_by_path` with
-/// `BLK_OPEN_READ | BLK_OPEN_WRITE` and `holder` as the exclusive holder;
-/// this value owns that reference and releases it (and the claim) on drop.
+/// `BLK_OPEN_READ | BLK_OPEN_WRITE | BLK_OPEN_RESTRICT_WRITES` and `holder`
+/// as the exclusive holder; this value owns that reference and releases it,
+/// with the claim, on drop.
 pub(crate) struct LowerDevice {
     file: NonNull<bindings::file>,
     /// A unique address that identifies this claim: claims by the same
@@ -35,9 +39,10 @@ impl LowerDevice {
     /// Opens the block device at `path` exclusively.
     ///
     /// Fails with `ENOENT` if the path does not exist, `ENOTBLK` if it is not
-    /// a block device, `EBUSY` if it is mounted, claimed, or a partition of
-    /// it (or the disk holding it) is in use, `EACCES`/`EROFS` if it cannot be
-    /// written.
+    /// a block device, `EBUSY` if it is mounted, claimed, a partition of it
+    /// (or the disk holding it) is in use, or (with write restriction
+    /// enforced) somebody has it open for writing, `EACCES` if it is
+    /// read-only.
     pub(crate) fn open(path: &CStr) -> Result<Self> {
         let holder = KBox::new(0u64, GFP_KERNEL)?;
         let holder_ptr: *const u64 = &*holder;
@@ -46,7 +51,7 @@ impl LowerDevice {
         let file = from_err_ptr(unsafe {
             bindings::bdev_file_open_by_path(
                 path.as_char_ptr(),
-                glue::rtb_blk_open_read_write(),
+                glue::rtb_blk_open_read_write() | glue::rtb_blk_open_restrict_writes(),
                 holder_ptr.cast_mut().cast(),
                 core::ptr::null(),
             )
@@ -97,9 +102,11 @@ impl LowerDevice {
 
 impl Drop for LowerDevice {
     fn drop(&mut self) {
-        // SAFETY: by the type invariant we own this file reference; `fput`
-        // also releases the exclusive claim. `holder` is freed after this.
-        unsafe { bindings::fput(self.file.as_ptr()) };
+        // SAFETY: by the type invariant we own this file reference.
+        // `bdev_fput` gives up the claim and the write restriction at once,
+        // under the disk's open_mutex; a plain `fput` would defer that to
+        // task work, after `holder` (a field, freed after this) is gone.
+        unsafe { bindings::bdev_fput(self.file.as_ptr()) };
         let _ = &self.holder;
     }
 }

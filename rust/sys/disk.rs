@@ -15,12 +15,7 @@ use super::{
     bio::{BioRef, BioSet, BlkStatus},
     glue, GFP_NOIO,
 };
-use core::{
-    ffi::c_void,
-    marker::PhantomData,
-    ptr::NonNull,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use core::{ffi::c_void, marker::PhantomData, ptr::NonNull};
 use kernel::{
     alloc::flags::GFP_KERNEL,
     bindings,
@@ -29,7 +24,7 @@ use kernel::{
     prelude::*,
     str::CStr,
     sync::Arc,
-    types::ScopeGuard,
+    types::{Opaque, ScopeGuard},
 };
 
 /// Reserved clones per disk: enough for forward progress under memory
@@ -77,12 +72,58 @@ struct CloneCtx {
 const CLONE_FRONT_PAD: usize = core::mem::size_of::<CloneCtx>();
 const _: () = assert!(CLONE_FRONT_PAD % 8 == 0);
 
+/// A count of clones at the lower device that teardown can wait for.
+///
+/// A C `atomic_t`: `atomic_dec_and_wake_up` is fully ordered in the kernel
+/// memory model, which a Rust atomic RMW followed by `wake_up_var` is not on
+/// every architecture.
+///
+/// # Invariants
+///
+/// `v` is an initialised `atomic_t` (zeroed is `ATOMIC_INIT(0)`).
+struct InFlight {
+    v: Opaque<bindings::atomic_t>,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        // INVARIANT: a zeroed atomic_t is ATOMIC_INIT(0).
+        Self {
+            v: Opaque::new(bindings::atomic_t::default()),
+        }
+    }
+
+    fn inc(&self) {
+        // SAFETY: `v` is an initialised atomic_t (type invariant).
+        unsafe { glue::rtb_atomic_inc(self.v.get()) };
+    }
+
+    /// Decrements; at zero, wakes `wait_zero`. Callable in any context.
+    fn dec_and_wake_up(&self) {
+        // SAFETY: as in `inc`. `wake_up_var` only hashes the address, so a
+        // waiter may free `self` as soon as the count is zero.
+        unsafe { glue::rtb_atomic_dec_and_wake_up(self.v.get()) };
+    }
+
+    fn read(&self) -> u32 {
+        // SAFETY: as in `inc`.
+        let n = unsafe { glue::rtb_atomic_read(self.v.get()) };
+        n.max(0) as u32
+    }
+
+    /// Sleeps until the count is zero.
+    fn wait_zero(&self) {
+        // SAFETY: as in `inc`; process context (teardown).
+        unsafe { glue::rtb_wait_atomic_zero(self.v.get()) };
+    }
+}
+
 /// What the gendisk's `private_data` points to.
 struct DiskData<T: DiskOps> {
     ops: Arc<T>,
     clones: BioSet,
     /// Clones submitted to the lower device and not yet completed.
-    in_flight: AtomicU32,
+    in_flight: InFlight,
 }
 
 impl<T: DiskOps> DiskData<T> {
@@ -106,7 +147,7 @@ impl<T: DiskOps> DiskData<T> {
     /// `bio` must be valid, submitted to this data's disk and not completed.
     /// It is completed (now or later) by this call.
     unsafe fn remap(&self, bio: *mut bindings::bio) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.inc();
         // SAFETY: `bio` is valid; the lower bdev is open while `self.ops`
         // lives; the bio_set is initialised. GFP_NOIO with direct reclaim
         // makes the mempool-backed allocation wait rather than fail.
@@ -124,7 +165,7 @@ impl<T: DiskOps> DiskData<T> {
                 (*bio).bi_status = BlkStatus::from_error(ENOMEM).raw();
                 bindings::bio_endio(bio);
             }
-            self.put_in_flight();
+            self.in_flight.dec_and_wake_up();
             return;
         }
         // SAFETY: `clone` was allocated from `self.clones`, whose front
@@ -138,24 +179,6 @@ impl<T: DiskOps> DiskData<T> {
             (*clone).bi_end_io = Some(clone_end_io::<T>);
             bindings::submit_bio_noacct(clone);
         }
-    }
-
-    /// Drops one in-flight count and wakes `wait_idle` at zero.
-    fn put_in_flight(&self) {
-        let var = self.in_flight.as_ptr();
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // SAFETY: `wake_up_var` uses the address only as a hash key, so
-            // it is fine if `self` is freed by the woken waiter meanwhile;
-            // the SeqCst RMW above is the full barrier it requires.
-            unsafe { bindings::wake_up_var(var.cast()) };
-        }
-    }
-
-    /// Waits until no clone is in flight.
-    fn wait_idle(&self) {
-        // SAFETY: `in_flight` lives as long as `self`; its wakers call
-        // `wake_up_var` on the same address when it reaches zero.
-        unsafe { glue::rtb_wait_var_zero(self.in_flight.as_ptr()) };
     }
 }
 
@@ -217,7 +240,7 @@ unsafe extern "C" fn clone_end_io<T: DiskOps>(clone: *mut bindings::bio) {
         bindings::bio_end_io_acct_remapped(orig, start, (*orig).bi_bdev);
         bindings::bio_endio(orig);
     }
-    data.put_in_flight();
+    data.in_flight.dec_and_wake_up();
 }
 
 /// `block_device_operations.open`.
@@ -280,7 +303,7 @@ impl<T: DiskOps> Disk<T> {
             DiskData {
                 ops,
                 clones: BioSet::new(CLONE_POOL_SIZE, CLONE_FRONT_PAD as u32)?,
-                in_flight: AtomicU32::new(0),
+                in_flight: InFlight::new(),
             },
             GFP_KERNEL,
         )?;
@@ -369,7 +392,7 @@ impl<T: DiskOps> Disk<T> {
 
     /// Clones submitted to the lower device and not yet completed.
     pub(crate) fn in_flight(&self) -> u32 {
-        self.data().in_flight.load(Ordering::Relaxed)
+        self.data().in_flight.read()
     }
 
     /// Runs `f` with the number of openers while holding the disk's
@@ -401,7 +424,7 @@ impl<T: DiskOps> Drop for Disk<T> {
         // bio_set and the data they point to; then drop the last reference.
         unsafe {
             bindings::del_gendisk(disk);
-            self.data().wait_idle();
+            self.data().in_flight.wait_zero();
             bindings::put_disk(disk);
             drop(KBox::from_raw(self.data.as_ptr()));
         }

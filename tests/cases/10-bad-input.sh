@@ -33,12 +33,17 @@ dev=$(rtbackupctl attach "$d0")
 one=$(table)
 expect_fail "already attached as /dev/rtbackup0" rtbackupctl attach "$d0"
 expect_fail "itself an rtbackup device" rtbackupctl attach /dev/rtbackup0
-say "a lower device opened exclusively cannot be mounted or attached around the filter"
+say "the lower device cannot be mounted or written around the filter"
 mkfs.ext4 -q -F /dev/rtbackup0
 mkdir -p /mnt/t
 if mount "$d0" /mnt/t 2>/dev/null; then umount /mnt/t; fail "mounted $d0 around the filter"; fi
+if dd if=/dev/zero of="$d0" bs=4k count=1 oflag=direct status=none 2>/tmp/dd.err; then
+    fail "wrote to $d0 around the filter"
+fi
+say "plain write to $d0 refused: $(cat /tmp/dd.err)"
 [ "$(table)" = "$one" ] || fail "device table changed"
 rtbackupctl detach /dev/rtbackup0
+dd if=/dev/zero of="$d0" bs=4k count=1 oflag=direct status=none || fail "$d0 not writable after detach"
 
 say "a partition in use"
 printf 'label: dos\n,64M\n,\n' | sfdisk -q "$d1"
