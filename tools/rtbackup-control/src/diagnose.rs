@@ -33,7 +33,10 @@ fn partitions_of(devt: &str) -> Vec<(String, String)> {
         .filter(|e| e.path().join("partition").exists())
         .filter_map(|e| {
             let dev = fs::read_to_string(e.path().join("dev")).ok()?;
-            Some((e.file_name().to_string_lossy().into_owned(), dev.trim().to_owned()))
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                dev.trim().to_owned(),
+            ))
         })
         .collect()
 }

@@ -15,7 +15,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// `/dev/rtbackup-control` does not exist.
-    #[error("the rtbackup kernel module is not loaded ({path} is missing): run 'modprobe rtbackup'")]
+    #[error(
+        "the rtbackup kernel module is not loaded ({path} is missing): run 'modprobe rtbackup'"
+    )]
     NotLoaded {
         /// The control device path.
         path: PathBuf,
@@ -69,7 +71,9 @@ pub enum Error {
         path: PathBuf,
     },
     /// The device to detach is open (mounted, or held open by a process).
-    #[error("/dev/{disk} is in use ({openers} opener(s)): unmount it and close it before detaching")]
+    #[error(
+        "/dev/{disk} is in use ({openers} opener(s)): unmount it and close it before detaching"
+    )]
     DeviceBusy {
         /// The stacked disk.
         disk: String,

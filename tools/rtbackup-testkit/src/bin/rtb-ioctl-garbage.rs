@@ -38,7 +38,13 @@ fn table(fd: i32) -> Vec<(u32, Vec<u8>, u32)> {
     assert_eq!(e, 0, "RTB_IOC_LIST failed: errno {e}");
     infos[..req.count as usize]
         .iter()
-        .map(|i| (i.index, c_str_bytes(&i.lower_path).unwrap_or(&[]).to_vec(), i.state))
+        .map(|i| {
+            (
+                i.index,
+                c_str_bytes(&i.lower_path).unwrap_or(&[]).to_vec(),
+                i.state,
+            )
+        })
         .collect()
 }
 
@@ -67,7 +73,11 @@ fn main() {
         println!(
             "{} {name}: errno {got} (want {want}){}",
             if ok { "PASS" } else { "FAIL" },
-            if after == before { "" } else { ", device table changed" }
+            if after == before {
+                ""
+            } else {
+                ", device table changed"
+            }
         );
         if !ok {
             failures += 1;
@@ -75,61 +85,133 @@ fn main() {
     };
     let bad_ptr = 0xdead_0000_0000usize as *mut c_void;
 
-    check("unknown ioctl number", raw(fd, ioc(IOC_READ, 0x7f, 8), bad_ptr), libc::ENOTTY);
+    check(
+        "unknown ioctl number",
+        raw(fd, ioc(IOC_READ, 0x7f, 8), bad_ptr),
+        libc::ENOTTY,
+    );
     check(
         "attach with a mis-sized structure",
         raw(fd, ioc(IOC_READ | IOC_WRITE, 1, 100), bad_ptr),
         libc::ENOTTY,
     );
-    check("version to a NULL pointer", raw(fd, RTB_IOC_VERSION, std::ptr::null_mut()), libc::EFAULT);
-    check("attach from a NULL pointer", raw(fd, RTB_IOC_ATTACH, std::ptr::null_mut()), libc::EFAULT);
-    check("attach from an unmapped pointer", raw(fd, RTB_IOC_ATTACH, bad_ptr), libc::EFAULT);
+    check(
+        "version to a NULL pointer",
+        raw(fd, RTB_IOC_VERSION, std::ptr::null_mut()),
+        libc::EFAULT,
+    );
+    check(
+        "attach from a NULL pointer",
+        raw(fd, RTB_IOC_ATTACH, std::ptr::null_mut()),
+        libc::EFAULT,
+    );
+    check(
+        "attach from an unmapped pointer",
+        raw(fd, RTB_IOC_ATTACH, bad_ptr),
+        libc::EFAULT,
+    );
 
     let mut a = attach_req(b"/dev/null");
     a.abi_version = 999;
-    check("attach, unknown ABI version", raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()), libc::EPROTO);
+    check(
+        "attach, unknown ABI version",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::EPROTO,
+    );
     let mut a = attach_req(b"");
     a.lower_path = [b'A'; RTB_PATH_MAX];
-    check("attach, unterminated path", raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()), libc::EINVAL);
+    check(
+        "attach, unterminated path",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::EINVAL,
+    );
     let mut a = attach_req(b"");
-    check("attach, empty path", raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()), libc::EINVAL);
+    check(
+        "attach, empty path",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::EINVAL,
+    );
     let mut a = attach_req(b"/dev/null");
     a.flags = 0xffff_ffff;
-    check("attach, unknown flags", raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()), libc::EINVAL);
+    check(
+        "attach, unknown flags",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::EINVAL,
+    );
     let mut a = attach_req(b"/dev/null");
     a.reserved[7] = u64::MAX;
-    check("attach, reserved field set", raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()), libc::EINVAL);
+    check(
+        "attach, reserved field set",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::EINVAL,
+    );
     let mut a = attach_req(b"/nonexistent/disk");
-    check("attach, path does not exist", raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()), libc::ENOENT);
+    check(
+        "attach, path does not exist",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::ENOENT,
+    );
     let mut a = attach_req(b"/proc/self/status");
-    check("attach, regular file", raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()), libc::ENOTBLK);
+    check(
+        "attach, regular file",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::ENOTBLK,
+    );
 
     let mut d = RtbDetach::ZERO;
     d.abi_version = RTB_ABI_VERSION;
     d.index = u32::MAX;
-    check("detach, huge index", raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()), libc::ENXIO);
+    check(
+        "detach, huge index",
+        raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()),
+        libc::ENXIO,
+    );
     d.index = RTB_MAX_DEVICES - 1;
-    check("detach, index not attached", raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()), libc::ENXIO);
+    check(
+        "detach, index not attached",
+        raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()),
+        libc::ENXIO,
+    );
     d.index = 0;
     d.abi_version = 0;
-    check("detach, ABI version 0", raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()), libc::EPROTO);
+    check(
+        "detach, ABI version 0",
+        raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()),
+        libc::EPROTO,
+    );
     d.abi_version = RTB_ABI_VERSION;
     d.reserved[0] = 1;
-    check("detach, reserved field set", raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()), libc::EINVAL);
+    check(
+        "detach, reserved field set",
+        raw(fd, RTB_IOC_DETACH, (&raw mut d).cast()),
+        libc::EINVAL,
+    );
 
     let mut l = RtbList::ZERO;
     l.abi_version = RTB_ABI_VERSION;
     l.capacity = u32::MAX;
-    check("list, huge capacity", raw(fd, RTB_IOC_LIST, (&raw mut l).cast()), libc::EINVAL);
+    check(
+        "list, huge capacity",
+        raw(fd, RTB_IOC_LIST, (&raw mut l).cast()),
+        libc::EINVAL,
+    );
     let mut l = RtbList::ZERO;
     l.abi_version = RTB_ABI_VERSION;
     l.capacity = RTB_MAX_DEVICES;
     l.devices = bad_ptr as u64;
     let want = if before.is_empty() { 0 } else { libc::EFAULT };
-    check("list into an unmapped array", raw(fd, RTB_IOC_LIST, (&raw mut l).cast()), want);
+    check(
+        "list into an unmapped array",
+        raw(fd, RTB_IOC_LIST, (&raw mut l).cast()),
+        want,
+    );
     let mut l = RtbList::ZERO;
     l.abi_version = 2;
-    check("list, unknown ABI version", raw(fd, RTB_IOC_LIST, (&raw mut l).cast()), libc::EPROTO);
+    check(
+        "list, unknown ABI version",
+        raw(fd, RTB_IOC_LIST, (&raw mut l).cast()),
+        libc::EPROTO,
+    );
 
     if failures > 0 {
         println!("{failures} case(s) failed");

@@ -30,7 +30,10 @@ impl Args {
         }
         println!("rtbackupctl {tool} (ABI version {abi})");
         match module {
-            Ok(m) => println!("module rtbackup {} (ABI version {})", m.release, m.abi_version),
+            Ok(m) => println!(
+                "module rtbackup {} (ABI version {})",
+                m.release, m.abi_version
+            ),
             Err(e) => println!("module: {e}"),
         }
         Ok(())
