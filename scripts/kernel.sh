@@ -27,8 +27,10 @@ pkgver=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null) ||
 vngver=$(virtme-configkernel --help >/dev/null 2>&1 && pip show virtme-ng 2>/dev/null |
     sed -n 's/^Version: //p')
 [ -n "$vngver" ] || die "virtme-ng missing: run 'make deps'"
-key=$( (echo "$pkgver"; echo "$vngver"; "$RUSTC" --version; clang --version | head -1
-    cat "$fragment" "$0") |
+# Bump when the way the kernel is configured or built changes.
+recipe=2
+key=$( (echo "recipe $recipe"; echo "$pkgver"; echo "$vngver"; "$RUSTC" --version
+    clang --version | head -1; cat "$fragment") |
     sha256sum | cut -c1-12)
 src=$cache/src/linux-source-$pkgver
 out=$cache/kernel/$pkgver-$key
@@ -85,7 +87,7 @@ for name in $(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$fragment");
 done
 [ -z "$missing" ] || die "config did not take:$missing (see $out/configure.log)"
 
-echo "kernel: building in $out (about 15 minutes on 2 cores)"
+echo "kernel: building in $out (about 20 minutes on 2 cores)"
 mk -j"$(nproc)" bzImage modules >"$out/build.log" 2>&1 ||
     { tail -40 "$out/build.log"; die "build failed, log in $out/build.log"; }
 mk -j"$(nproc)" modules_prepare >>"$out/build.log" 2>&1 ||
