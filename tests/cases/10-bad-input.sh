@@ -35,8 +35,8 @@ expect_fail "already attached as /dev/rtbackup0" rtbackupctl attach "$d0"
 expect_fail "itself an rtbackup device" rtbackupctl attach /dev/rtbackup0
 say "the lower device cannot be mounted or written around the filter"
 mkfs.ext4 -q -F /dev/rtbackup0
-mkdir -p /mnt/t
-if mount "$d0" /mnt/t 2>/dev/null; then umount /mnt/t; fail "mounted $d0 around the filter"; fi
+mkdir -p $MNT
+if mount "$d0" $MNT 2>/dev/null; then umount $MNT; fail "mounted $d0 around the filter"; fi
 if dd if=/dev/zero of="$d0" bs=4k count=1 oflag=direct status=none 2>/tmp/dd.err; then
     fail "wrote to $d0 around the filter"
 fi
@@ -52,10 +52,10 @@ udevadm settle 2>/dev/null || sleep 1
 p1=${d1}1
 [ -b "$p1" ] || fail "no partition $p1"
 mkfs.ext4 -q -F "$p1"
-mount "$p1" /mnt/t
-expect_fail "in use \(partition ${p1#/dev/} mounted at /mnt/t\)" rtbackupctl attach "$d1"
-expect_fail "in use \(mounted at /mnt/t\)" rtbackupctl attach "$p1"
-umount /mnt/t
+mount "$p1" $MNT
+expect_fail "in use \(partition ${p1#/dev/} mounted at $MNT\)" rtbackupctl attach "$d1"
+expect_fail "in use \(mounted at $MNT\)" rtbackupctl attach "$p1"
+umount $MNT
 say "an unused partition can be attached"
 rtbackupctl attach "$p1" >/dev/null
 rtbackupctl status | grep -q "$p1" || fail "status does not show $p1"

@@ -7,7 +7,7 @@
 
 load
 d0=$(disk 0)
-mkdir -p /mnt/t
+mkdir -p $MNT
 
 for fs in ext4 xfs; do
     say "== $fs on $d0 through the filter"
@@ -23,14 +23,14 @@ for fs in ext4 xfs; do
     ext4) mkfs.ext4 -q -F "$dev" ;;
     xfs) mkfs.xfs -q -f "$dev" ;;
     esac
-    mount "$dev" /mnt/t
-    make_tree /mnt/t/tree
-    fio_verify /mnt/t/fio.dat 48M
-    rm /mnt/t/fio.dat
-    fstrim -v /mnt/t || true
+    mount "$dev" $MNT
+    make_tree $MNT/tree
+    fio_verify $MNT/fio.dat 48M
+    rm $MNT/fio.dat
+    fstrim -v $MNT || true
     sync
     expect_fail 'in use' rtbackupctl detach "$dev"
-    umount /mnt/t
+    umount $MNT
     case $fs in
     ext4) fsck.ext4 -fn "$dev" >/tmp/fsck.out 2>&1 || { cat /tmp/fsck.out; fail "fsck.ext4 found errors"; } ;;
     xfs) xfs_repair -n "$dev" >/tmp/fsck.out 2>&1 || { cat /tmp/fsck.out; fail "xfs_repair -n found errors"; } ;;
@@ -41,9 +41,9 @@ for fs in ext4 xfs; do
         fail "counters do not show the workload: $(rtbackupctl status --json)"
     rtbackupctl detach "$dev"
     [ ! -e "$dev" ] || fail "$dev still exists after detach"
-    mount "$d0" /mnt/t
-    check_tree /mnt/t/tree
-    umount /mnt/t
+    mount "$d0" $MNT
+    check_tree $MNT/tree
+    umount $MNT
     say "after detach $d0 mounts with the same files"
 done
 

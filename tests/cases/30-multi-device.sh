@@ -21,12 +21,12 @@ if rmmod rtbackup 2>/tmp/rmmod.err; then fail "rmmod succeeded with devices atta
 
 say "detach of a mounted device is refused and changes nothing"
 mkfs.ext4 -q -F /dev/rtbackup0
-mkdir -p /mnt/t
-mount /dev/rtbackup0 /mnt/t
+mkdir -p $MNT
+mount /dev/rtbackup0 $MNT
 before=$(table)
 expect_fail 'in use' rtbackupctl detach /dev/rtbackup0
 [ "$(table)" = "$before" ] || fail "device table changed"
-echo still-writable >/mnt/t/probe && sync || fail "mounted filesystem broken after refused detach"
+echo still-writable >$MNT/probe && sync || fail "mounted filesystem broken after refused detach"
 
 say "detach of a device held open is refused"
 exec 3<>/dev/rtbackup1
@@ -37,7 +37,7 @@ exec 3>&-
 say "attach/detach loop on two devices while rtbackup0 is under fio"
 rtbackupctl detach rtbackup1
 rtbackupctl detach rtbackup2
-fio --name=bg --filename=/mnt/t/bg.dat --size=32M --rw=randrw --bs=4k \
+fio --name=bg --filename=$MNT/bg.dat --size=32M --rw=randrw --bs=4k \
     --ioengine=libaio --iodepth=8 --direct=1 --time_based --runtime=120 \
     --verify=crc32c --verify_fatal=1 --output=/tmp/bg.out &
 fio_pid=$!
@@ -55,7 +55,7 @@ say "$n attach/detach cycles done"
 kill "$fio_pid" 2>/dev/null || true
 wait "$fio_pid" || true
 grep -q "err= 0" /tmp/bg.out || { cat /tmp/bg.out; fail "background fio saw errors"; }
-umount /mnt/t
+umount $MNT
 rtbackupctl detach rtbackup0
 [ "$(table)" = "[]" ] || fail "devices left: $(table)"
 unload
