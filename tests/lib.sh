@@ -64,7 +64,7 @@ check_tree() { (cd "$1" && md5sum --quiet -c /tmp/$TEST.md5) || fail "files in $
 fio_verify() {
     fio --name=verify --filename="$1" --size="$2" --rw=randwrite --bs=4k \
         --ioengine=libaio --iodepth=16 --direct=1 --verify=crc32c \
-        --verify_fatal=1 --do_verify=1 --output=/tmp/fio.out ||
+        --verify_fatal=1 --do_verify=1 --verify_state_save=0 --output=/tmp/fio.out ||
         { cat /tmp/fio.out; fail "fio verify on $1 failed"; }
     grep -q "err= 0" /tmp/fio.out || { cat /tmp/fio.out; fail "fio reported errors"; }
     say "fio randwrite+verify of $2 on $1 passed"

@@ -25,7 +25,7 @@ for fs in ext4 xfs; do
     esac
     mount "$dev" $MNT
     make_tree $MNT/tree
-    fio_verify $MNT/fio.dat 48M
+    fio_verify $MNT/fio.dat 32M
     rm $MNT/fio.dat
     fstrim -v $MNT || true
     sync

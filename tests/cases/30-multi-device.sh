@@ -37,9 +37,19 @@ exec 3>&-
 say "attach/detach loop on two devices while rtbackup0 is under fio"
 rtbackupctl detach rtbackup1
 rtbackupctl detach rtbackup2
-fio --name=bg --filename=$MNT/bg.dat --size=32M --rw=randrw --bs=4k \
-    --ioengine=libaio --iodepth=8 --direct=1 --time_based --runtime=120 \
-    --verify=crc32c --verify_fatal=1 --output=/tmp/bg.out &
+rm -f /tmp/bg.stop /tmp/bg.failed
+(
+    runs=0
+    while [ ! -f /tmp/bg.stop ]; do
+        fio --name=bg --filename=$MNT/bg.dat --size=16M --rw=randwrite --bs=4k \
+            --ioengine=libaio --iodepth=8 --direct=1 --verify=crc32c \
+            --verify_fatal=1 --do_verify=1 --verify_state_save=0 \
+            --output=/tmp/bg.out || { touch /tmp/bg.failed; break; }
+        grep -q "err= 0" /tmp/bg.out || { touch /tmp/bg.failed; break; }
+        runs=$((runs + 1))
+        echo $runs >/tmp/bg.runs
+    done
+) &
 fio_pid=$!
 n=0
 while [ $n -lt 15 ]; do
@@ -52,9 +62,11 @@ while [ $n -lt 15 ]; do
     n=$((n + 1))
 done
 say "$n attach/detach cycles done"
-kill "$fio_pid" 2>/dev/null || true
-wait "$fio_pid" || true
-grep -q "err= 0" /tmp/bg.out || { cat /tmp/bg.out; fail "background fio saw errors"; }
+touch /tmp/bg.stop
+wait "$fio_pid"
+[ ! -f /tmp/bg.failed ] || { cat /tmp/bg.out; fail "background fio saw errors"; }
+say "background fio: $(cat /tmp/bg.runs 2>/dev/null || echo 0) verified runs"
+[ -f /tmp/bg.runs ] || fail "background fio never completed a run"
 umount $MNT
 rtbackupctl detach rtbackup0
 [ "$(table)" = "[]" ] || fail "devices left: $(table)"
