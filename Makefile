@@ -59,6 +59,7 @@ test: tools
 	$(CARGO) test --manifest-path tools/Cargo.toml --locked
 
 vm-test: all
+	tests/vm/selftest
 	tests/vm/run-suite
 
 check: deps
