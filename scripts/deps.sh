@@ -7,7 +7,7 @@ APT_PKGS="
     build-essential bc bison flex cpio kmod libelf-dev libssl-dev dwarves
     linux-source-6.12 rustc-web rust-web-src rust-web-clippy rustfmt-web libclang-dev clang lld llvm
     qemu-system-x86 qemu-utils busybox-static
-    fio xfsprogs e2fsprogs fdisk dmsetup util-linux iproute2 nbd-client jq
+    fio xfsprogs e2fsprogs fdisk dmsetup drbd-utils util-linux iproute2 nbd-client jq
 "
 
 need_apt=""

@@ -63,6 +63,13 @@ rtbackupctl detach "$p1"
 wipefs -qa "$d1"
 [ "$(table)" = "$before" ] || fail "device table changed"
 
+say "a zoned device is refused"
+modprobe null_blk nr_devices=1 zoned=1 gb=1 zone_size=64
+[ "$(cat /sys/block/nullb0/queue/zoned)" = host-managed ] || fail "null_blk is not zoned"
+expect_fail 'zoned block devices are not supported' rtbackupctl attach /dev/nullb0
+rmmod null_blk
+[ "$(table)" = "$before" ] || fail "device table changed"
+
 say "raw ioctls with garbage arguments, with and without a device attached"
 rtb-ioctl-garbage
 rtbackupctl attach "$d0" >/dev/null

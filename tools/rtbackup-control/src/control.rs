@@ -190,6 +190,9 @@ impl Control {
             Errno::ENOTBLK => Error::NotBlockDevice {
                 path: lower.to_path_buf(),
             },
+            Errno::EOPNOTSUPP => Error::Zoned {
+                path: lower.to_path_buf(),
+            },
             _ => self.permission(errno, &format!("attach {}", lower.display())),
         })?;
         Ok(AttachedDevice {

@@ -70,6 +70,12 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// The lower device is of a kind the module cannot stack on.
+    #[error("{path}: zoned block devices are not supported")]
+    Zoned {
+        /// The path given.
+        path: PathBuf,
+    },
     /// The device to detach is open (mounted, or held open by a process).
     #[error(
         "/dev/{disk} is in use ({openers} opener(s)): unmount it and close it before detaching"
@@ -132,6 +138,7 @@ impl Error {
             Self::NoSuchDevice { .. } => Some(Errno::ENXIO),
             Self::StackedOnItself { .. } | Self::BadDeviceName { .. } => Some(Errno::EINVAL),
             Self::PathTooLong { .. } => Some(Errno::ENAMETOOLONG),
+            Self::Zoned { .. } => Some(Errno::EOPNOTSUPP),
         }
     }
 }
