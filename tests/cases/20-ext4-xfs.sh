@@ -14,11 +14,21 @@ for fs in ext4 xfs; do
     dev=$(rtbackupctl attach "$d0")
     [ "$(blockdev --getsize64 "$dev")" = "$(blockdev --getsize64 "$d0")" ] ||
         fail "capacity differs from the lower device"
-    [ "$(blockdev --getss "$dev")" = "$(blockdev --getss "$d0")" ] ||
-        fail "logical block size differs"
-    [ "$(cat /sys/block/${dev#/dev/}/queue/stable_writes)" = 1 ] || fail "stable_writes not set"
-    [ "$(cat /sys/block/${dev#/dev/}/queue/write_cache)" = "$(cat /sys/block/${d0#/dev/}/queue/write_cache)" ] ||
-        fail "write cache mode differs from the lower device"
+    up=/sys/block/${dev#/dev/}/queue lo=/sys/block/${d0#/dev/}/queue
+    for attr in logical_block_size physical_block_size discard_max_bytes \
+        write_zeroes_max_bytes write_cache fua; do
+        [ "$(cat "$up/$attr")" = "$(cat "$lo/$attr")" ] ||
+            fail "$attr is $(cat "$up/$attr"), the lower device's $(cat "$lo/$attr")"
+    done
+    [ "$(cat "$up/stable_writes")" = 1 ] || fail "stable_writes not set"
+    say "queue limits match $d0 (write_zeroes_max_bytes $(cat "$up/write_zeroes_max_bytes"), discard_max_bytes $(cat "$up/discard_max_bytes"))"
+    dd if=/dev/urandom of="$dev" bs=64k count=16 oflag=direct status=none
+    blkdiscard -z -o 0 -l 1048576 "$dev"
+    cmp -n 1048576 "$dev" /dev/zero || fail "blkdiscard -z did not zero $dev"
+    if [ "$(cat "$lo/write_zeroes_max_bytes")" -gt 0 ]; then
+        rtbackupctl status --json | jq -e '.devices[0].stats.write_zeroes > 0' >/dev/null ||
+            fail "BLKZEROOUT did not reach the device as write-zeroes"
+    fi
     case $fs in
     ext4) mkfs.ext4 -q -F "$dev" ;;
     xfs) mkfs.xfs -q -f "$dev" ;;
