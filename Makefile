@@ -8,6 +8,7 @@
 #   make deps             install every prerequisite (Debian 12)
 #   make kernel           build the test kernel into the cache (~/.cache/rtbackup)
 #   make check            every test: lints, unit tests, VM tests
+#   make bench            throughput against the raw device and the peers
 #   make clean
 
 # The kernel tree to build against. Default: the test kernel of `make kernel`.
@@ -26,7 +27,7 @@ TOOLS_TARGET := tools/target/release
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
 	$$(grep -qs '^CONFIG_CC_IS_CLANG=y' $(KDIR)/.config && echo LLVM=1)
 
-.PHONY: all module tools deps kernel check lint test vm-test clean
+.PHONY: all module tools deps kernel check lint test vm-test bench clean
 all: module tools
 
 ifeq ($(KDIR),$(TEST_KDIR))
@@ -61,6 +62,11 @@ test: tools
 vm-test: all
 	tests/vm/selftest
 	tests/vm/run-suite
+
+# Throughput ratios against the raw device, measured in one VM run; see
+# Documentation/performance.rst. Not part of check: numbers are not tests.
+bench: all
+	RTB_VM_DISKS=0 tests/vm/run tests/bench/bench-in-guest
 
 check: deps
 	$(MAKE) lint test vm-test
