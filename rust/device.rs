@@ -47,7 +47,8 @@ fn bump(counter: &AtomicU64, by: u64) {
 impl Stats {
     fn count_submit(&self, bio: &BioRef<'_>) {
         let bytes = u64::from(bio.bytes());
-        match bio.op() {
+        let op = bio.op();
+        match op {
             ReqOp::Read => {
                 bump(&self.reads, 1);
                 bump(&self.read_bytes, bytes);
@@ -70,7 +71,7 @@ impl Stats {
             }
             ReqOp::Flush | ReqOp::Other(_) => {}
         }
-        if bio.is_preflush() || bio.op() == ReqOp::Flush {
+        if bio.is_preflush() || op == ReqOp::Flush {
             bump(&self.flushes, 1);
         }
     }

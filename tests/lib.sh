@@ -7,6 +7,7 @@ set -eu
 TEST=$(basename "$0" .sh)
 # / is the host's, read-only; /tmp is the guest's own.
 MNT=/tmp/rtbmnt
+mkdir -p "$MNT"
 
 say() { echo "[$TEST] $*"; echo "rtbtest: $TEST: $*" >/dev/kmsg 2>/dev/null || true; }
 fail() { echo "[$TEST] FAIL: $*" >&2; exit 1; }

@@ -72,6 +72,17 @@ struct CloneCtx {
 const CLONE_FRONT_PAD: usize = core::mem::size_of::<CloneCtx>();
 const _: () = assert!(CLONE_FRONT_PAD % 8 == 0);
 
+/// The context in front of `clone`.
+///
+/// # Safety
+///
+/// `clone` must have been allocated from a `DiskData::clones` bio_set.
+unsafe fn clone_ctx(clone: *mut bindings::bio) -> *mut CloneCtx {
+    // SAFETY: the bio_set's front padding of `CLONE_FRONT_PAD` bytes sits
+    // right before every bio it allocates (caller's guarantee).
+    unsafe { clone.cast::<u8>().sub(CLONE_FRONT_PAD).cast::<CloneCtx>() }
+}
+
 /// A count of clones at the lower device that teardown can wait for.
 ///
 /// A C `atomic_t`: `atomic_dec_and_wake_up` is fully ordered in the kernel
@@ -171,8 +182,7 @@ impl<T: DiskOps> DiskData<T> {
         // SAFETY: `clone` was allocated from `self.clones`, whose front
         // padding holds a `CloneCtx` right before it.
         unsafe {
-            let ctx = clone.cast::<u8>().sub(CLONE_FRONT_PAD).cast::<CloneCtx>();
-            ctx.write(CloneCtx {
+            clone_ctx(clone).write(CloneCtx {
                 orig: bio,
                 start: bindings::bio_start_io_acct(bio),
             });
@@ -188,12 +198,12 @@ impl<T: DiskOps> DiskData<T> {
 ///
 /// Called by the block layer with a valid bio for a disk of type `T`.
 unsafe extern "C" fn submit_bio_callback<T: DiskOps>(bio: *mut bindings::bio) {
-    // SAFETY: the block layer calls this only for bios submitted to our disk,
-    // which is live while its queue is entered (del_gendisk drains it).
-    let data = unsafe { DiskData::<T>::of_bio(bio) };
     let Some(nn) = NonNull::new(bio) else {
         return;
     };
+    // SAFETY: the block layer calls this only for bios submitted to our disk,
+    // which is live while its queue is entered (del_gendisk drains it).
+    let data = unsafe { DiskData::<T>::of_bio(bio) };
     // SAFETY: the bio is ours until we complete it, after this view is gone.
     let action = data.ops.submit_bio(&unsafe { BioRef::from_raw(nn) });
     match action {
@@ -216,11 +226,7 @@ unsafe extern "C" fn clone_end_io<T: DiskOps>(clone: *mut bindings::bio) {
     // SAFETY: the clone came from our bio_set, so its `CloneCtx` sits in the
     // front padding; the original is not completed until below.
     let (orig, start, status) = unsafe {
-        let ctx = clone
-            .cast::<u8>()
-            .sub(CLONE_FRONT_PAD)
-            .cast::<CloneCtx>()
-            .read();
+        let ctx = clone_ctx(clone).read();
         let status = (*clone).bi_status;
         bindings::bio_put(clone);
         (ctx.orig, ctx.start, BlkStatus::from_raw(status))
