@@ -9,8 +9,9 @@
 //! that fails leaves the table as it was.
 
 use crate::device::Device;
-use crate::sys::{self, bdev::LowerDevice, disk::Disk, ModuleRef};
-use crate::uapi::{self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbVersion};
+use crate::ring::Ring;
+use crate::sys::{self, bdev::LowerDevice, disk::Disk, ringfile, ModuleRef};
+use crate::uapi::{self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbRingOpen, RtbVersion};
 use core::mem::size_of;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KVec},
@@ -59,6 +60,7 @@ impl Attached {
         );
         copy_c_string(&mut info.lower_path, dev.lower_path(), None);
         info.stats = dev.stats(self.disk.in_flight());
+        info.ring = dev.ring().info();
         info
     }
 }
@@ -131,9 +133,39 @@ impl Control {
             uapi::RTB_IOC_ATTACH => self.ioctl_attach(arg),
             uapi::RTB_IOC_DETACH => self.ioctl_detach(arg),
             uapi::RTB_IOC_LIST => self.ioctl_list(arg),
+            uapi::RTB_IOC_RING_OPEN => return self.ioctl_ring_open(arg),
             _ => Err(ENOTTY),
         }
         .map(|()| 0)
+    }
+
+    fn ioctl_ring_open(&self, arg: UserPtr) -> Result<isize> {
+        require_admin()?;
+        let req: RtbRingOpen = UserSlice::new(arg, size_of::<RtbRingOpen>())
+            .reader()
+            .read()?;
+        check_version(req.abi_version)?;
+        if req.flags != 0 || req.pad != 0 || req.reserved.iter().any(|&r| r != 0) {
+            return Err(EINVAL);
+        }
+        let slots = self.slots.lock();
+        let attached = slots
+            .get(req.index as usize)
+            .and_then(Option::as_ref)
+            .ok_or(ENXIO)?;
+        if attached.device.is_detaching() {
+            return Err(ENXIO);
+        }
+        let ring = attached.device.ring().clone();
+        drop(slots);
+        ring.claim_agent()?;
+        match ringfile::open_fd(ring.clone()) {
+            Ok(fd) => Ok(fd as isize),
+            Err(e) => {
+                ring.release_agent();
+                Err(e)
+            }
+        }
     }
 
     fn ioctl_version(&self, arg: UserPtr) -> Result {
@@ -154,6 +186,15 @@ impl Control {
         {
             return Err(EINVAL);
         }
+        let ring_size = match req.ring_size {
+            0 => uapi::RTB_RING_DEFAULT_SIZE,
+            n if n.is_power_of_two()
+                && (uapi::RTB_RING_MIN_SIZE..=uapi::RTB_RING_MAX_SIZE).contains(&n) =>
+            {
+                n
+            }
+            _ => return Err(EINVAL),
+        };
         let path = uapi::c_str_bytes(&req.lower_path).ok_or(EINVAL)?;
         if path.is_empty() {
             return Err(EINVAL);
@@ -166,12 +207,13 @@ impl Control {
         // Answer before the disk exists: a fault here changes nothing.
         req.index = index as u32;
         writer.write(&req)?;
-        slots[index] = Some(attach(index as u32, cpath)?);
+        slots[index] = Some(attach(index as u32, cpath, ring_size)?);
         pr_info!(
-            "{}{}: attached to {}\n",
+            "{}{}: attached to {}, ring of {} KiB\n",
             uapi::RTB_DISK_PREFIX,
             index,
-            cpath
+            cpath,
+            ring_size >> 10
         );
         Ok(())
     }
@@ -232,17 +274,21 @@ impl Control {
     }
 }
 
-/// Opens `path` and stacks `/dev/rtbackup<index>` on it.
-fn attach(index: u32, path: &CStr) -> Result<Attached> {
+/// Opens `path` and stacks `/dev/rtbackup<index>` on it, with a ring of
+/// `ring_size` bytes.
+fn attach(index: u32, path: &CStr, ring_size: u64) -> Result<Attached> {
     let lower = LowerDevice::open(path)?;
     if lower.is_this_module() {
         return Err(EINVAL);
     }
     let mut lower_path = KVec::with_capacity(path.len(), GFP_KERNEL)?;
     lower_path.extend_from_slice(path.as_bytes(), GFP_KERNEL)?;
-    let device = Arc::new(Device::new(index, lower, lower_path), GFP_KERNEL)?;
+    let (logical, _) = lower.block_sizes();
+    let ring = Ring::new(ring_size, lower.nr_sectors(), logical)?;
+    let max_io = ring.max_payload();
+    let device = Arc::new(Device::new(index, lower, lower_path, ring), GFP_KERNEL)?;
     let name = CString::try_from_fmt(fmt!("{}{}", uapi::RTB_DISK_PREFIX, index))?;
-    let disk = Disk::new(device.clone(), &name)?;
+    let disk = Disk::new(device.clone(), &name, max_io)?;
     Ok(Attached {
         disk,
         device,

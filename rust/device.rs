@@ -5,16 +5,23 @@
 //!
 //! Life of a bio (this is the request path; keep this description current):
 //!
+//! 0. The disk splits the bio to its queue limits: no write is larger than
+//!    a quarter of the ring.
 //! 1. `submit_bio` (submitter's context, may sleep): the bio is counted by
-//!    operation. Every bio, read or write, is then remapped: a clone goes to
-//!    the lower device. (Recording writes into the journal ring joins here,
-//!    before the remap, so the ring holds the exact bytes sent to disk.)
+//!    operation. Writes, discards, write-zeroes and flushes are recorded in
+//!    the journal ring ([`Ring::record`]): this waits while the bio overlaps
+//!    a write in flight or the ring is full, then copies the data (the pages
+//!    are stable: the ring holds exactly the bytes that go to disk). Then
+//!    every bio, read or write, is remapped: a clone goes to the lower
+//!    device.
 //! 2. `end_bio` (any context, may be hard IRQ): the lower device's status is
-//!    counted; the original bio then completes with exactly that status.
+//!    counted and the write's in-flight slot released; the original bio then
+//!    completes with exactly that status.
 //!
 //! Opening is refused once a detach has begun, so a detach that found no
 //! opener cannot race with a new mount.
 
+use crate::ring::Ring;
 use crate::sys::{
     bdev::LowerDevice,
     bio::{BioRef, BlkStatus, ReqOp},
@@ -22,7 +29,7 @@ use crate::sys::{
 };
 use crate::uapi::RtbStats;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use kernel::{alloc::KVec, prelude::*};
+use kernel::{alloc::KVec, prelude::*, sync::Arc};
 
 /// I/O counters, updated without locks.
 #[derive(Default)]
@@ -104,18 +111,31 @@ pub(crate) struct Device {
     /// Set once a detach has begun; new opens fail.
     detaching: AtomicBool,
     stats: Stats,
+    /// The write-journal ring; a ring file (the agent's) may hold it longer.
+    ring: Arc<Ring>,
 }
 
 impl Device {
     /// A device numbered `index` over `lower`, attached by `lower_path`.
-    pub(crate) fn new(index: u32, lower: LowerDevice, lower_path: KVec<u8>) -> Self {
+    pub(crate) fn new(
+        index: u32,
+        lower: LowerDevice,
+        lower_path: KVec<u8>,
+        ring: Arc<Ring>,
+    ) -> Self {
         Self {
             index,
             lower,
             lower_path,
             detaching: AtomicBool::new(false),
             stats: Stats::default(),
+            ring,
         }
+    }
+
+    /// The write-journal ring.
+    pub(crate) fn ring(&self) -> &Arc<Ring> {
+        &self.ring
     }
 
     /// `N` of `/dev/rtbackupN`.
@@ -133,9 +153,11 @@ impl Device {
         &self.lower_path
     }
 
-    /// Refuses opens from now on. Call with the disk's open lock held.
+    /// Refuses opens from now on and stops the ring. Call with the disk's
+    /// open lock held and no opener: no bio can be submitted any more.
     pub(crate) fn begin_detach(&self) {
         self.detaching.store(true, Relaxed);
+        self.ring.detach();
     }
 
     /// Whether a detach has begun.
@@ -167,11 +189,19 @@ impl DiskOps for Device {
             // Zone management and driver-private operations have no meaning
             // on a non-zoned bio-based disk (zoned lowers are refused).
             ReqOp::Other(_) => Action::Complete(BlkStatus::not_supported()),
-            _ => Action::Remap,
+            ReqOp::Read => Action::Remap { token: 0 },
+            _ => match self.ring.record(bio) {
+                Ok(token) => Action::Remap { token },
+                Err(e) => {
+                    bump(&self.stats.errors, 1);
+                    Action::Complete(BlkStatus::from_error(e))
+                }
+            },
         }
     }
 
-    fn end_bio(&self, _bio: &BioRef<'_>, status: BlkStatus) {
+    fn end_bio(&self, _bio: &BioRef<'_>, status: BlkStatus, token: usize) {
+        self.ring.complete(token);
         if !status.is_ok() {
             bump(&self.stats.errors, 1);
         }

@@ -3,10 +3,16 @@
  * C glue of the rtbackup module; see glue.h. Each function wraps one macro,
  * inline function or static structure that bindgen cannot export.
  */
+#include <linux/anon_inodes.h>
 #include <linux/blkdev.h>
+#include <linux/crc32c.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
+#include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/poll.h>
+#include <linux/timekeeping.h>
+#include <linux/vmalloc.h>
 #include <linux/wait_bit.h>
 
 #include "glue.h"
@@ -31,6 +37,16 @@ unsigned int rtb_blk_feat_io_stat(void)
 unsigned int rtb_blk_feat_stable_writes(void)
 {
 	return (__force unsigned int)BLK_FEAT_STABLE_WRITES;
+}
+
+unsigned int rtb_blk_feat_write_cache(void)
+{
+	return (__force unsigned int)BLK_FEAT_WRITE_CACHE;
+}
+
+unsigned int rtb_blk_feat_fua(void)
+{
+	return (__force unsigned int)BLK_FEAT_FUA;
 }
 
 unsigned int rtb_blk_feat_zoned(void)
@@ -89,4 +105,106 @@ int rtb_control_register(const char *name)
 void rtb_control_deregister(void)
 {
 	misc_deregister(&rtb_control_misc);
+}
+
+/* Generation counters: wait_var_event_timeout() is a macro. */
+void rtb_atomic_inc_and_wake_up(atomic_t *v)
+{
+	atomic_inc(v);
+	smp_mb__after_atomic();
+	wake_up_var(v);
+}
+
+long rtb_wait_atomic_changed(atomic_t *v, int old, long timeout)
+{
+	return wait_var_event_timeout(v, atomic_read_acquire(v) != old, timeout);
+}
+
+/* bio_for_each_segment() and memcpy_from_bvec() are macros and inlines. */
+size_t rtb_bio_copy_data(struct bio *bio, void *dst, size_t cap)
+{
+	struct bio_vec bv;
+	struct bvec_iter iter;
+	size_t done = 0;
+
+	bio_for_each_segment(bv, bio, iter) {
+		if (bv.bv_len > cap - done)
+			return 0;
+		memcpy_from_bvec(dst + done, &bv);
+		done += bv.bv_len;
+	}
+	return done;
+}
+
+/* crc32c() is not in the Rust bindings (linux/crc32c.h). */
+u32 rtb_crc32c(u32 crc, const void *p, size_t len)
+{
+	return crc32c(crc, p, len);
+}
+
+/* ktime_get_real_ns() is inline. */
+u64 rtb_ktime_real_ns(void)
+{
+	return ktime_get_real_ns();
+}
+
+/* vmalloc.h is not in the Rust bindings. */
+void *rtb_vmalloc_user(unsigned long size)
+{
+	return vmalloc_user(size);
+}
+
+void rtb_vfree(void *p)
+{
+	vfree(p);
+}
+
+/* vm_flags_*() are inline; remap_vmalloc_range() is not in the bindings. */
+int rtb_vma_map_readonly(struct vm_area_struct *vma, void *mem)
+{
+	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE);
+	return remap_vmalloc_range(vma, mem, 0);
+}
+
+/* Wait queues for poll(): init_waitqueue_head() is a macro, the rest inline. */
+void rtb_waitqueue_init(struct wait_queue_head *wq)
+{
+	init_waitqueue_head(wq);
+}
+
+void rtb_wake_up_poll(struct wait_queue_head *wq)
+{
+	if (wq_has_sleeper(wq))
+		wake_up_interruptible_poll(wq, EPOLLIN | EPOLLRDNORM);
+}
+
+void rtb_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_table_struct *pt)
+{
+	poll_wait(file, wq, pt);
+}
+
+unsigned int rtb_epollin(void)
+{
+	return (__force unsigned int)(EPOLLIN | EPOLLRDNORM);
+}
+
+unsigned int rtb_epollhup(void)
+{
+	return (__force unsigned int)EPOLLHUP;
+}
+
+/* A ring file: anon_inodes.h is not in the bindings; static fops. */
+static const struct file_operations rtb_ring_fops = {
+	.owner = THIS_MODULE,
+	.mmap = rtb_ring_mmap,
+	.poll = rtb_ring_poll,
+	.unlocked_ioctl = rtb_ring_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.release = rtb_ring_release,
+	.llseek = noop_llseek,
+};
+
+int rtb_ring_getfd(void *priv)
+{
+	return anon_inode_getfd("[rtbackup-ring]", &rtb_ring_fops, priv, O_RDWR | O_CLOEXEC);
 }

@@ -3,15 +3,19 @@
 //! rtbackup: real-time block-level backup.
 //!
 //! `rtbackupctl attach /dev/sdX` stacks `/dev/rtbackupN` on a block device;
-//! every bio to it is passed to the lower device (and, as the journal ring
-//! lands, every write is recorded for the backup agent).
+//! every bio to it is passed to the lower device, and every write, discard,
+//! write-zeroes and flush is recorded in the device's journal ring, which the
+//! agent maps and drains to the backup server.
 //!
-//! Files by concern: `uapi` (the ioctl ABI shared with the tools), `control`
-//! (the device table and its ioctls), `device` (one protected device and its
-//! request path), `sys` (the only code that touches C).
+//! Files by concern: `uapi` (the ABI shared with the tools), `control` (the
+//! device table and its ioctls), `device` (one protected device and its
+//! request path), `ring` (the write-journal ring), `inflight` (write
+//! ordering), `sys` (the only code that touches C).
 
 mod control;
 mod device;
+mod inflight;
+mod ring;
 mod sys;
 #[allow(dead_code, unreachable_pub)]
 mod uapi;
@@ -37,6 +41,11 @@ struct RtBackup {
 
 impl kernel::Module for RtBackup {
     fn init(_module: &'static ThisModule) -> Result<Self> {
+        // The record checksums must be the CRC32C that the tools compute.
+        if sys::crc32c(b"123456789") != 0xe306_9283 {
+            pr_err!("crc32c() gives a non-standard result; refusing to load\n");
+            return Err(EINVAL);
+        }
         let control = KBox::pin_init(control::Control::new()?, GFP_KERNEL)?;
         // SAFETY: `control` is pinned on the heap and is dropped after the
         // control device (field order of `RtBackup`).

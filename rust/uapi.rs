@@ -15,7 +15,7 @@
 //! Fields named `reserved` must be zero; later versions give them a meaning.
 
 /// The version of this ABI. Bumped on any incompatible change.
-pub const RTB_ABI_VERSION: u32 = 1;
+pub const RTB_ABI_VERSION: u32 = 2;
 
 /// The ioctl type byte ("magic") of rtbackup, free in
 /// Documentation/userspace-api/ioctl/ioctl-number.rst of Linux 6.12.
@@ -77,6 +77,14 @@ pub const RTB_IOC_DETACH: u32 = ioc(IOC_WRITE, 2, core::mem::size_of::<RtbDetach
 /// `_IOWR(0xBB, 3, struct rtb_list)`: describe the attached devices.
 pub const RTB_IOC_LIST: u32 = ioc(IOC_READ | IOC_WRITE, 3, core::mem::size_of::<RtbList>());
 
+/// `_IOW(0xBB, 4, struct rtb_ring_open)`: open the write-journal ring of a
+/// device; the ioctl returns the new file descriptor.
+pub const RTB_IOC_RING_OPEN: u32 = ioc(IOC_WRITE, 4, core::mem::size_of::<RtbRingOpen>());
+
+/// `_IOW(0xBB, 16, struct rtb_ring_ack)`, on a ring file descriptor: the
+/// records before `tail` are durable on the backup server.
+pub const RTB_RING_IOC_ACK: u32 = ioc(IOC_WRITE, 16, core::mem::size_of::<RtbRingAck>());
+
 /// Answer of [`RTB_IOC_VERSION`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,8 +111,12 @@ pub struct RtbAttach {
     pub index: u32,
     /// Explicit padding, zero.
     pub pad: u32,
+    /// In: bytes of the write-journal ring's data area: a power of two
+    /// from [`RTB_RING_MIN_SIZE`] to [`RTB_RING_MAX_SIZE`], or 0 for
+    /// [`RTB_RING_DEFAULT_SIZE`].
+    pub ring_size: u64,
     /// In: must be zero.
-    pub reserved: [u64; 8],
+    pub reserved: [u64; 7],
 }
 
 /// Request of [`RTB_IOC_DETACH`].
@@ -187,6 +199,8 @@ pub struct RtbDeviceInfo {
     pub lower_path: [u8; RTB_PATH_MAX],
     /// Counters since attach.
     pub stats: RtbStats,
+    /// The write-journal ring.
+    pub ring: RtbRingInfo,
 }
 
 /// Request of [`RTB_IOC_LIST`].
@@ -213,7 +227,7 @@ const _: () = assert!(core::mem::size_of::<RtbVersion>() == 40);
 const _: () = assert!(core::mem::size_of::<RtbAttach>() == 336);
 const _: () = assert!(core::mem::size_of::<RtbDetach>() == 48);
 const _: () = assert!(core::mem::size_of::<RtbStats>() == 128);
-const _: () = assert!(core::mem::size_of::<RtbDeviceInfo>() == 464);
+const _: () = assert!(core::mem::size_of::<RtbDeviceInfo>() == 464 + 128);
 const _: () = assert!(core::mem::size_of::<RtbList>() == 40);
 
 impl RtbVersion {
@@ -233,7 +247,8 @@ impl RtbAttach {
         lower_path: [0; RTB_PATH_MAX],
         index: 0,
         pad: 0,
-        reserved: [0; 8],
+        ring_size: 0,
+        reserved: [0; 7],
     };
 }
 
@@ -279,6 +294,7 @@ impl RtbDeviceInfo {
             in_flight: 0,
             reserved: [0; 4],
         },
+        ring: RtbRingInfo::ZERO,
     };
 }
 
@@ -299,4 +315,342 @@ impl RtbList {
 pub fn c_str_bytes(buf: &[u8]) -> Option<&[u8]> {
     let len = buf.iter().position(|&b| b == 0)?;
     Some(&buf[..len])
+}
+
+// ---------------------------------------------------------------------------
+// The write-journal ring (ABI v2).
+//
+// `RTB_IOC_RING_OPEN` returns a file descriptor for one device's ring; one
+// may be open per device at a time (the agent's handle; `EBUSY` otherwise).
+// `mmap(fd, 0, RTB_RING_PAGE + data_size, PROT_READ, MAP_SHARED)` maps the
+// control page (an [`RtbRingHeader`]) followed by the data area. The mapping
+// is read-only: the consumer moves its position with `RTB_RING_IOC_ACK`.
+// `poll(fd, POLLIN)` wakes when records are published past the acked tail.
+//
+// Positions (`head`, `tail`) are byte counts since attach; a position's
+// offset in the data area is `pos & (data_size - 1)`. The kernel writes a
+// record completely, then publishes it by storing `head` with release
+// ordering; the consumer loads `head` with acquire ordering and may read
+// every record in `[tail, head)`. Records start at multiples of
+// [`RTB_RECORD_ALIGN`] and never wrap: when a record does not fit before the
+// end of the data area, an [`RTB_OP_PAD`] record fills the rest.
+//
+// A record is an [`RtbRecordHeader`] and, for writes, `payload_len` bytes of
+// data, padded to `size`. The same bytes travel on the wire and are stored
+// in the server's journal (Documentation/protocol.rst).
+// ---------------------------------------------------------------------------
+
+/// Size of the control page at offset 0 of a ring mapping.
+pub const RTB_RING_PAGE: u64 = 4096;
+
+/// Smallest ring data area.
+pub const RTB_RING_MIN_SIZE: u64 = 1 << 20;
+
+/// Largest ring data area.
+pub const RTB_RING_MAX_SIZE: u64 = 1 << 32;
+
+/// Ring data area when attach asks for 0.
+pub const RTB_RING_DEFAULT_SIZE: u64 = 64 << 20;
+
+/// `magic` of [`RtbRingHeader`]: "RTBR".
+pub const RTB_RING_MAGIC: u32 = u32::from_le_bytes(*b"RTBR");
+
+/// `magic` of [`RtbRecordHeader`]: "RTBJ".
+pub const RTB_RECORD_MAGIC: u32 = u32::from_le_bytes(*b"RTBJ");
+
+/// Alignment and size granule of records.
+pub const RTB_RECORD_ALIGN: u64 = 64;
+
+/// A write; the payload is the data written at `sector`.
+pub const RTB_OP_WRITE: u8 = 1;
+/// A discard (or secure erase) of `len` bytes at `sector`; no payload.
+pub const RTB_OP_DISCARD: u8 = 2;
+/// A write of zeroes over `len` bytes at `sector`; no payload.
+pub const RTB_OP_WRITE_ZEROES: u8 = 3;
+/// A cache flush: a consistency point; no payload, `sector` and `len` 0.
+pub const RTB_OP_FLUSH: u8 = 4;
+/// Filler up to the end of the data area; not part of the stream (`seq` 0).
+pub const RTB_OP_PAD: u8 = 0x7f;
+
+/// Record flag: the write carried FUA.
+pub const RTB_REC_FUA: u8 = 1 << 0;
+/// Record flag: the write carried PREFLUSH (a consistency point precedes
+/// it).
+pub const RTB_REC_PREFLUSH: u8 = 1 << 1;
+
+/// `RtbRingHeader::flags` bit: the device was detached; no record will be
+/// added (the agent drains what is left and stops).
+pub const RTB_RING_F_DETACHED: u32 = 1 << 0;
+
+/// `RtbRingInfo::agent` bit: a ring file descriptor is open.
+pub const RTB_AGENT_OPEN: u32 = 1 << 0;
+/// `RtbRingInfo::agent` bit: the agent reported a live server connection
+/// with its last acknowledgement.
+pub const RTB_AGENT_CONNECTED: u32 = 1 << 1;
+
+/// `RtbRingAck::flags` bit: the agent is connected to the server.
+pub const RTB_ACK_CONNECTED: u32 = 1 << 0;
+
+/// The control page at offset 0 of a ring mapping. The kernel updates
+/// `head`, `tail`, `head_seq` and `tail_seq`; userspace reads them as
+/// atomics (`head` with acquire ordering).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbRingHeader {
+    /// [`RTB_RING_MAGIC`].
+    pub magic: u32,
+    /// [`RTB_ABI_VERSION`] of the module.
+    pub abi_version: u32,
+    /// Offset of the data area in the mapping: [`RTB_RING_PAGE`].
+    pub data_offset: u64,
+    /// Bytes of the data area, a power of two.
+    pub data_size: u64,
+    /// Random identity of this attach: sequence numbers restart at 1 with
+    /// every attach, so (ring_id, seq) names a record.
+    pub ring_id: u64,
+    /// Capacity of the device in 512-byte sectors.
+    pub capacity_sectors: u64,
+    /// Producer position: end of the last published record.
+    pub head: u64,
+    /// Consumer position: start of the first record not acknowledged.
+    pub tail: u64,
+    /// Sequence number the next record will get (the first is 1).
+    pub head_seq: u64,
+    /// Sequence number of the first record not acknowledged.
+    pub tail_seq: u64,
+    /// Logical block size of the device in bytes.
+    pub logical_block_size: u32,
+    /// `RTB_RING_F_*` bits.
+    pub flags: u32,
+    /// Zero.
+    pub reserved: [u64; 6],
+}
+
+/// The header of a record, in the ring, on the wire and in the journal.
+/// Little-endian (the ring is only shared within one machine; the tools
+/// convert on big-endian hosts, of which none is supported yet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbRecordHeader {
+    /// [`RTB_RECORD_MAGIC`].
+    pub magic: u32,
+    /// `RTB_OP_*`.
+    pub op: u8,
+    /// `RTB_REC_*`.
+    pub flags: u8,
+    /// Zero.
+    pub pad: u16,
+    /// Bytes of the record: header, payload and padding to a multiple of
+    /// [`RTB_RECORD_ALIGN`].
+    pub size: u32,
+    /// Bytes of payload after the header (`len` for writes, else 0).
+    pub payload_len: u32,
+    /// Sequence number, from 1, consecutive within a ring; 0 for padding.
+    pub seq: u64,
+    /// First 512-byte sector affected.
+    pub sector: u64,
+    /// Bytes affected.
+    pub len: u64,
+    /// Submission time, `CLOCK_REALTIME` in nanoseconds.
+    pub time_ns: u64,
+    /// CRC32C (Castagnoli, as `crc32c(0, payload)`) of the payload; 0 when
+    /// there is none.
+    pub payload_crc: u32,
+    /// CRC32C of the 64 header bytes with this field set to zero.
+    pub header_crc: u32,
+    /// Zero.
+    pub reserved: u64,
+}
+
+/// Request of [`RTB_IOC_RING_OPEN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbRingOpen {
+    /// In: [`RTB_ABI_VERSION`].
+    pub abi_version: u32,
+    /// In: no flags are defined yet; must be zero.
+    pub flags: u32,
+    /// In: `N` of `/dev/rtbackupN`.
+    pub index: u32,
+    /// Explicit padding, zero.
+    pub pad: u32,
+    /// In: must be zero.
+    pub reserved: [u64; 4],
+}
+
+/// Request of [`RTB_RING_IOC_ACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbRingAck {
+    /// In: [`RTB_ABI_VERSION`].
+    pub abi_version: u32,
+    /// In: `RTB_ACK_*` bits.
+    pub flags: u32,
+    /// In: the new consumer position: the end of a record in
+    /// `[tail, head]` (`EINVAL` otherwise). Equal to `tail` only reports
+    /// the connection state.
+    pub tail: u64,
+    /// In: must be zero.
+    pub reserved: [u64; 4],
+}
+
+/// State of a device's ring in [`RtbDeviceInfo`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RtbRingInfo {
+    /// Bytes of the data area.
+    pub size: u64,
+    /// Bytes of records not yet acknowledged (`head - tail`).
+    pub used: u64,
+    /// Sequence number of the next record (records written: `head_seq - 1`).
+    pub head_seq: u64,
+    /// Sequence number of the first record not acknowledged (acknowledged:
+    /// `tail_seq - 1`).
+    pub tail_seq: u64,
+    /// Submission time (`CLOCK_REALTIME` ns) of the oldest record not
+    /// acknowledged; 0 when all are.
+    pub oldest_unacked_ns: u64,
+    /// Time of the last acknowledgement (`CLOCK_REALTIME` ns); 0 if none.
+    pub last_ack_ns: u64,
+    /// Times a writer had to wait for room in the ring.
+    pub full_waits: u64,
+    /// Random identity of this attach (see [`RtbRingHeader::ring_id`]).
+    pub ring_id: u64,
+    /// Writers waiting for room now.
+    pub waiting_writers: u32,
+    /// `RTB_AGENT_*` bits.
+    pub agent: u32,
+    /// Zero.
+    pub reserved: [u64; 7],
+}
+
+const _: () = assert!(core::mem::size_of::<RtbRingHeader>() == 128);
+const _: () = assert!(core::mem::size_of::<RtbRecordHeader>() == RTB_RECORD_ALIGN as usize);
+const _: () = assert!(core::mem::size_of::<RtbRingOpen>() == 48);
+const _: () = assert!(core::mem::size_of::<RtbRingAck>() == 48);
+const _: () = assert!(core::mem::size_of::<RtbRingInfo>() == 128);
+
+impl RtbRingInfo {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        size: 0,
+        used: 0,
+        head_seq: 0,
+        tail_seq: 0,
+        oldest_unacked_ns: 0,
+        last_ack_ns: 0,
+        full_waits: 0,
+        ring_id: 0,
+        waiting_writers: 0,
+        agent: 0,
+        reserved: [0; 7],
+    };
+}
+
+impl RtbRingOpen {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        abi_version: 0,
+        flags: 0,
+        index: 0,
+        pad: 0,
+        reserved: [0; 4],
+    };
+}
+
+impl RtbRingAck {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        abi_version: 0,
+        flags: 0,
+        tail: 0,
+        reserved: [0; 4],
+    };
+}
+
+impl RtbRecordHeader {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        magic: 0,
+        op: 0,
+        flags: 0,
+        pad: 0,
+        size: 0,
+        payload_len: 0,
+        seq: 0,
+        sector: 0,
+        len: 0,
+        time_ns: 0,
+        payload_crc: 0,
+        header_crc: 0,
+        reserved: 0,
+    };
+
+    /// Offset of `header_crc` in the encoded header.
+    pub const HEADER_CRC_OFFSET: usize = 52;
+
+    /// The 64 bytes of this header, little-endian.
+    pub fn to_bytes(self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        put(&mut b, 0, &self.magic.to_le_bytes());
+        b[4] = self.op;
+        b[5] = self.flags;
+        put(&mut b, 6, &self.pad.to_le_bytes());
+        put(&mut b, 8, &self.size.to_le_bytes());
+        put(&mut b, 12, &self.payload_len.to_le_bytes());
+        put(&mut b, 16, &self.seq.to_le_bytes());
+        put(&mut b, 24, &self.sector.to_le_bytes());
+        put(&mut b, 32, &self.len.to_le_bytes());
+        put(&mut b, 40, &self.time_ns.to_le_bytes());
+        put(&mut b, 48, &self.payload_crc.to_le_bytes());
+        put(&mut b, 52, &self.header_crc.to_le_bytes());
+        put(&mut b, 56, &self.reserved.to_le_bytes());
+        b
+    }
+
+    /// Decodes 64 bytes; checks nothing (see the tools' record parser).
+    pub fn from_bytes(b: &[u8; 64]) -> Self {
+        Self {
+            magic: le32(b, 0),
+            op: b[4],
+            flags: b[5],
+            pad: u16::from_le_bytes([b[6], b[7]]),
+            size: le32(b, 8),
+            payload_len: le32(b, 12),
+            seq: le64(b, 16),
+            sector: le64(b, 24),
+            len: le64(b, 32),
+            time_ns: le64(b, 40),
+            payload_crc: le32(b, 48),
+            header_crc: le32(b, 52),
+            reserved: le64(b, 56),
+        }
+    }
+}
+
+/// Bytes a record with `payload_len` bytes of payload takes in the ring.
+pub const fn record_size(payload_len: u64) -> u64 {
+    (RTB_RECORD_ALIGN + payload_len + RTB_RECORD_ALIGN - 1) & !(RTB_RECORD_ALIGN - 1)
+}
+
+fn put(dst: &mut [u8; 64], at: usize, src: &[u8]) {
+    let mut i = 0;
+    while i < src.len() {
+        dst[at + i] = src[i];
+        i += 1;
+    }
+}
+
+fn le32(b: &[u8; 64], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn le64(b: &[u8; 64], at: usize) -> u64 {
+    let mut v = [0u8; 8];
+    let mut i = 0;
+    while i < 8 {
+        v[i] = b[at + i];
+        i += 1;
+    }
+    u64::from_le_bytes(v)
 }

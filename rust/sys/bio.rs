@@ -97,6 +97,16 @@ impl<'a> BioRef<'a> {
         }
     }
 
+    pub(super) fn as_ptr(&self) -> *mut bindings::bio {
+        self.bio.as_ptr()
+    }
+
+    /// First 512-byte sector.
+    pub(crate) fn sector(&self) -> u64 {
+        // SAFETY: `self.bio` is valid (type invariant); see `bytes`.
+        unsafe { (*self.bio.as_ptr()).bi_iter.bi_sector }
+    }
+
     fn opf(&self) -> u32 {
         // SAFETY: `self.bio` is valid (type invariant); `bi_opf` does not
         // change while the bio is ours.

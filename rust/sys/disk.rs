@@ -34,7 +34,11 @@ const CLONE_POOL_SIZE: u32 = 256;
 /// What to do with a submitted bio.
 pub(crate) enum Action {
     /// Clone it to the lower device; complete it when the clone completes.
-    Remap,
+    /// `token` is handed back to [`DiskOps::end_bio`].
+    Remap {
+        /// Opaque to the disk.
+        token: usize,
+    },
     /// Complete it now with this status.
     Complete(BlkStatus),
 }
@@ -53,9 +57,10 @@ pub(crate) trait DiskOps: Send + Sync + Sized {
     fn submit_bio(&self, bio: &BioRef<'_>) -> Action;
 
     /// Called when the lower device has completed a remapped bio, before the
-    /// original completes. Called in any context, including hard interrupt:
-    /// it must not sleep or take sleeping locks.
-    fn end_bio(&self, bio: &BioRef<'_>, status: BlkStatus);
+    /// original completes, with the token of its [`Action::Remap`]. Called
+    /// in any context, including hard interrupt: it must not sleep or take
+    /// sleeping locks.
+    fn end_bio(&self, bio: &BioRef<'_>, status: BlkStatus, token: usize);
 }
 
 /// Per-clone context, in the `bio_set`'s front padding before each clone.
@@ -65,6 +70,8 @@ struct CloneCtx {
     orig: *mut bindings::bio,
     /// `bio_start_io_acct` time of the original.
     start: c_ulong,
+    /// The token of [`Action::Remap`].
+    token: usize,
 }
 
 /// Front padding of the clone `bio_set`: one `CloneCtx`, which keeps the bio
@@ -157,7 +164,7 @@ impl<T: DiskOps> DiskData<T> {
     ///
     /// `bio` must be valid, submitted to this data's disk and not completed.
     /// It is completed (now or later) by this call.
-    unsafe fn remap(&self, bio: *mut bindings::bio) {
+    unsafe fn remap(&self, bio: *mut bindings::bio, token: usize) {
         self.in_flight.inc();
         // SAFETY: `bio` is valid; the lower bdev is open while `self.ops`
         // lives; the bio_set is initialised. GFP_NOIO with direct reclaim
@@ -171,6 +178,14 @@ impl<T: DiskOps> DiskData<T> {
             )
         };
         if clone.is_null() {
+            if let Some(nn) = NonNull::new(bio) {
+                // SAFETY: the bio is completed only after this view is gone.
+                self.ops.end_bio(
+                    &unsafe { BioRef::from_raw(nn) },
+                    BlkStatus::from_error(ENOMEM),
+                    token,
+                );
+            }
             // SAFETY: `bio` is valid and ours to complete.
             unsafe {
                 (*bio).bi_status = BlkStatus::from_error(ENOMEM).raw();
@@ -185,6 +200,7 @@ impl<T: DiskOps> DiskData<T> {
             clone_ctx(clone).write(CloneCtx {
                 orig: bio,
                 start: bindings::bio_start_io_acct(bio),
+                token,
             });
             (*clone).bi_end_io = Some(clone_end_io::<T>);
             bindings::submit_bio_noacct(clone);
@@ -198,6 +214,10 @@ impl<T: DiskOps> DiskData<T> {
 ///
 /// Called by the block layer with a valid bio for a disk of type `T`.
 unsafe extern "C" fn submit_bio_callback<T: DiskOps>(bio: *mut bindings::bio) {
+    // Split to the queue limits (the largest write must fit in the ring);
+    // the remainder is resubmitted. Null when the bio was failed.
+    // SAFETY: the block layer hands us a valid bio for our disk.
+    let bio = unsafe { bindings::bio_split_to_limits(bio) };
     let Some(nn) = NonNull::new(bio) else {
         return;
     };
@@ -208,7 +228,7 @@ unsafe extern "C" fn submit_bio_callback<T: DiskOps>(bio: *mut bindings::bio) {
     let action = data.ops.submit_bio(&unsafe { BioRef::from_raw(nn) });
     match action {
         // SAFETY: `bio` is valid, submitted to this disk, not completed.
-        Action::Remap => unsafe { data.remap(bio) },
+        Action::Remap { token } => unsafe { data.remap(bio, token) },
         // SAFETY: `bio` is valid and ours to complete.
         Action::Complete(status) => unsafe {
             (*bio).bi_status = status.raw();
@@ -225,18 +245,19 @@ unsafe extern "C" fn submit_bio_callback<T: DiskOps>(bio: *mut bindings::bio) {
 unsafe extern "C" fn clone_end_io<T: DiskOps>(clone: *mut bindings::bio) {
     // SAFETY: the clone came from our bio_set, so its `CloneCtx` sits in the
     // front padding; the original is not completed until below.
-    let (orig, start, status) = unsafe {
+    let (orig, start, token, status) = unsafe {
         let ctx = clone_ctx(clone).read();
         let status = (*clone).bi_status;
         bindings::bio_put(clone);
-        (ctx.orig, ctx.start, BlkStatus::from_raw(status))
+        (ctx.orig, ctx.start, ctx.token, BlkStatus::from_raw(status))
     };
     // SAFETY: the original was submitted to our disk; the disk data lives
     // until the in-flight count dropped below reaches zero.
     let data = unsafe { DiskData::<T>::of_bio(orig) };
     if let Some(nn) = NonNull::new(orig) {
         // SAFETY: the original is completed only after this view is gone.
-        data.ops.end_bio(&unsafe { BioRef::from_raw(nn) }, status);
+        data.ops
+            .end_bio(&unsafe { BioRef::from_raw(nn) }, status, token);
     }
     // SAFETY: the original is valid and ours to complete, exactly once.
     unsafe {
@@ -303,7 +324,10 @@ unsafe impl<T: DiskOps> Sync for Disk<T> {}
 impl<T: DiskOps> Disk<T> {
     /// Creates and adds a disk called `name` over `ops.lower()`, with its
     /// capacity and queue limits, plus I/O accounting and stable writes.
-    pub(crate) fn new(ops: Arc<T>, name: &CStr) -> Result<Self> {
+    /// Bios larger than `max_io_bytes` are split. The disk always has a
+    /// volatile write cache with FUA, so that flushes reach `ops` (they are
+    /// consistency points); the lower device ignores them if it has none.
+    pub(crate) fn new(ops: Arc<T>, name: &CStr, max_io_bytes: u32) -> Result<Self> {
         let name_bytes = name.as_bytes_with_nul();
         let data = KBox::new(
             DiskData {
@@ -320,8 +344,16 @@ impl<T: DiskOps> Disk<T> {
         unsafe {
             bindings::blk_set_stacking_limits(&mut lim);
             bindings::queue_limits_stack_bdev(&mut lim, lower.as_raw_bdev(), 0, name.as_char_ptr());
-            lim.features |= glue::rtb_blk_feat_io_stat() | glue::rtb_blk_feat_stable_writes();
+            lim.features |= glue::rtb_blk_feat_io_stat()
+                | glue::rtb_blk_feat_stable_writes()
+                | glue::rtb_blk_feat_write_cache()
+                | glue::rtb_blk_feat_fua();
         }
+        let max_sectors = max_io_bytes >> 9;
+        if max_sectors < (lim.logical_block_size >> 9).max(8) {
+            return Err(EINVAL);
+        }
+        lim.max_hw_sectors = lim.max_hw_sectors.min(max_sectors);
         // Zoned devices need zone reporting and append emulation, which a
         // plain remap does not provide.
         // SAFETY: returns a constant.

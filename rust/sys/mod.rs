@@ -16,6 +16,9 @@ pub(crate) mod bio;
 pub(crate) mod control;
 pub(crate) mod disk;
 mod glue;
+pub(crate) mod ringfile;
+pub(crate) mod ringmem;
+pub(crate) mod wait;
 
 use crate::uapi;
 use kernel::{bindings, error::Error, types::AsBytes, types::FromBytes};
@@ -39,6 +42,26 @@ pub(crate) fn eproto() -> Error {
 /// `EOPNOTSUPP`, which `kernel::error::code` lacks in 6.12.
 pub(crate) fn eopnotsupp() -> Error {
     Error::from_errno(-(bindings::EOPNOTSUPP as i32))
+}
+
+/// CRC32C (Castagnoli) of `bytes`, the standard variant (initial value and
+/// final XOR all ones) that userspace's `crc32c` crates compute.
+pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
+    // SAFETY: `bytes` is a valid slice for the duration of the call.
+    !unsafe { glue::rtb_crc32c(!0, bytes.as_ptr().cast(), bytes.len()) }
+}
+
+/// The time, `CLOCK_REALTIME` in nanoseconds.
+pub(crate) fn real_time_ns() -> u64 {
+    // SAFETY: reads the clock; callable in any context.
+    unsafe { glue::rtb_ktime_real_ns() }
+}
+
+/// A random 64-bit number.
+pub(crate) fn random_u64() -> u64 {
+    // SAFETY: callable in process context; may not block on entropy in
+    // 6.12 (it returns what the CRNG has).
+    unsafe { bindings::get_random_u64() }
 }
 
 /// Whether the calling task may administer devices (`CAP_SYS_ADMIN`).
@@ -93,3 +116,7 @@ unsafe impl FromBytes for uapi::RtbList {}
 unsafe impl AsBytes for uapi::RtbList {}
 // SAFETY: see above.
 unsafe impl AsBytes for uapi::RtbDeviceInfo {}
+// SAFETY: see above.
+unsafe impl FromBytes for uapi::RtbRingOpen {}
+// SAFETY: see above.
+unsafe impl FromBytes for uapi::RtbRingAck {}

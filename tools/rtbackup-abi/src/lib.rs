@@ -23,6 +23,40 @@ mod tests {
         assert_eq!(RTB_IOC_ATTACH, 0xc150_bb01);
         assert_eq!(RTB_IOC_DETACH, 0x4030_bb02);
         assert_eq!(RTB_IOC_LIST, 0xc028_bb03);
+        assert_eq!(RTB_IOC_RING_OPEN, 0x4030_bb04);
+        assert_eq!(RTB_RING_IOC_ACK, 0x4030_bb10);
+    }
+
+    #[test]
+    fn record_header_round_trips_and_places_the_crc() {
+        let h = RtbRecordHeader {
+            magic: RTB_RECORD_MAGIC,
+            op: RTB_OP_WRITE,
+            flags: RTB_REC_FUA,
+            pad: 0,
+            size: 4160,
+            payload_len: 4096,
+            seq: 7,
+            sector: 8,
+            len: 4096,
+            time_ns: 1,
+            payload_crc: 0xdead_beef,
+            header_crc: 0x0102_0304,
+            reserved: 0,
+        };
+        let b = h.to_bytes();
+        assert_eq!(RtbRecordHeader::from_bytes(&b), h);
+        let at = RtbRecordHeader::HEADER_CRC_OFFSET;
+        assert_eq!(&b[at..at + 4], &0x0102_0304u32.to_le_bytes());
+        assert_eq!(&b[..4], b"RTBJ");
+    }
+
+    #[test]
+    fn record_sizes_are_aligned() {
+        assert_eq!(record_size(0), 64);
+        assert_eq!(record_size(1), 128);
+        assert_eq!(record_size(4096), 4160);
+        assert_eq!(record_size(4097), 4224);
     }
 
     #[test]

@@ -6,12 +6,13 @@ use crate::ioctl;
 use crate::status::DeviceStatus;
 use nix::errno::Errno;
 use rtbackup_abi::{
-    c_str_bytes, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbVersion, RTB_ABI_VERSION,
-    RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX,
+    c_str_bytes, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbRingAck, RtbRingOpen, RtbVersion,
+    RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX,
+    RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -132,8 +133,19 @@ impl Control {
         Ok(infos[..n].iter().map(DeviceStatus::from).collect())
     }
 
-    /// Stacks `/dev/rtbackupN` on the block device at `lower`.
-    pub fn attach(&self, lower: &Path) -> Result<AttachedDevice> {
+    /// Stacks `/dev/rtbackupN` on the block device at `lower`, with a ring
+    /// of `ring_size` bytes (0: the module's default).
+    pub fn attach(&self, lower: &Path, ring_size: u64) -> Result<AttachedDevice> {
+        if ring_size != 0
+            && (!ring_size.is_power_of_two()
+                || !(RTB_RING_MIN_SIZE..=RTB_RING_MAX_SIZE).contains(&ring_size))
+        {
+            return Err(Error::BadRingSize {
+                size: ring_size,
+                min: RTB_RING_MIN_SIZE,
+                max: RTB_RING_MAX_SIZE,
+            });
+        }
         let meta = std::fs::metadata(lower).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NoSuchPath {
                 path: lower.to_path_buf(),
@@ -172,6 +184,7 @@ impl Control {
         let mut req = RtbAttach::ZERO;
         req.abi_version = RTB_ABI_VERSION;
         req.lower_path[..bytes.len()].copy_from_slice(bytes);
+        req.ring_size = ring_size;
         tracing::debug!(path = %abs.display(), "RTB_IOC_ATTACH");
         // SAFETY: `req` is a valid `RtbAttach` for the kernel to read and fill.
         unsafe { ioctl::attach(self.fd(), &mut req) }.map_err(|errno| match errno {
@@ -190,6 +203,7 @@ impl Control {
             Errno::ENOTBLK => Error::NotBlockDevice {
                 path: lower.to_path_buf(),
             },
+            Errno::ENOMEM => Error::RingNoMemory { size: ring_size },
             Errno::EOPNOTSUPP => Error::Zoned {
                 path: lower.to_path_buf(),
             },
@@ -250,6 +264,44 @@ impl Control {
         })?;
         Ok(())
     }
+}
+
+impl Control {
+    /// Opens the write-journal ring of device `index`: the agent's handle.
+    /// Only one may be open per device.
+    pub fn ring_open(&self, index: u32) -> Result<OwnedFd> {
+        let mut req = RtbRingOpen::ZERO;
+        req.abi_version = RTB_ABI_VERSION;
+        req.index = index;
+        let disk = format!("{RTB_DISK_PREFIX}{index}");
+        // SAFETY: `req` is a valid `RtbRingOpen` for the kernel to read and
+        // fill.
+        let fd = unsafe { ioctl::ring_open(self.fd(), &req) }.map_err(|errno| match errno {
+            Errno::EBUSY => Error::RingBusy { disk: disk.clone() },
+            Errno::ENXIO => Error::NoSuchDevice { name: disk.clone() },
+            _ => self.permission(errno, &format!("open the ring of {disk}")),
+        })?;
+        // SAFETY: the ioctl returned a new file descriptor that nobody else
+        // owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+/// Tells the kernel, on a ring file descriptor from [`Control::ring_open`],
+/// that the records before byte position `tail` are durable on the server
+/// (they leave the ring), and whether the agent is connected to it.
+/// `tail` must be the end of a record between the current tail and head.
+pub fn ring_ack(ring: BorrowedFd<'_>, tail: u64, connected: bool) -> Result<()> {
+    let mut req = RtbRingAck::ZERO;
+    req.abi_version = RTB_ABI_VERSION;
+    req.tail = tail;
+    if connected {
+        req.flags = RTB_ACK_CONNECTED;
+    }
+    // SAFETY: `req` is a valid `RtbRingAck` for the kernel to read.
+    unsafe { ioctl::ring_ack(ring.as_raw_fd(), &req) }
+        .map_err(|errno| Error::sys(format!("RTB_RING_IOC_ACK to position {tail}"), errno))?;
+    Ok(())
 }
 
 /// Parses `/dev/rtbackupN`, `rtbackupN` or `N`.

@@ -70,6 +70,28 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// A ring size the module would refuse.
+    #[error("ring size {size} is not a power of two between {min} and {max} bytes")]
+    BadRingSize {
+        /// The size asked for.
+        size: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// The kernel could not allocate the ring.
+    #[error("the kernel could not allocate a ring of {size} bytes: choose a smaller --ring-size")]
+    RingNoMemory {
+        /// The size asked for (0: the default).
+        size: u64,
+    },
+    /// Another agent holds the ring.
+    #[error("the ring of /dev/{disk} is already open: another rtbackup-agent serves this device")]
+    RingBusy {
+        /// `rtbackupN`.
+        disk: String,
+    },
     /// The lower device is of a kind the module cannot stack on.
     #[error("{path}: zoned block devices are not supported")]
     Zoned {
@@ -139,6 +161,9 @@ impl Error {
             Self::StackedOnItself { .. } | Self::BadDeviceName { .. } => Some(Errno::EINVAL),
             Self::PathTooLong { .. } => Some(Errno::ENAMETOOLONG),
             Self::Zoned { .. } => Some(Errno::EOPNOTSUPP),
+            Self::BadRingSize { .. } => Some(Errno::EINVAL),
+            Self::RingNoMemory { .. } => Some(Errno::ENOMEM),
+            Self::RingBusy { .. } => Some(Errno::EBUSY),
         }
     }
 }

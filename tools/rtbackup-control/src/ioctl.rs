@@ -1,11 +1,13 @@
 //! The raw ioctls, numbered by the shared ABI.
 
 use rtbackup_abi::{
-    RtbAttach, RtbDetach, RtbList, RtbVersion, RTB_IOC_ATTACH, RTB_IOC_DETACH, RTB_IOC_LIST,
-    RTB_IOC_VERSION,
+    RtbAttach, RtbDetach, RtbList, RtbRingAck, RtbRingOpen, RtbVersion, RTB_IOC_ATTACH,
+    RTB_IOC_DETACH, RTB_IOC_LIST, RTB_IOC_RING_OPEN, RTB_IOC_VERSION, RTB_RING_IOC_ACK,
 };
 
 nix::ioctl_read_bad!(version, RTB_IOC_VERSION, RtbVersion);
 nix::ioctl_readwrite_bad!(attach, RTB_IOC_ATTACH, RtbAttach);
 nix::ioctl_write_ptr_bad!(detach, RTB_IOC_DETACH, RtbDetach);
 nix::ioctl_readwrite_bad!(list, RTB_IOC_LIST, RtbList);
+nix::ioctl_write_ptr_bad!(ring_open, RTB_IOC_RING_OPEN, RtbRingOpen);
+nix::ioctl_write_ptr_bad!(ring_ack, RTB_RING_IOC_ACK, RtbRingAck);

@@ -10,9 +10,9 @@ mod error;
 mod ioctl;
 mod status;
 
-pub use control::{AttachedDevice, Control, ModuleVersion, CONTROL_PATH};
+pub use control::{ring_ack, AttachedDevice, Control, ModuleVersion, CONTROL_PATH};
 pub use error::{Error, Result};
-pub use status::{DeviceStatus, Stats};
+pub use status::{DeviceStatus, RingStatus, Stats};
 
 /// The ABI version these tools speak.
 pub const ABI_VERSION: u32 = rtbackup_abi::RTB_ABI_VERSION;

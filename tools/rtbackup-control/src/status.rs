@@ -1,6 +1,9 @@
 //! What `rtbackupctl status` shows about a device.
 
-use rtbackup_abi::{c_str_bytes, RtbDeviceInfo, RtbStats, RTB_STATE_DETACHING};
+use rtbackup_abi::{
+    c_str_bytes, RtbDeviceInfo, RtbRingInfo, RtbStats, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN,
+    RTB_STATE_DETACHING,
+};
 use serde::Serialize;
 
 /// One attached device.
@@ -28,6 +31,75 @@ pub struct DeviceStatus {
     pub physical_block_size: u32,
     /// I/O counters since attach.
     pub stats: Stats,
+    /// The write-journal ring and replication progress.
+    pub ring: RingStatus,
+}
+
+/// The write-journal ring of a device, as of one `RTB_IOC_LIST`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RingStatus {
+    /// Bytes of the ring's data area.
+    pub size_bytes: u64,
+    /// Bytes of records not yet acknowledged by the server: the lag.
+    pub used_bytes: u64,
+    /// Sequence number of the last record written (0: none yet).
+    pub last_written_seq: u64,
+    /// Sequence number of the last record the server has durably.
+    pub last_acked_seq: u64,
+    /// Records written and not yet acknowledged.
+    pub lag_records: u64,
+    /// Submission time (Unix ns) of the oldest record not acknowledged.
+    pub oldest_unacked_ns: Option<u64>,
+    /// Time (Unix ns) of the last acknowledgement.
+    pub last_ack_ns: Option<u64>,
+    /// Times a writer waited for room in the ring.
+    pub full_waits: u64,
+    /// Writers waiting for room now.
+    pub waiting_writers: u32,
+    /// An agent holds the ring open.
+    pub agent_attached: bool,
+    /// The agent reported a live connection to the server.
+    pub agent_connected: bool,
+    /// Random identity of this attach.
+    pub ring_id: u64,
+    /// Age in milliseconds of the oldest record not acknowledged, when the
+    /// status was read (0 when the server has everything).
+    pub lag_ms: u64,
+}
+
+impl RingStatus {
+    /// Percentage of the ring in use.
+    pub fn fill_percent(&self) -> f64 {
+        if self.size_bytes == 0 {
+            return 0.0;
+        }
+        self.used_bytes as f64 * 100.0 / self.size_bytes as f64
+    }
+}
+
+impl From<&RtbRingInfo> for RingStatus {
+    fn from(r: &RtbRingInfo) -> Self {
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            lag_ms: nonzero(r.oldest_unacked_ns)
+                .map_or(0, |t| now_ns.saturating_sub(t) / 1_000_000),
+            size_bytes: r.size,
+            used_bytes: r.used,
+            last_written_seq: r.head_seq.saturating_sub(1),
+            last_acked_seq: r.tail_seq.saturating_sub(1),
+            lag_records: r.head_seq.saturating_sub(r.tail_seq),
+            oldest_unacked_ns: nonzero(r.oldest_unacked_ns),
+            last_ack_ns: nonzero(r.last_ack_ns),
+            full_waits: r.full_waits,
+            waiting_writers: r.waiting_writers,
+            agent_attached: r.agent & RTB_AGENT_OPEN != 0,
+            agent_connected: r.agent & RTB_AGENT_CONNECTED != 0,
+            ring_id: r.ring_id,
+        }
+    }
 }
 
 /// I/O counters since attach.
@@ -100,6 +172,7 @@ impl From<&RtbDeviceInfo> for DeviceStatus {
             logical_block_size: i.logical_block_size,
             physical_block_size: i.physical_block_size,
             stats: Stats::from(&i.stats),
+            ring: RingStatus::from(&i.ring),
         }
     }
 }

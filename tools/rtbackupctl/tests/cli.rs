@@ -45,7 +45,7 @@ fn version_reports_the_abi_without_the_module() {
     let o = rtbackupctl(&["version", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    assert_eq!(v["abi_version"], 1);
+    assert_eq!(v["abi_version"], rtbackup_control::ABI_VERSION);
     assert!(v["module"].is_null());
     assert!(v["module_error"]
         .as_str()

@@ -3,6 +3,7 @@
 mod attach;
 mod detach;
 mod status;
+mod sync;
 mod version;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,7 @@ enum Command {
     Attach(attach::Args),
     Detach(detach::Args),
     Status(status::Args),
+    Sync(sync::Args),
     Version(version::Args),
 }
 
@@ -35,6 +37,7 @@ impl Cli {
             Command::Attach(a) => a.run(&open()?),
             Command::Detach(a) => a.run(&open()?),
             Command::Status(a) => a.run(&open()?),
+            Command::Sync(a) => a.run(&open()?),
             Command::Version(a) => a.run(&self.control),
         }
     }

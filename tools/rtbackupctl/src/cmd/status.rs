@@ -13,7 +13,7 @@ pub(crate) struct Args {
     json: bool,
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -53,6 +53,38 @@ fn table(devices: &[DeviceStatus]) -> Table {
     t
 }
 
+fn agent_state(d: &DeviceStatus) -> &'static str {
+    match (d.ring.agent_attached, d.ring.agent_connected) {
+        (true, true) => "connected",
+        (true, false) => "disconnected",
+        (false, _) => "none",
+    }
+}
+
+fn replication_table(devices: &[DeviceStatus]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header([
+        "DEVICE", "RING", "FILL", "WRITTEN-SEQ", "ACKED-SEQ", "LAG", "LAG-TIME", "WAITING",
+        "AGENT",
+    ]);
+    for d in devices {
+        let r = &d.ring;
+        t.add_row([
+            d.device.clone(),
+            human_bytes(r.size_bytes),
+            format!("{:.1}%", r.fill_percent()),
+            r.last_written_seq.to_string(),
+            r.last_acked_seq.to_string(),
+            human_bytes(r.used_bytes),
+            format!("{:.3}s", r.lag_ms as f64 / 1000.0),
+            r.waiting_writers.to_string(),
+            agent_state(d).to_owned(),
+        ]);
+    }
+    t
+}
+
 impl Args {
     pub(crate) fn run(self, control: &Control) -> anyhow::Result<()> {
         let devices = match &self.device {
@@ -68,7 +100,7 @@ impl Args {
         if devices.is_empty() {
             println!("no devices attached");
         } else {
-            println!("{}", table(&devices));
+            println!("{}\n\n{}", table(&devices), replication_table(&devices));
         }
         Ok(())
     }

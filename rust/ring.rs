@@ -1,0 +1,497 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The write-journal ring of one device: every write, discard, write-zeroes
+//! and flush becomes a record, in the order the device receives them, and
+//! stays in the ring until the agent says the backup server has it.
+//!
+//! Producer (the request path, process context): [`Ring::record`] waits
+//! until the bio overlaps no write in flight and the ring has room, then,
+//! under the mutex, copies the bio's data into the ring, checksums it,
+//! writes the header and publishes the new head. Consumer (the agent, through
+//! its ring file): reads published records from its read-only mapping and
+//! moves the tail with [`Ring::ack`] once the server has them durably.
+//!
+//! The layout and publication protocol are described in `rust/uapi.rs`; the
+//! ordering argument in Documentation/design.rst.
+
+use crate::inflight::InflightWrites;
+use crate::sys::{
+    self,
+    bio::{BioRef, ReqOp},
+    ringmem::{RingMem, Vma},
+    wait::{Generation, PollQueue},
+};
+use crate::uapi::{
+    record_size, RtbRecordHeader, RtbRingAck, RtbRingHeader, RtbRingInfo, RTB_ABI_VERSION,
+    RTB_ACK_CONNECTED, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN, RTB_OP_DISCARD, RTB_OP_FLUSH,
+    RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA,
+    RTB_REC_PREFLUSH, RTB_RING_F_DETACHED, RTB_RING_IOC_ACK, RTB_RING_MAGIC, RTB_RING_PAGE,
+};
+use core::mem::size_of;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use kernel::{
+    alloc::flags::GFP_KERNEL,
+    new_mutex,
+    prelude::*,
+    sync::{Arc, Mutex},
+    uaccess::{UserPtr, UserSlice},
+};
+
+const HEADER_LEN: u64 = size_of::<RtbRecordHeader>() as u64;
+
+/// Zeroes for the padding after a payload.
+static ZEROES: [u8; RTB_RECORD_ALIGN as usize] = [0; RTB_RECORD_ALIGN as usize];
+
+/// What the ring records for a bio.
+struct Entry {
+    op: u8,
+    flags: u8,
+    sector: u64,
+    len: u64,
+    has_payload: bool,
+}
+
+impl Entry {
+    /// The record for `bio`, or `None` for bios that change nothing.
+    fn of(bio: &BioRef<'_>) -> Option<Self> {
+        let len = u64::from(bio.bytes());
+        let sector = bio.sector();
+        let mut flags = 0;
+        if bio.is_fua() {
+            flags |= RTB_REC_FUA;
+        }
+        if bio.is_preflush() {
+            flags |= RTB_REC_PREFLUSH;
+        }
+        let (op, has_payload) = match bio.op() {
+            ReqOp::Write if len == 0 && bio.is_preflush() => (RTB_OP_FLUSH, false),
+            ReqOp::Write if len == 0 => return None,
+            ReqOp::Write => (RTB_OP_WRITE, true),
+            ReqOp::Flush => (RTB_OP_FLUSH, false),
+            ReqOp::Discard | ReqOp::SecureErase => (RTB_OP_DISCARD, false),
+            ReqOp::WriteZeroes => (RTB_OP_WRITE_ZEROES, false),
+            ReqOp::Read | ReqOp::Other(_) => return None,
+        };
+        if op == RTB_OP_FLUSH {
+            return Some(Self {
+                op,
+                flags: flags & RTB_REC_PREFLUSH,
+                sector: 0,
+                len: 0,
+                has_payload: false,
+            });
+        }
+        Some(Self {
+            op,
+            flags,
+            sector,
+            len,
+            has_payload,
+        })
+    }
+
+    /// Sectors `[start, end)` it changes; `None` for a flush.
+    fn range(&self) -> Option<(u64, u64)> {
+        (self.op != RTB_OP_FLUSH).then(|| {
+            let end = self.sector.saturating_add(self.len.div_ceil(512));
+            (self.sector, end)
+        })
+    }
+
+    fn payload_len(&self) -> u64 {
+        if self.has_payload {
+            self.len
+        } else {
+            0
+        }
+    }
+}
+
+/// The encoded header of a record, with both checksums filled in.
+fn encode_header(mut h: RtbRecordHeader) -> [u8; 64] {
+    h.header_crc = 0;
+    let mut bytes = h.to_bytes();
+    let crc = sys::crc32c(&bytes).to_le_bytes();
+    let at = RtbRecordHeader::HEADER_CRC_OFFSET;
+    bytes[at..at + 4].copy_from_slice(&crc);
+    bytes
+}
+
+/// The mutable part of a ring.
+struct RingState {
+    mem: RingMem,
+    /// End of the last published record.
+    head: u64,
+    /// Start of the first record not acknowledged.
+    tail: u64,
+    /// Sequence number of the next record.
+    head_seq: u64,
+    /// Sequence number of the first record not acknowledged.
+    tail_seq: u64,
+    /// When the tail last moved.
+    last_ack_ns: u64,
+    /// What the agent said with its last acknowledgement.
+    connected: bool,
+    /// The device is gone; nothing more will be recorded.
+    detached: bool,
+    /// The head when `poll` last reported the ring readable.
+    polled_head: u64,
+}
+
+impl RingState {
+    fn mask(&self) -> u64 {
+        self.mem.data_size() - 1
+    }
+
+    /// Submission time of the oldest record not acknowledged.
+    fn oldest_unacked_ns(&self) -> u64 {
+        let mut pos = self.tail;
+        while pos < self.head {
+            let Ok(h) = self.mem.read_header(pos & self.mask()) else {
+                return 0;
+            };
+            if h.op != RTB_OP_PAD {
+                return h.time_ns;
+            }
+            if h.size == 0 {
+                return 0;
+            }
+            pos += u64::from(h.size);
+        }
+        0
+    }
+}
+
+/// The write-journal ring of a device.
+pub(crate) struct Ring {
+    state: Pin<KBox<Mutex<RingState>>>,
+    /// Writes in flight, for write ordering.
+    inflight: InflightWrites,
+    /// Bumped whenever room appears (an acknowledgement) or the ring stops.
+    room: Generation,
+    /// The agent's `poll()` sleeps here.
+    poll: PollQueue,
+    /// A ring file is open (the agent's handle); only one may be.
+    agent_open: AtomicBool,
+    ring_id: u64,
+    data_size: u64,
+    full_waits: AtomicU64,
+    waiting: AtomicU32,
+}
+
+impl Ring {
+    /// A ring of `data_size` bytes (a power of two, validated by the
+    /// caller) for a device of `capacity_sectors` sectors.
+    pub(crate) fn new(
+        data_size: u64,
+        capacity_sectors: u64,
+        logical_block_size: u32,
+    ) -> Result<Arc<Self>> {
+        let ring_id = sys::random_u64();
+        let header = RtbRingHeader {
+            magic: RTB_RING_MAGIC,
+            abi_version: RTB_ABI_VERSION,
+            data_offset: RTB_RING_PAGE,
+            data_size,
+            ring_id,
+            capacity_sectors,
+            head: 0,
+            tail: 0,
+            head_seq: 1,
+            tail_seq: 1,
+            logical_block_size,
+            flags: 0,
+            reserved: [0; 6],
+        };
+        let mem = RingMem::new(data_size, &header)?;
+        let state = KBox::pin_init(
+            new_mutex!(
+                RingState {
+                    mem,
+                    head: 0,
+                    tail: 0,
+                    head_seq: 1,
+                    tail_seq: 1,
+                    last_ack_ns: 0,
+                    connected: false,
+                    detached: false,
+                    polled_head: 0,
+                },
+                "rtbackup_ring"
+            ),
+            GFP_KERNEL,
+        )?;
+        Ok(Arc::new(
+            Self {
+                state,
+                inflight: InflightWrites::new()?,
+                room: Generation::new(),
+                poll: PollQueue::new()?,
+                agent_open: AtomicBool::new(false),
+                ring_id,
+                data_size,
+                full_waits: AtomicU64::new(0),
+                waiting: AtomicU32::new(0),
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    /// The largest payload a record may carry: the disk splits bigger bios.
+    pub(crate) fn max_payload(&self) -> u32 {
+        (self.data_size / 4).min(u64::from(u32::MAX) & !(RTB_RECORD_ALIGN - 1)) as u32
+    }
+
+    /// Records `bio` if it changes the device. Sleeps while it overlaps a
+    /// write in flight or the ring is full. Returns the token to pass to
+    /// [`Ring::complete`] when the bio completes (0: nothing to release).
+    pub(crate) fn record(&self, bio: &BioRef<'_>) -> Result<usize> {
+        let Some(entry) = Entry::of(bio) else {
+            return Ok(0);
+        };
+        let payload_len = entry.payload_len();
+        if payload_len > u64::from(self.max_payload()) {
+            return Err(EIO);
+        }
+        let size = record_size(payload_len);
+        let mut waited = false;
+        loop {
+            let mut st = self.state.lock();
+            if st.detached {
+                return Err(ENXIO);
+            }
+            if let Some((start, end)) = entry.range() {
+                if let Some(busy) = self.inflight.must_wait(start, end) {
+                    drop(st);
+                    busy.wait();
+                    continue;
+                }
+            }
+            let off = st.head & st.mask();
+            let to_end = self.data_size - off;
+            let pad = if size > to_end { to_end } else { 0 };
+            if st.head - st.tail + pad + size > self.data_size {
+                let generation = self.room.get();
+                drop(st);
+                if !waited {
+                    self.full_waits.fetch_add(1, Relaxed);
+                    waited = true;
+                }
+                self.waiting.fetch_add(1, Relaxed);
+                self.room.wait_changed(generation);
+                self.waiting.fetch_sub(1, Relaxed);
+                continue;
+            }
+            let token = match entry.range() {
+                Some((start, end)) => self.inflight.claim(start, end)?,
+                None => 0,
+            };
+            match self.write_record(&mut st, &entry, bio, pad, size) {
+                Ok(()) => {
+                    drop(st);
+                    self.poll.wake();
+                    return Ok(token);
+                }
+                Err(e) => {
+                    drop(st);
+                    self.inflight.release(token);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Writes (padding and) the record at the head and publishes it.
+    fn write_record(
+        &self,
+        st: &mut RingState,
+        entry: &Entry,
+        bio: &BioRef<'_>,
+        pad: u64,
+        size: u64,
+    ) -> Result {
+        let mut head = st.head;
+        if pad > 0 {
+            let filler = encode_header(RtbRecordHeader {
+                magic: RTB_RECORD_MAGIC,
+                op: RTB_OP_PAD,
+                size: pad as u32,
+                ..RtbRecordHeader::ZERO
+            });
+            st.mem.write(head & st.mask(), &filler)?;
+            head += pad;
+        }
+        let off = head & st.mask();
+        let payload_len = entry.payload_len();
+        let mut payload_crc = 0;
+        if payload_len > 0 {
+            st.mem.copy_bio(off + HEADER_LEN, bio, payload_len)?;
+            payload_crc = st.mem.crc32c(off + HEADER_LEN, payload_len)?;
+        }
+        let tail_pad = size - HEADER_LEN - payload_len;
+        st.mem
+            .write(off + HEADER_LEN + payload_len, &ZEROES[..tail_pad as usize])?;
+        let header = encode_header(RtbRecordHeader {
+            magic: RTB_RECORD_MAGIC,
+            op: entry.op,
+            flags: entry.flags,
+            size: size as u32,
+            payload_len: payload_len as u32,
+            seq: st.head_seq,
+            sector: entry.sector,
+            len: entry.len,
+            time_ns: sys::real_time_ns(),
+            payload_crc,
+            ..RtbRecordHeader::ZERO
+        });
+        st.mem.write(off, &header)?;
+        st.head = head + size;
+        st.head_seq += 1;
+        let (head, head_seq) = (st.head, st.head_seq);
+        st.mem.publish_head(head, head_seq);
+        Ok(())
+    }
+
+    /// The bio of `token` completed at the lower device. Any context.
+    pub(crate) fn complete(&self, token: usize) {
+        if token != 0 {
+            self.inflight.release(token);
+        }
+    }
+
+    /// Moves the tail to `req.tail`, the end of a record in `[tail, head]`.
+    fn ack(&self, req: &RtbRingAck) -> Result {
+        if req.abi_version != RTB_ABI_VERSION {
+            return Err(sys::eproto());
+        }
+        if req.flags & !RTB_ACK_CONNECTED != 0 || req.reserved.iter().any(|&r| r != 0) {
+            return Err(EINVAL);
+        }
+        let mut st = self.state.lock();
+        if req.tail < st.tail || req.tail > st.head {
+            return Err(EINVAL);
+        }
+        let mut pos = st.tail;
+        let mut seq = st.tail_seq;
+        while pos < req.tail {
+            let h = st.mem.read_header(pos & st.mask())?;
+            if h.magic != RTB_RECORD_MAGIC
+                || h.size == 0
+                || u64::from(h.size) % RTB_RECORD_ALIGN != 0
+            {
+                return Err(EIO);
+            }
+            if h.op != RTB_OP_PAD {
+                seq = h.seq + 1;
+            }
+            pos += u64::from(h.size);
+        }
+        if pos != req.tail {
+            return Err(EINVAL);
+        }
+        let moved = req.tail != st.tail;
+        st.tail = req.tail;
+        st.tail_seq = seq;
+        st.connected = req.flags & RTB_ACK_CONNECTED != 0;
+        if moved {
+            st.last_ack_ns = sys::real_time_ns();
+        }
+        let (tail, tail_seq) = (st.tail, st.tail_seq);
+        st.mem.publish_tail(tail, tail_seq);
+        drop(st);
+        if moved {
+            self.room.bump();
+        }
+        Ok(())
+    }
+
+    /// Handles an ioctl of the ring file.
+    pub(crate) fn ioctl(&self, cmd: u32, arg: UserPtr) -> Result<isize> {
+        match cmd {
+            RTB_RING_IOC_ACK => {
+                let req: RtbRingAck = UserSlice::new(arg, size_of::<RtbRingAck>())
+                    .reader()
+                    .read()?;
+                self.ack(&req)?;
+                Ok(0)
+            }
+            _ => Err(ENOTTY),
+        }
+    }
+
+    /// Maps the ring read-only into `vma` (offset 0, at most the whole).
+    pub(crate) fn mmap(&self, vma: &Vma) -> Result {
+        if vma.writable() {
+            return Err(EACCES);
+        }
+        if vma.pgoff() != 0 || vma.len() > RTB_RING_PAGE + self.data_size {
+            return Err(EINVAL);
+        }
+        self.state.lock().mem.map(vma)
+    }
+
+    /// The wait queue of `poll()`.
+    pub(crate) fn poll_queue(&self) -> &PollQueue {
+        &self.poll
+    }
+
+    /// (readable, hung up) for `poll()`: readable when records were
+    /// published since the last time it said so; hung up once detached.
+    pub(crate) fn poll_state(&self) -> (bool, bool) {
+        let mut st = self.state.lock();
+        let readable = st.head != st.polled_head;
+        st.polled_head = st.head;
+        (readable, st.detached)
+    }
+
+    /// Takes the agent's handle; `EBUSY` if another agent holds it.
+    pub(crate) fn claim_agent(&self) -> Result {
+        if self.agent_open.swap(true, Relaxed) {
+            return Err(EBUSY);
+        }
+        let mut st = self.state.lock();
+        st.polled_head = st.tail;
+        Ok(())
+    }
+
+    /// The agent's handle was closed.
+    pub(crate) fn release_agent(&self) {
+        self.state.lock().connected = false;
+        self.agent_open.store(false, Relaxed);
+    }
+
+    /// The device is being detached: no more records; pollers see a hangup.
+    pub(crate) fn detach(&self) {
+        let mut st = self.state.lock();
+        st.detached = true;
+        st.mem.set_flags(RTB_RING_F_DETACHED);
+        drop(st);
+        self.room.bump();
+        self.poll.wake();
+    }
+
+    /// The state shown by `RTB_IOC_LIST`.
+    pub(crate) fn info(&self) -> RtbRingInfo {
+        let st = self.state.lock();
+        let mut agent = 0;
+        if self.agent_open.load(Relaxed) {
+            agent |= RTB_AGENT_OPEN;
+            if st.connected {
+                agent |= RTB_AGENT_CONNECTED;
+            }
+        }
+        RtbRingInfo {
+            size: self.data_size,
+            used: st.head - st.tail,
+            head_seq: st.head_seq,
+            tail_seq: st.tail_seq,
+            oldest_unacked_ns: st.oldest_unacked_ns(),
+            last_ack_ns: st.last_ack_ns,
+            full_waits: self.full_waits.load(Relaxed),
+            ring_id: self.ring_id,
+            waiting_writers: self.waiting.load(Relaxed),
+            agent,
+            ..RtbRingInfo::ZERO
+        }
+    }
+}

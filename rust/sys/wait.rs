@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Sleeping and waking: generation counters that writers wait on, and the
+//! wait queue that `poll()` on a ring file sleeps on.
+//!
+//! C header: [`include/linux/wait_bit.h`](srctree/include/linux/wait_bit.h)
+
+use super::glue;
+use kernel::{
+    alloc::flags::GFP_KERNEL, bindings, prelude::*, time::msecs_to_jiffies, types::Opaque,
+};
+
+/// A counter that can be waited on until it changes.
+///
+/// Waiters sleep uninterruptibly, in slices of at most [`WAIT_SLICE_MS`], so
+/// that a long wait (a ring full while the agent is down) is not reported as
+/// a hung task; the caller re-checks its condition after each slice.
+///
+/// # Invariants
+///
+/// `v` is an initialised `atomic_t`.
+pub(crate) struct Generation {
+    v: Opaque<bindings::atomic_t>,
+}
+
+// SAFETY: an atomic_t is made for concurrent use from any thread; all access
+// goes through the atomic_* functions.
+unsafe impl Send for Generation {}
+// SAFETY: see above.
+unsafe impl Sync for Generation {}
+
+/// Longest single sleep in [`Generation::wait_changed`].
+pub(crate) const WAIT_SLICE_MS: u32 = 10_000;
+
+impl Generation {
+    /// A counter at 0.
+    pub(crate) fn new() -> Self {
+        // INVARIANT: a zeroed atomic_t is ATOMIC_INIT(0).
+        Self {
+            v: Opaque::new(bindings::atomic_t::default()),
+        }
+    }
+
+    /// The current value.
+    pub(crate) fn get(&self) -> i32 {
+        // SAFETY: `v` is an initialised atomic_t (type invariant).
+        unsafe { glue::rtb_atomic_read(self.v.get()) }
+    }
+
+    /// Increments without waking anybody.
+    pub(crate) fn bump_quiet(&self) {
+        // SAFETY: as in `get`.
+        unsafe { glue::rtb_atomic_inc(self.v.get()) };
+    }
+
+    /// Increments and wakes the waiters. Callable in any context.
+    pub(crate) fn bump(&self) {
+        // SAFETY: as in `get`; `wake_up_var` only hashes the address.
+        unsafe { glue::rtb_atomic_inc_and_wake_up(self.v.get()) };
+    }
+
+    /// Sleeps until the value differs from `old`, or for one slice at most.
+    /// Process context only.
+    pub(crate) fn wait_changed(&self, old: i32) {
+        let timeout = msecs_to_jiffies(WAIT_SLICE_MS);
+        // SAFETY: as in `get`; the caller is in process context and holds no
+        // spinlock (only `Ring` calls this, after dropping its mutex).
+        unsafe { glue::rtb_wait_atomic_changed(self.v.get(), old, timeout as _) };
+    }
+}
+
+/// A wait queue for `poll()`.
+///
+/// # Invariants
+///
+/// `wq` is initialised by `init_waitqueue_head` and never moves (boxed).
+pub(crate) struct PollQueue {
+    wq: KBox<Opaque<bindings::wait_queue_head>>,
+}
+
+// SAFETY: a wait_queue_head is used from any thread under its own spinlock.
+unsafe impl Send for PollQueue {}
+// SAFETY: see above.
+unsafe impl Sync for PollQueue {}
+
+impl PollQueue {
+    /// An empty wait queue.
+    pub(crate) fn new() -> Result<Self> {
+        let wq = KBox::new(Opaque::uninit(), GFP_KERNEL)?;
+        // SAFETY: `wq` is allocated, will not move, and is initialised here
+        // before any use.
+        unsafe { glue::rtb_waitqueue_init(wq.get()) };
+        // INVARIANT: initialised above, boxed.
+        Ok(Self { wq })
+    }
+
+    /// Wakes the pollers, if any. Callable in any context.
+    pub(crate) fn wake(&self) {
+        // SAFETY: initialised (type invariant).
+        unsafe { glue::rtb_wake_up_poll(self.wq.get()) };
+    }
+
+    pub(super) fn as_ptr(&self) -> *mut bindings::wait_queue_head {
+        self.wq.get()
+    }
+}

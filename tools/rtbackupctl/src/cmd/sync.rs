@@ -1,0 +1,92 @@
+//! `rtbackupctl sync DEVICE`: flush, then wait until the server has it all.
+
+use anyhow::{bail, Context};
+use rtbackup_control::Control;
+use serde::Serialize;
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+/// Flush the device and wait until everything written before the flush is
+/// durable on the backup server (acknowledged to the agent). Use it in
+/// scripts, before a restore, before shutdown.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The device (/dev/rtbackupN, rtbackupN, N or the lower device).
+    device: String,
+    /// Give up after this many seconds (exit status 1); 0 waits forever.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Synced {
+    device: String,
+    seq: u64,
+    waited_ms: u64,
+}
+
+impl Args {
+    pub(crate) fn run(self, control: &Control) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let dev = control.resolve(&self.device)?;
+        // fsync of the block device writes back its page cache and sends a
+        // flush, which the ring records after every write it covers.
+        let file = File::open(&dev.device).with_context(|| format!("open {}", dev.device))?;
+        file.sync_all()
+            .with_context(|| format!("flush {}", dev.device))?;
+        drop(file);
+        let after = control.resolve(&dev.device)?;
+        let target = after.ring.last_written_seq;
+        let ring_id = after.ring.ring_id;
+        let deadline = (self.timeout > 0).then(|| start + Duration::from_secs(self.timeout));
+        let mut warned = false;
+        loop {
+            let now = control.resolve(&dev.device)?;
+            if now.ring.ring_id != ring_id {
+                bail!("{} was detached and attached again while waiting", dev.device);
+            }
+            if now.ring.last_acked_seq >= target {
+                break;
+            }
+            if !now.ring.agent_attached && !warned {
+                eprintln!(
+                    "rtbackupctl: {}: no rtbackup-agent is running for this device; waiting",
+                    dev.device
+                );
+                warned = true;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                bail!(
+                    "timed out after {} s: {} record(s), {} byte(s) of {} not yet on the server \
+                     (agent: {}); is rtbackup-agent running and connected?",
+                    self.timeout,
+                    target.saturating_sub(now.ring.last_acked_seq),
+                    now.ring.used_bytes,
+                    dev.device,
+                    if now.ring.agent_connected {
+                        "connected"
+                    } else if now.ring.agent_attached {
+                        "not connected to the server"
+                    } else {
+                        "not running"
+                    }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = Synced {
+            device: dev.device.clone(),
+            seq: target,
+            waited_ms: start.elapsed().as_millis() as u64,
+        };
+        if self.json {
+            super::print_json(&out)
+        } else {
+            println!("{}: durable on the server through record {}", out.device, out.seq);
+            Ok(())
+        }
+    }
+}
