@@ -7,6 +7,7 @@
 #                         the module against another Rust-enabled 6.12 tree
 #   make deps             install every prerequisite (Debian 12)
 #   make kernel           build the test kernel into the cache (~/.cache/rtbackup)
+#   make demo             replicate a disk in the VM, restore it, compare
 #   make check            every test: lints, unit tests, VM tests
 #   make bench            throughput against the raw device and the peers
 #   make clean
@@ -27,7 +28,7 @@ TOOLS_TARGET := tools/target/release
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
 	$$(grep -qs '^CONFIG_CC_IS_CLANG=y' $(KDIR)/.config && echo LLVM=1)
 
-.PHONY: all module tools deps kernel check lint test vm-test bench clean
+.PHONY: all module tools deps kernel check lint test vm-test bench demo clean
 all: module tools
 
 ifeq ($(KDIR),$(TEST_KDIR))
@@ -67,6 +68,10 @@ vm-test: all
 # Documentation/performance.rst. Not part of check: numbers are not tests.
 bench: all
 	RTB_VM_DISKS=0 tests/vm/run tests/bench/bench-in-guest
+
+# The quick start: server, agent, a filesystem, a restore, in the test VM.
+demo: all
+	RTB_VM_DISKS=1 tests/vm/run tests/demo/demo-in-guest
 
 check: deps
 	$(MAKE) lint test vm-test

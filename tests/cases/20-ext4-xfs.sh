@@ -11,16 +11,24 @@ mkdir -p $MNT
 
 for fs in ext4 xfs; do
     say "== $fs on $d0 through the filter"
-    dev=$(rtbackupctl attach "$d0")
+    # No agent drains the ring in this case: make it hold all the writes.
+    dev=$(rtbackupctl attach --ring-size 256M "$d0")
     [ "$(blockdev --getsize64 "$dev")" = "$(blockdev --getsize64 "$d0")" ] ||
         fail "capacity differs from the lower device"
     up=/sys/block/${dev#/dev/}/queue lo=/sys/block/${d0#/dev/}/queue
     for attr in logical_block_size physical_block_size discard_max_bytes \
-        write_zeroes_max_bytes write_cache fua; do
+        write_zeroes_max_bytes; do
         [ "$(cat "$up/$attr")" = "$(cat "$lo/$attr")" ] ||
             fail "$attr is $(cat "$up/$attr"), the lower device's $(cat "$lo/$attr")"
     done
     [ "$(cat "$up/stable_writes")" = 1 ] || fail "stable_writes not set"
+    # Flushes are consistency points of the journal: the disk always has a
+    # write cache with FUA, whatever the lower device has.
+    [ "$(cat "$up/write_cache")" = "write back" ] || fail "write_cache is $(cat "$up/write_cache")"
+    [ "$(cat "$up/fua")" = 1 ] || fail "fua is not set"
+    # The largest request fits in a quarter of the ring.
+    [ "$(cat "$up/max_hw_sectors_kb")" -le $((256 * 1024 / 4)) ] ||
+        fail "max_hw_sectors_kb $(cat "$up/max_hw_sectors_kb") exceeds a quarter of the ring"
     say "queue limits match $d0 (write_zeroes_max_bytes $(cat "$up/write_zeroes_max_bytes"), discard_max_bytes $(cat "$up/discard_max_bytes"))"
     dd if=/dev/urandom of="$dev" bs=64k count=16 oflag=direct status=none
     blkdiscard -z -o 0 -l 1048576 "$dev"

@@ -1,5 +1,6 @@
-//! Sends malformed requests to /dev/rtbackup-control and checks that each is
-//! refused with the documented errno and leaves the device table unchanged.
+//! Sends malformed requests to /dev/rtbackup-control (and, when a device is
+//! attached, to its ring file) and checks that each is refused with the
+//! documented errno and leaves the device table unchanged.
 //!
 //! Usage: rtb-ioctl-garbage [CONTROL_PATH]. Exit status 0 when every case
 //! behaves, 1 otherwise. Run as root inside the test VM.
@@ -25,6 +26,39 @@ fn raw(fd: i32, cmd: u32, arg: *mut c_void) -> i32 {
     } else {
         0
     }
+}
+
+/// Issues an ioctl that returns a file descriptor: the fd, or minus errno.
+fn raw_fd(fd: i32, cmd: u32, arg: *mut c_void) -> i32 {
+    // SAFETY: as in `raw`.
+    let r = unsafe { libc::ioctl(fd, cmd as _, arg) };
+    if r < 0 {
+        -std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+    } else {
+        r
+    }
+}
+
+/// Maps `len` bytes of `fd` at `offset` shared and unmaps them again:
+/// 0 or the errno of mmap.
+fn map(fd: i32, len: usize, prot: i32, offset: i64) -> i32 {
+    // SAFETY: a fresh mapping chosen by the kernel; nothing else uses it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            fd,
+            offset,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+    }
+    // SAFETY: `p` was mapped above with length `len`.
+    unsafe { libc::munmap(p, len) };
+    0
 }
 
 /// (index, lower path) of every attached device.
@@ -139,7 +173,7 @@ fn main() {
         libc::EINVAL,
     );
     let mut a = attach_req(b"/dev/null");
-    a.reserved[7] = u64::MAX;
+    a.reserved[6] = u64::MAX;
     check(
         "attach, reserved field set",
         raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
@@ -206,12 +240,143 @@ fn main() {
         want,
     );
     let mut l = RtbList::ZERO;
-    l.abi_version = 2;
+    l.abi_version = RTB_ABI_VERSION + 1;
     check(
         "list, unknown ABI version",
         raw(fd, RTB_IOC_LIST, (&raw mut l).cast()),
         libc::EPROTO,
     );
+
+    for (name, size) in [
+        ("attach, ring size not a power of two", 3 << 20),
+        ("attach, ring size below the minimum", RTB_RING_MIN_SIZE / 2),
+        ("attach, ring size above the maximum", RTB_RING_MAX_SIZE * 2),
+    ] {
+        let mut a = attach_req(b"/dev/null");
+        a.ring_size = size;
+        check(
+            name,
+            raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+            libc::EINVAL,
+        );
+    }
+
+    let mut o = RtbRingOpen::ZERO;
+    o.abi_version = RTB_ABI_VERSION;
+    o.index = RTB_MAX_DEVICES - 1;
+    check(
+        "ring open, index not attached",
+        raw(fd, RTB_IOC_RING_OPEN, (&raw mut o).cast()),
+        libc::ENXIO,
+    );
+    o.index = u32::MAX;
+    check(
+        "ring open, huge index",
+        raw(fd, RTB_IOC_RING_OPEN, (&raw mut o).cast()),
+        libc::ENXIO,
+    );
+    o.index = 0;
+    o.reserved[3] = 1;
+    check(
+        "ring open, reserved field set",
+        raw(fd, RTB_IOC_RING_OPEN, (&raw mut o).cast()),
+        libc::EINVAL,
+    );
+    o.reserved[3] = 0;
+    o.abi_version = 1;
+    check(
+        "ring open, ABI version 1",
+        raw(fd, RTB_IOC_RING_OPEN, (&raw mut o).cast()),
+        libc::EPROTO,
+    );
+    check(
+        "ring open from an unmapped address",
+        raw(fd, RTB_IOC_RING_OPEN, bad_ptr),
+        libc::EFAULT,
+    );
+
+    // With a device attached: its ring file refuses everything but a valid
+    // acknowledgement, and a second agent.
+    if let Some((index, _, _)) = before.first() {
+        let mut o = RtbRingOpen::ZERO;
+        o.abi_version = RTB_ABI_VERSION;
+        o.index = *index;
+        let ring = raw_fd(fd, RTB_IOC_RING_OPEN, (&raw mut o).cast());
+        check("ring open of an attached device", ring.min(0), 0);
+        if ring >= 0 {
+            check(
+                "second ring open of the same device",
+                raw(fd, RTB_IOC_RING_OPEN, (&raw mut o).cast()),
+                libc::EBUSY,
+            );
+            let mut k = RtbRingAck::ZERO;
+            k.abi_version = RTB_ABI_VERSION;
+            k.tail = u64::MAX;
+            check(
+                "ack beyond the head",
+                raw(ring, RTB_RING_IOC_ACK, (&raw mut k).cast()),
+                libc::EINVAL,
+            );
+            k.tail = 0;
+            k.flags = 0x80;
+            check(
+                "ack with an unknown flag",
+                raw(ring, RTB_RING_IOC_ACK, (&raw mut k).cast()),
+                libc::EINVAL,
+            );
+            k.flags = 0;
+            k.abi_version = 99;
+            check(
+                "ack with ABI version 99",
+                raw(ring, RTB_RING_IOC_ACK, (&raw mut k).cast()),
+                libc::EPROTO,
+            );
+            check(
+                "ack from an unmapped address",
+                raw(ring, RTB_RING_IOC_ACK, bad_ptr),
+                libc::EFAULT,
+            );
+            check(
+                "unknown ioctl on a ring",
+                raw(ring, ioc(IOC_WRITE, 0x33, 48), bad_ptr),
+                libc::ENOTTY,
+            );
+            check(
+                "control ioctl on a ring",
+                raw(ring, RTB_IOC_LIST, bad_ptr),
+                libc::ENOTTY,
+            );
+            check(
+                "writable mapping of a ring",
+                map(ring, 4096, libc::PROT_READ | libc::PROT_WRITE, 0),
+                libc::EACCES,
+            );
+            check(
+                "mapping beyond the ring",
+                map(ring, 1 << 40, libc::PROT_READ, 0),
+                libc::EINVAL,
+            );
+            check(
+                "mapping at an offset",
+                map(ring, 4096, libc::PROT_READ, 4096),
+                libc::EINVAL,
+            );
+            check(
+                "read-only mapping of the control page",
+                map(ring, 4096, libc::PROT_READ, 0),
+                0,
+            );
+            // SAFETY: `ring` is a file descriptor we own.
+            unsafe { libc::close(ring) };
+            o.abi_version = RTB_ABI_VERSION;
+            let again = raw_fd(fd, RTB_IOC_RING_OPEN, (&raw mut o).cast());
+            check("ring open after the agent closed it", again.min(0), 0);
+            if again >= 0 {
+                // SAFETY: as above.
+                unsafe { libc::close(again) };
+            }
+        }
+    }
 
     if failures > 0 {
         println!("{failures} case(s) failed");

@@ -65,7 +65,14 @@ fn replication_table(devices: &[DeviceStatus]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header([
-        "DEVICE", "RING", "FILL", "WRITTEN-SEQ", "ACKED-SEQ", "LAG", "LAG-TIME", "WAITING",
+        "DEVICE",
+        "RING",
+        "FILL",
+        "WRITTEN-SEQ",
+        "ACKED-SEQ",
+        "LAG",
+        "LAG-TIME",
+        "WAITING",
         "AGENT",
     ]);
     for d in devices {

@@ -46,7 +46,10 @@ impl Args {
         loop {
             let now = control.resolve(&dev.device)?;
             if now.ring.ring_id != ring_id {
-                bail!("{} was detached and attached again while waiting", dev.device);
+                bail!(
+                    "{} was detached and attached again while waiting",
+                    dev.device
+                );
             }
             if now.ring.last_acked_seq >= target {
                 break;
@@ -85,7 +88,10 @@ impl Args {
         if self.json {
             super::print_json(&out)
         } else {
-            println!("{}: durable on the server through record {}", out.device, out.seq);
+            println!(
+                "{}: durable on the server through record {}",
+                out.device, out.seq
+            );
             Ok(())
         }
     }

@@ -1,0 +1,136 @@
+//! The command line of `rtbackup-agent`.
+
+use crate::config::AgentConfig;
+use clap::Parser;
+use std::time::Duration;
+
+/// Streams the write journal of an rtbackup device to a backup server.
+///
+/// Every write to the device is recorded in the device's ring; the agent
+/// sends the records to `rtbackup-server` and lets them leave the ring
+/// once the server has stored them durably. It reconnects by itself after
+/// a disconnect and stops cleanly on SIGTERM or SIGINT.
+#[derive(Debug, Parser)]
+#[command(name = "rtbackup-agent", version)]
+pub struct Cli {
+    /// The device to stream: /dev/rtbackupN, rtbackupN, N or its lower device.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: String,
+
+    /// The backup server, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: String,
+
+    /// Name of the volume on the server ([A-Za-z0-9._-], 1 to 64 characters).
+    #[arg(long, value_name = "NAME")]
+    pub volume: String,
+
+    /// Most record bytes per RECORDS frame (suffixes K, M, G; at most 64M).
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_size)]
+    pub batch_bytes: u64,
+
+    /// Hold a batch smaller than --batch-bytes back this long for more
+    /// records (0: send at once).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub max_batch_delay_ms: u64,
+
+    /// Give a connection up when records wait this long for an ACK.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ack_timeout_secs: u64,
+
+    /// Log filter (error, warn, info, debug, trace, or a tracing
+    /// directive); default: RUST_LOG, else info.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+impl Cli {
+    /// The agent's settings; `client` is this host's name.
+    pub fn config(&self, client: impl Into<String>) -> AgentConfig {
+        let mut cfg = AgentConfig::new(self.server.clone(), self.volume.clone(), client);
+        cfg.batch_bytes = self.batch_bytes;
+        cfg.max_batch_delay = Duration::from_millis(self.max_batch_delay_ms);
+        cfg.ack_timeout = Duration::from_secs(self.ack_timeout_secs);
+        cfg
+    }
+}
+
+/// Parses a byte count with an optional binary suffix: `4096`, `64K`,
+/// `4M`, `1G` (also `KiB`, `MB`...: all binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, suffix) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512K, 4M)"))?;
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        other => {
+            return Err(format!(
+                "unknown size suffix {other:?} in {s:?} (K, M or G)"
+            ))
+        }
+    };
+    let v = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let max = rtbackup_proto::MAX_FRAME_PAYLOAD as u64;
+    if v == 0 || v > max {
+        return Err(format!("{s:?} must be between 1 byte and {}M", max >> 20));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("4mib"), Ok(4 << 20));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert!(parse_size("65M").is_err());
+        assert!(parse_size("1G").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("4X").unwrap_err().contains("suffix"));
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn command_line() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "rtbackup-agent",
+            "--device",
+            "/dev/rtbackup0",
+            "--server",
+            "backup:7070",
+            "--volume",
+            "db1",
+            "--batch-bytes",
+            "1M",
+            "--max-batch-delay-ms",
+            "5",
+        ])
+        .unwrap();
+        let cfg = cli.config("host-a");
+        assert_eq!(cfg.server, "backup:7070");
+        assert_eq!(cfg.volume, "db1");
+        assert_eq!(cfg.client, "host-a");
+        assert_eq!(cfg.batch_bytes, 1 << 20);
+        assert_eq!(cfg.max_batch_delay, Duration::from_millis(5));
+        assert_eq!(cfg.ack_timeout, Duration::from_secs(60));
+        let err = Cli::try_parse_from(["rtbackup-agent", "--device", "0", "--server", "s:1"])
+            .unwrap_err();
+        assert!(err.to_string().contains("--volume"), "{err}");
+    }
+}

@@ -1,0 +1,104 @@
+//! What the agent is told to do.
+
+use std::time::Duration;
+
+/// Settings of [`crate::run`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The server, `HOST:PORT`.
+    pub server: String,
+    /// The volume name on the server.
+    pub volume: String,
+    /// This host's name, sent in HELLO for the server's logs.
+    pub client: String,
+    /// Most record bytes in one RECORDS frame (at least one record is sent
+    /// even if larger).
+    pub batch_bytes: u64,
+    /// How long to hold back a batch smaller than `batch_bytes` for more
+    /// records to arrive (0: send what is there at once).
+    pub max_batch_delay: Duration,
+    /// First delay before reconnecting; doubled after each failure.
+    pub backoff_initial: Duration,
+    /// Longest delay before reconnecting.
+    pub backoff_max: Duration,
+    /// Time allowed to set up the TCP connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for the server to answer HELLO.
+    pub handshake_timeout: Duration,
+    /// Longest wait for an ACK while records are outstanding before the
+    /// connection is given up as dead.
+    pub ack_timeout: Duration,
+    /// Longest a wait for records lasts before the agent checks whether it
+    /// should stop.
+    pub poll_interval: Duration,
+    /// On stop, how long to wait for outstanding acknowledgements.
+    pub drain_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// The default settings for `server` and `volume`.
+    pub fn new(
+        server: impl Into<String>,
+        volume: impl Into<String>,
+        client: impl Into<String>,
+    ) -> Self {
+        Self {
+            server: server.into(),
+            volume: volume.into(),
+            client: client.into(),
+            batch_bytes: 4 << 20,
+            max_batch_delay: Duration::ZERO,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(30),
+            ack_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Exponential backoff between reconnection attempts.
+#[derive(Clone, Debug)]
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The delay before the next attempt; doubles the one after.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// Back to the initial delay, after a connection that worked.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let ms: Vec<u128> = (0..9).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(100));
+    }
+}

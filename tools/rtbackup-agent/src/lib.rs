@@ -1,0 +1,91 @@
+//! The rtbackup agent: streams the records of a device's write-journal
+//! ring to a backup server (Documentation/protocol.rst).
+//!
+//! [`run`] is the whole agent minus the command line: it connects, says
+//! HELLO, acknowledges to the ring what the server already holds, then
+//! streams RECORDS frames built straight from the ring's memory while a
+//! receiver thread moves the ring's consumer position on each ACK. On a
+//! disconnect it tells the ring, backs off and reconnects; it returns on
+//! a fatal error or when asked to stop. It works on any
+//! [`rtbackup_ring::RingSource`]: the kernel's
+//! [`rtbackup_ring::Ring`], or an in-memory ring in tests.
+
+mod acks;
+pub mod cli;
+mod config;
+mod error;
+mod session;
+
+pub use config::AgentConfig;
+pub use error::{is_fatal_code, AgentError};
+pub use session::AGENT_VERSION;
+
+use config::Backoff;
+use rtbackup_ring::RingSource;
+use session::{run_session, SessionEnd, SessionReport};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A session that lasted this long resets the reconnection backoff even if
+/// it acknowledged nothing (it was idle).
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Streams `ring` to the server of `cfg` until `stop` is set (then returns
+/// `Ok`) or a fatal error happens. Retryable errors are logged and followed
+/// by a reconnection with exponential backoff.
+pub fn run<S: RingSource>(
+    ring: &S,
+    cfg: &AgentConfig,
+    stop: &AtomicBool,
+) -> Result<(), AgentError> {
+    rtbackup_proto::validate_volume_name(&cfg.volume)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
+    if cfg.batch_bytes == 0 || cfg.batch_bytes > rtbackup_proto::MAX_FRAME_PAYLOAD as u64 {
+        return Err(AgentError::Config(format!(
+            "batch size {} is not between 1 and {} bytes",
+            cfg.batch_bytes,
+            rtbackup_proto::MAX_FRAME_PAYLOAD
+        )));
+    }
+    let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let mut report = SessionReport::default();
+        let result = run_session(ring, cfg, stop, &mut report);
+        // Whatever happened, the server no longer hears from us.
+        if let Err(e) = ring.report_connected(false) {
+            tracing::warn!("cannot report the disconnection to the ring: {e}");
+        }
+        match result {
+            Ok(SessionEnd::Stopped) => break,
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                if report.progressed || started.elapsed() >= HEALTHY_SESSION {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                let acked = ring.view().tail_seq().saturating_sub(1);
+                if report.welcomed {
+                    tracing::info!(server = %cfg.server, acked_seq = acked, "disconnected: {e}; reconnecting in {delay:?}");
+                } else {
+                    tracing::warn!(server = %cfg.server, "{e}; retrying in {delay:?}");
+                }
+                sleep_unless_stopped(delay, stop, cfg.poll_interval);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps `total`, waking every `tick` to see whether `stop` was set.
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool, tick: Duration) {
+    let end = Instant::now() + total;
+    let tick = tick.max(Duration::from_millis(1));
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        std::thread::sleep((end - now).min(tick));
+    }
+}

@@ -1,0 +1,71 @@
+//! rtbackup-agent: stream an rtbackup device's write journal to a backup
+//! server.
+//!
+//! Exit status: 0 after SIGTERM/SIGINT, 1 on a fatal error (the message on
+//! stderr says why), 2 on a usage error.
+
+use anyhow::Context;
+use clap::Parser;
+use rtbackup_agent::cli::Cli;
+use rtbackup_ring::Ring;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("rtbackup-agent: invalid log filter: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match agent(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtbackup-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn agent(cli: &Cli) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        // A second signal while stopping exits at once.
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let client = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let cfg = cli.config(client);
+    let ring =
+        Ring::open(&cli.device).with_context(|| format!("opening the ring of {}", cli.device))?;
+    tracing::info!(
+        device = %ring.device().device,
+        ring_id = format_args!("{:#x}", ring.ring_id()),
+        ring_bytes = ring.data_size(),
+        tail_seq = ring.tail_seq(),
+        head_seq = ring.head_seq(),
+        server = %cfg.server,
+        volume = %cfg.volume,
+        "rtbackup-agent {} starting",
+        rtbackup_agent::AGENT_VERSION
+    );
+    rtbackup_agent::run(&ring, &cfg, &stop)?;
+    tracing::info!("stopped");
+    Ok(())
+}

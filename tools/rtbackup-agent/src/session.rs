@@ -1,0 +1,537 @@
+//! One connection to the server: handshake, resume, then a sender, a
+//! receiver and a supervisor until it ends.
+
+use crate::acks::AckTracker;
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use rtbackup_proto::{
+    read_frame, write_frame, write_records_frame, Frame, Hello, ProtoError, Welcome,
+    PROTOCOL_VERSION,
+};
+use rtbackup_ring::{Cursor, RingSource, RingView, SharedMemory, Wakeup};
+use std::io::{self, BufReader, Read};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The agent's version, sent in HELLO.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Longest pause after a wakeup of the ring that brought no new records
+/// (a poll that reports readiness while records wait for their ACK).
+const SPURIOUS_WAKEUP_PAUSE: Duration = Duration::from_millis(1);
+
+/// How a connection ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// The agent was asked to stop.
+    Stopped,
+}
+
+/// What a finished connection achieved, for the reconnection policy.
+#[derive(Debug, Default)]
+pub(crate) struct SessionReport {
+    /// The handshake succeeded.
+    pub(crate) welcomed: bool,
+    /// The server acknowledged records.
+    pub(crate) progressed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens the TCP connection, trying each address of `server`.
+fn connect(cfg: &AgentConfig) -> Result<TcpStream, AgentError> {
+    let err = |source| AgentError::Connect {
+        server: cfg.server.clone(),
+        source,
+    };
+    let addrs = cfg.server.to_socket_addrs().map_err(err)?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, cfg.connect_timeout) {
+            Ok(s) => {
+                s.set_nodelay(true).map_err(err)?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(err(last))
+}
+
+/// A reader of the handshake answer that gives up at a deadline or when
+/// the agent is asked to stop (the socket has a short read timeout).
+struct HandshakeReader<'a> {
+    stream: &'a TcpStream,
+    stop: &'a AtomicBool,
+    deadline: Instant,
+}
+
+impl Read for HandshakeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match (&*self.stream).read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return Err(io::Error::other("stopping"));
+                    }
+                    if Instant::now() >= self.deadline {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no answer to HELLO in time",
+                        ));
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+/// Sends HELLO and waits for WELCOME.
+fn handshake<S: RingSource>(
+    stream: &TcpStream,
+    ring: &S,
+    cfg: &AgentConfig,
+    stop: &AtomicBool,
+) -> Result<Option<Welcome>, AgentError> {
+    let view = ring.view();
+    let wire = |source| AgentError::Wire {
+        server: cfg.server.clone(),
+        source,
+    };
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        volume: cfg.volume.clone(),
+        size_bytes: view.capacity_sectors().saturating_mul(512),
+        block_size: view.logical_block_size(),
+        ring_id: view.ring_id(),
+        client: cfg.client.clone(),
+        agent_version: AGENT_VERSION.to_owned(),
+    };
+    write_frame(&mut &*stream, &Frame::Hello(hello)).map_err(wire)?;
+    let io = |e: io::Error| wire(ProtoError::Io(e));
+    stream
+        .set_read_timeout(Some(cfg.poll_interval.max(Duration::from_millis(1))))
+        .map_err(io)?;
+    let mut reader = HandshakeReader {
+        stream,
+        stop,
+        deadline: Instant::now() + cfg.handshake_timeout,
+    };
+    let frame = match read_frame(&mut reader) {
+        Err(_) if stop.load(Ordering::Relaxed) => return Ok(None),
+        r => r.map_err(wire)?,
+    };
+    stream.set_read_timeout(None).map_err(io)?;
+    let welcome = match frame {
+        Frame::Welcome(w) => w,
+        Frame::Error(e) => {
+            return Err(AgentError::Server {
+                code: e.code,
+                message: e.message,
+            })
+        }
+        f => {
+            return Err(AgentError::Protocol(format!(
+                "{} frame in answer to HELLO",
+                f.name()
+            )))
+        }
+    };
+    if welcome.protocol != PROTOCOL_VERSION {
+        return Err(AgentError::Wire {
+            server: cfg.server.clone(),
+            source: ProtoError::UnsupportedVersion(welcome.protocol),
+        });
+    }
+    if welcome.volume != cfg.volume || welcome.ring_id != view.ring_id() {
+        return Err(AgentError::Inconsistent(format!(
+            "the server welcomed volume {:?} ring {} in answer to volume {:?} ring {}",
+            welcome.volume,
+            welcome.ring_id,
+            cfg.volume,
+            view.ring_id()
+        )));
+    }
+    Ok(Some(welcome))
+}
+
+/// Where to resume after the server said it holds everything up to
+/// `durable_seq`: records it holds that are still in the ring leave it at
+/// once; the rest is sent from the returned cursor.
+pub(crate) fn resume_point<M: SharedMemory>(
+    view: &RingView<M>,
+    durable_seq: u64,
+) -> Result<Cursor, AgentError> {
+    let tail = view.tail_cursor();
+    let head_seq = view.head_seq();
+    if tail.seq == 0 || head_seq < tail.seq {
+        return Err(AgentError::Inconsistent(format!(
+            "the ring's control page says tail_seq {} and head_seq {head_seq}",
+            tail.seq
+        )));
+    }
+    let last_written = head_seq - 1;
+    if durable_seq > last_written {
+        return Err(AgentError::Inconsistent(format!(
+            "the server holds records up to seq {durable_seq} of ring {:#x}, but this ring has written only up to seq {last_written}: \
+             the server's volume does not belong to this attach (same ring_id?) — refusing to stream",
+            view.ring_id()
+        )));
+    }
+    if durable_seq + 1 < tail.seq {
+        return Err(AgentError::Inconsistent(format!(
+            "the server holds records of ring {:#x} only up to seq {durable_seq}, but records up to seq {} were acknowledged \
+             earlier and have left the ring: the server lost records it had acknowledged (or is another server); \
+             the volume needs a full resynchronisation",
+            view.ring_id(),
+            tail.seq - 1
+        )));
+    }
+    Ok(view.end_of(tail, durable_seq)?)
+}
+
+/// Why a connection is being closed; the first reason wins.
+#[derive(Debug)]
+enum Close {
+    Stopped,
+    Failed(AgentError),
+}
+
+/// The state the threads of one connection share.
+struct Conn<'a> {
+    stream: &'a TcpStream,
+    closed: Mutex<Option<Close>>,
+    closed_cv: Condvar,
+    is_closed: AtomicBool,
+    /// Stop sending new batches (the agent is stopping; outstanding ACKs
+    /// may still arrive).
+    draining: AtomicBool,
+    acks: Mutex<AckTracker>,
+}
+
+impl Conn<'_> {
+    fn close(&self, why: Close) {
+        let mut c = lock(&self.closed);
+        if c.is_none() {
+            match &why {
+                Close::Stopped => tracing::debug!("closing the connection: stopping"),
+                Close::Failed(e) => tracing::debug!("closing the connection: {e}"),
+            }
+            *c = Some(why);
+            self.is_closed.store(true, Ordering::Release);
+            // Unblocks the sender's write and the receiver's read.
+            let _ = self.stream.shutdown(Shutdown::Both);
+            self.closed_cv.notify_all();
+        }
+    }
+
+    fn fail(&self, e: AgentError) {
+        self.close(Close::Failed(e));
+    }
+
+    fn is_closed(&self) -> bool {
+        self.is_closed.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `timeout` for the connection to close.
+    fn wait_closed(&self, timeout: Duration) -> bool {
+        let c = lock(&self.closed);
+        if c.is_some() {
+            return true;
+        }
+        let (c, _) = self
+            .closed_cv
+            .wait_timeout(c, timeout)
+            .unwrap_or_else(|e| e.into_inner());
+        c.is_some()
+    }
+}
+
+/// Reads records from the ring and sends them, until the connection closes.
+fn sender<S: RingSource>(ring: &S, cfg: &AgentConfig, conn: &Conn<'_>, start: Cursor) {
+    if let Err(e) = send_loop(ring, cfg, conn, start) {
+        conn.fail(e);
+    }
+}
+
+fn send_loop<S: RingSource>(
+    ring: &S,
+    cfg: &AgentConfig,
+    conn: &Conn<'_>,
+    start: Cursor,
+) -> Result<(), AgentError> {
+    let view = ring.view();
+    let mut cursor = start;
+    // When the first records of a batch held back by `max_batch_delay`
+    // were seen.
+    let mut holding_since: Option<Instant> = None;
+    while !conn.is_closed() && !conn.draining.load(Ordering::Relaxed) {
+        let head_before = view.head();
+        let batch = view.read_batch(cursor, cfg.batch_bytes)?;
+        if batch.is_empty() {
+            cursor = batch.end();
+            wait_for_records(ring, cfg.poll_interval, head_before)?;
+            continue;
+        }
+        if batch.bytes() < cfg.batch_bytes && !cfg.max_batch_delay.is_zero() {
+            let since = *holding_since.get_or_insert_with(Instant::now);
+            let left = cfg.max_batch_delay.saturating_sub(since.elapsed());
+            if !left.is_zero() {
+                wait_for_records(ring, left.min(cfg.poll_interval), head_before)?;
+                continue;
+            }
+        }
+        holding_since = None;
+        let (first, last) = (batch.start().seq, batch.end().seq - 1);
+        lock(&conn.acks).sending(batch.end());
+        let mut w = conn.stream;
+        if let Err(source) = write_records_frame(&mut w, batch.parts()) {
+            if conn.is_closed() {
+                return Ok(());
+            }
+            return Err(AgentError::Wire {
+                server: cfg.server.clone(),
+                source,
+            });
+        }
+        tracing::debug!(
+            first_seq = first,
+            last_seq = last,
+            records = batch.records(),
+            bytes = batch.bytes(),
+            "sent batch"
+        );
+        cursor = batch.end();
+        let mut acks = lock(&conn.acks);
+        acks.written(last, Instant::now());
+        acks.apply(ring)?;
+    }
+    Ok(())
+}
+
+/// Waits for the ring to publish records past `head_before`, at most
+/// `timeout`. A wakeup that brings nothing new (a poll that stays readable
+/// while sent records wait for their ACK) is followed by a short pause, so
+/// that waiting never spins.
+fn wait_for_records<S: RingSource>(
+    ring: &S,
+    timeout: Duration,
+    head_before: u64,
+) -> Result<(), AgentError> {
+    if ring.view().head() != head_before {
+        return Ok(());
+    }
+    if ring.wait(timeout)? == Wakeup::Ready && ring.view().head() == head_before {
+        std::thread::sleep(SPURIOUS_WAKEUP_PAUSE.min(timeout));
+    }
+    Ok(())
+}
+
+/// Reads the server's frames and moves the ring's consumer position on
+/// each ACK, until the connection closes.
+fn receiver<S: RingSource>(ring: &S, cfg: &AgentConfig, conn: &Conn<'_>) {
+    let mut r = BufReader::with_capacity(4096, conn.stream);
+    loop {
+        let frame = match read_frame(&mut r) {
+            Ok(f) => f,
+            Err(_) if conn.is_closed() => return,
+            Err(source) => {
+                return conn.fail(AgentError::Wire {
+                    server: cfg.server.clone(),
+                    source,
+                })
+            }
+        };
+        match frame {
+            Frame::Ack(seq) => {
+                let mut acks = lock(&conn.acks);
+                let moved = acks
+                    .server_ack(seq, Instant::now())
+                    .and_then(|()| acks.apply(ring));
+                match moved {
+                    Ok(Some(c)) => tracing::trace!(seq, tail = c.pos, "acknowledged"),
+                    Ok(None) => {}
+                    Err(e) => return conn.fail(e),
+                }
+            }
+            Frame::Error(e) => {
+                return conn.fail(AgentError::Server {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            f => {
+                return conn.fail(AgentError::Protocol(format!(
+                    "unexpected {} frame while streaming",
+                    f.name()
+                )))
+            }
+        }
+    }
+}
+
+/// One connection: connect, handshake, resume, stream until it fails or
+/// `stop` is set. Fills `report` as it goes.
+pub(crate) fn run_session<S: RingSource>(
+    ring: &S,
+    cfg: &AgentConfig,
+    stop: &AtomicBool,
+    report: &mut SessionReport,
+) -> Result<SessionEnd, AgentError> {
+    let stream = connect(cfg)?;
+    let Some(welcome) = handshake(&stream, ring, cfg, stop)? else {
+        return Ok(SessionEnd::Stopped);
+    };
+    report.welcomed = true;
+    let view = ring.view();
+    let tail_seq = view.tail_seq();
+    let start = resume_point(view, welcome.durable_seq)?;
+    // Records the server already has leave the ring now; this also reports
+    // the connection.
+    // SAFETY: no batch of the ring is in use: the sender has not started.
+    unsafe { ring.set_tail(start.pos, true) }?;
+    tracing::info!(
+        server = %cfg.server,
+        volume = %cfg.volume,
+        server_version = %welcome.server_version,
+        durable_seq = welcome.durable_seq,
+        skipped = start.seq - tail_seq,
+        resume_seq = start.seq,
+        head_seq = view.head_seq(),
+        "connected; resuming"
+    );
+    let conn = Conn {
+        stream: &stream,
+        closed: Mutex::new(None),
+        closed_cv: Condvar::new(),
+        is_closed: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        acks: Mutex::new(AckTracker::new(start)),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| receiver(ring, cfg, &conn));
+        s.spawn(|| sender(ring, cfg, &conn, start));
+        supervise(cfg, stop, &conn);
+    });
+    let acks = lock(&conn.acks);
+    report.progressed = acks.progressed();
+    let acked = acks.acked();
+    drop(acks);
+    let why = lock(&conn.closed).take();
+    match why {
+        Some(Close::Failed(e)) => Err(e),
+        Some(Close::Stopped) | None => {
+            tracing::info!(acked_seq = acked.seq - 1, "stopped streaming");
+            Ok(SessionEnd::Stopped)
+        }
+    }
+}
+
+/// Watches the connection: stops it when asked (after a short drain of
+/// outstanding ACKs) and gives it up when ACKs stop coming.
+fn supervise(cfg: &AgentConfig, stop: &AtomicBool, conn: &Conn<'_>) {
+    let tick = cfg
+        .poll_interval
+        .clamp(Duration::from_millis(1), Duration::from_millis(100));
+    let mut drain_until: Option<Instant> = None;
+    while !conn.wait_closed(tick) {
+        let now = Instant::now();
+        if stop.load(Ordering::Relaxed) && drain_until.is_none() {
+            conn.draining.store(true, Ordering::Relaxed);
+            drain_until = Some(now + cfg.drain_timeout);
+        }
+        let acks = lock(&conn.acks);
+        if let Some(until) = drain_until {
+            if acks.all_acked() || now >= until {
+                drop(acks);
+                conn.close(Close::Stopped);
+                continue;
+            }
+        }
+        if let Some(since) = acks.waiting_since() {
+            if now.duration_since(since) > cfg.ack_timeout {
+                drop(acks);
+                conn.fail(AgentError::AckTimeout(cfg.ack_timeout));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtbackup_abi::RTB_OP_WRITE;
+    use rtbackup_ring::mem::MemRing;
+
+    fn ring_with(n: u64) -> MemRing {
+        let r = MemRing::new(8192, 7, 1 << 20, 512).unwrap();
+        for i in 0..n {
+            r.append(RTB_OP_WRITE, 0, i, 100, &[1; 100]).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn resume_after_what_the_server_holds() {
+        let r = ring_with(5);
+        let v = r.view();
+        assert_eq!(resume_point(v, 0).unwrap(), Cursor { pos: 0, seq: 1 });
+        assert_eq!(
+            resume_point(v, 3).unwrap(),
+            Cursor {
+                pos: 3 * 192,
+                seq: 4
+            }
+        );
+        assert_eq!(
+            resume_point(v, 5).unwrap(),
+            Cursor {
+                pos: 5 * 192,
+                seq: 6
+            }
+        );
+        let e = resume_point(v, 6).unwrap_err();
+        assert!(e.is_fatal());
+        assert!(e.to_string().contains("holds records up to seq 6"), "{e}");
+        assert!(e.to_string().contains("only up to seq 5"), "{e}");
+    }
+
+    #[test]
+    fn a_server_behind_the_acknowledged_records_is_fatal() {
+        let r = ring_with(5);
+        // SAFETY: no batch is in use.
+        unsafe { r.ack(3, true) }.unwrap();
+        let v = r.view();
+        assert_eq!(
+            resume_point(v, 3).unwrap(),
+            Cursor {
+                pos: 3 * 192,
+                seq: 4
+            }
+        );
+        assert_eq!(
+            resume_point(v, 4).unwrap(),
+            Cursor {
+                pos: 4 * 192,
+                seq: 5
+            }
+        );
+        let e = resume_point(v, 2).unwrap_err();
+        assert!(e.is_fatal());
+        assert!(e.to_string().contains("only up to seq 2"), "{e}");
+        assert!(
+            e.to_string().contains("up to seq 3 were acknowledged"),
+            "{e}"
+        );
+    }
+}

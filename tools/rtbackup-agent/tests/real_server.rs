@@ -1,0 +1,144 @@
+//! The agent's streaming loop, on an in-memory ring, against the real
+//! server (the `rtbackup-server` library on a temporary store), across a
+//! server restart; then the restored image must be what was written.
+
+use rtbackup_abi::{RTB_OP_FLUSH, RTB_OP_WRITE};
+use rtbackup_agent::{run, AgentConfig};
+use rtbackup_ring::mem::MemRing;
+use rtbackup_ring::RingSource;
+use rtbackup_server::Server;
+use rtbackup_store::Store;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const RING_ID: u64 = 0xabc0_0001;
+/// A 4 MiB volume.
+const SECTORS: u64 = 8192;
+
+/// A running server on `store`.
+struct Running {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<anyhow::Result<()>>,
+}
+
+fn start_server(store: &Path, addr: &str) -> (Running, SocketAddr) {
+    let server = Server::bind(Store::open(store).unwrap(), addr).unwrap();
+    let local = server.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let thread = thread::spawn(move || server.run(&s));
+    (Running { stop, thread }, local)
+}
+
+impl Running {
+    fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap().unwrap();
+    }
+}
+
+/// Record `seq`'s write: where and what.
+fn write_of(seq: u64) -> (u64, Vec<u8>) {
+    let blocks = 1 + seq % 8;
+    let sector = (seq * 104_729) % (SECTORS - 8 * 8) / 8 * 8;
+    let data = (0..blocks * 512)
+        .map(|i| (seq.wrapping_mul(31) ^ i) as u8)
+        .collect();
+    (sector, data)
+}
+
+/// Appends records `from..=to` (writes), then a FLUSH, into `ring` and
+/// into the expected image.
+fn produce(ring: &MemRing, image: &mut [u8], count: u64) {
+    for _ in 0..count {
+        let seq = ring.next_seq();
+        let (sector, data) = write_of(seq);
+        let at = (sector * 512) as usize;
+        image[at..at + data.len()].copy_from_slice(&data);
+        ring.append_wait(
+            RTB_OP_WRITE,
+            0,
+            sector,
+            data.len() as u64,
+            &data,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    }
+    ring.append_wait(RTB_OP_FLUSH, 0, 0, 0, &[], Duration::from_secs(60))
+        .unwrap();
+}
+
+fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn streams_to_the_real_server_across_a_restart() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (server, addr) = start_server(&store, "127.0.0.1:0");
+    let ring = MemRing::new(2 << 20, RING_ID, SECTORS, 512).unwrap();
+    let mut cfg = AgentConfig::new(addr.to_string(), "vol-a", "test-host");
+    cfg.batch_bytes = 64 << 10;
+    cfg.backoff_initial = Duration::from_millis(20);
+    cfg.backoff_max = Duration::from_millis(200);
+    cfg.poll_interval = Duration::from_millis(20);
+    let mut image = vec![0u8; (SECTORS * 512) as usize];
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let agent = s.spawn(|| run(&ring, &cfg, &stop));
+        // Records stream while they are written.
+        produce(&ring, &mut image, 600);
+        let first = ring.next_seq() - 1;
+        wait_until(
+            "the first records to be acknowledged",
+            Duration::from_secs(60),
+            || ring.view().tail_seq() == first + 1,
+        );
+        // The server goes away; records written meanwhile stay in the ring.
+        server.stop();
+        produce(&ring, &mut image, 300);
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(ring.view().tail_seq(), first + 1);
+        assert!(ring.acks().last().is_some_and(|a| !a.connected));
+        // It comes back on the same address and store: the agent resumes.
+        let (server, _) = start_server(&store, &addr.to_string());
+        let last = ring.next_seq() - 1;
+        wait_until(
+            "the rest to be acknowledged",
+            Duration::from_secs(60),
+            || ring.view().tail_seq() == last + 1,
+        );
+        stop.store(true, Ordering::SeqCst);
+        agent.join().unwrap().unwrap();
+        server.stop();
+    });
+    let store = Store::open(&store).unwrap();
+    let status = store.volume_status("vol-a").unwrap();
+    assert_eq!(
+        (status.ring_id, status.durable_seq),
+        (RING_ID, ring.next_seq() - 1)
+    );
+    assert_eq!(status.size_bytes, SECTORS * 512);
+    let out = dir.path().join("restored.img");
+    let report = store.restore("vol-a", &out).unwrap();
+    assert_eq!(report.seq, ring.next_seq() - 1);
+    let restored = std::fs::read(&out).unwrap();
+    assert!(
+        restored == image,
+        "the restored image differs from what was written"
+    );
+}

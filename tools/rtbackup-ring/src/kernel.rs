@@ -1,0 +1,137 @@
+//! The kernel's ring of one `/dev/rtbackupN`.
+
+use crate::error::{Result, RingError};
+use crate::source::{RingSource, Wakeup};
+use crate::view::{RingGeometry, RingView};
+use memmap2::{Mmap, MmapOptions};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use rtbackup_abi::{RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE, RTB_RING_PAGE};
+use rtbackup_control::{Control, DeviceStatus};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+/// The write-journal ring of one device, mapped read-only: the agent's
+/// handle (the kernel lets one be open per device).
+#[derive(Debug)]
+pub struct Ring {
+    view: RingView<Mmap>,
+    fd: OwnedFd,
+    device: DeviceStatus,
+}
+
+impl Ring {
+    /// Opens the ring of `device` (`/dev/rtbackupN`, `rtbackupN`, `N` or
+    /// the lower device) through `/dev/rtbackup-control`.
+    pub fn open(device: &str) -> Result<Self> {
+        let control = Control::open()?;
+        Self::open_with(&control, device)
+    }
+
+    /// Like [`Ring::open`], with an open control device.
+    pub fn open_with(control: &Control, device: &str) -> Result<Self> {
+        let status = control.resolve(device)?;
+        let fd = control.ring_open(status.index)?;
+        let map = |bytes: u64| -> Result<Mmap> {
+            let len = usize::try_from(bytes).map_err(|_| RingError::Map {
+                device: status.device.clone(),
+                bytes,
+                source: std::io::Error::other("larger than the address space"),
+            })?;
+            // SAFETY: a read-only shared mapping of the ring; the kernel
+            // keeps its pages for as long as the mapping exists, and
+            // `RingView` reads it only as the ABI allows (atomic loads of
+            // the control page; published records).
+            unsafe { MmapOptions::new().len(len).map(&fd) }.map_err(|source| RingError::Map {
+                device: status.device.clone(),
+                bytes,
+                source,
+            })
+        };
+        let page = map(RTB_RING_PAGE)?;
+        let geometry = RingGeometry::read(&page)?;
+        if !(RTB_RING_MIN_SIZE..=RTB_RING_MAX_SIZE).contains(&geometry.data_size) {
+            return Err(RingError::BadControlPage {
+                reason: format!(
+                    "data size {} is outside the ABI's {RTB_RING_MIN_SIZE} to {RTB_RING_MAX_SIZE}",
+                    geometry.data_size
+                ),
+            });
+        }
+        drop(page);
+        let view = RingView::new(map(geometry.mapping_len())?)?;
+        if view.ring_id() != geometry.ring_id {
+            return Err(RingError::BadControlPage {
+                reason: "the ring changed while it was being mapped".into(),
+            });
+        }
+        tracing::debug!(
+            device = %status.device,
+            ring_id = view.ring_id(),
+            data_size = view.data_size(),
+            head = view.head(),
+            tail = view.tail(),
+            "ring mapped"
+        );
+        Ok(Self {
+            view,
+            fd,
+            device: status,
+        })
+    }
+
+    /// The device, as resolved when the ring was opened.
+    pub fn device(&self) -> &DeviceStatus {
+        &self.device
+    }
+
+    /// The ring file descriptor.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+impl std::ops::Deref for Ring {
+    type Target = RingView<Mmap>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.view
+    }
+}
+
+impl RingSource for Ring {
+    type Memory = Mmap;
+
+    fn view(&self) -> &RingView<Mmap> {
+        &self.view
+    }
+
+    unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()> {
+        rtbackup_control::ring_ack(self.fd.as_fd(), position, connected)?;
+        Ok(())
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<Wakeup> {
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => Ok(Wakeup::Timeout),
+            Ok(_) => {
+                let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+                if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
+                {
+                    return Err(RingError::Hangup {
+                        revents: revents.bits(),
+                    });
+                }
+                Ok(if revents.contains(PollFlags::POLLIN) {
+                    Wakeup::Ready
+                } else {
+                    Wakeup::Timeout
+                })
+            }
+            Err(Errno::EINTR) => Ok(Wakeup::Timeout),
+            Err(e) => Err(RingError::Poll(e)),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! What a consumer needs of a ring, whoever produces it.
+
+use crate::error::Result;
+use crate::memory::SharedMemory;
+use crate::view::{Cursor, RingView};
+use std::time::Duration;
+
+/// Why [`RingSource::wait`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wakeup {
+    /// The producer signalled (records were published).
+    Ready,
+    /// The timeout passed, or a signal interrupted the wait.
+    Timeout,
+}
+
+/// A ring as its consumer sees it: the kernel's ([`crate::Ring`]) or one
+/// in memory ([`crate::mem::MemRing`]).
+pub trait RingSource: Sync {
+    /// The memory the ring lives in.
+    type Memory: SharedMemory;
+
+    /// The ring's memory, read-only.
+    fn view(&self) -> &RingView<Self::Memory>;
+
+    /// Moves the consumer position to `position`, the end of a record in
+    /// `[tail, head]` (equal to `tail`: only reports `connected`), telling
+    /// the producer that the records before it are durable on the server
+    /// and may be overwritten, and whether the consumer is connected to
+    /// the server.
+    ///
+    /// # Safety
+    ///
+    /// No slice of the ring's memory before `position`, obtained from
+    /// [`RingView::read_batch`], may be in use by any thread from this
+    /// call on: the producer reuses those bytes.
+    unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()>;
+
+    /// Waits up to `timeout` for the producer to publish records.
+    fn wait(&self, timeout: Duration) -> Result<Wakeup>;
+
+    /// Reports whether the consumer is connected to the server, without
+    /// moving the consumer position.
+    fn report_connected(&self, connected: bool) -> Result<()> {
+        let tail = self.view().tail();
+        // SAFETY: the position stays where it is, so no bytes are freed.
+        unsafe { self.set_tail(tail, connected) }
+    }
+
+    /// Acknowledges every record up to and including `up_to_seq`: moves
+    /// the consumer position to the end of that record, found by walking
+    /// the records from the current one. A seq already acknowledged only
+    /// reports `connected`. Returns the new consumer cursor.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RingSource::set_tail`]: no slice of the records up to
+    /// `up_to_seq` may be in use from this call on. Acknowledgements must
+    /// not run concurrently with each other.
+    unsafe fn ack(&self, up_to_seq: u64, connected: bool) -> Result<Cursor> {
+        let tail = self.view().tail_cursor();
+        let end = if up_to_seq < tail.seq {
+            tail
+        } else {
+            self.view().end_of(tail, up_to_seq)?
+        };
+        // SAFETY: forwarded to our caller.
+        unsafe { self.set_tail(end.pos, connected) }?;
+        Ok(end)
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    rtbackup_server::cli::main()
+}

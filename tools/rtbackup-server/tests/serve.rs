@@ -1,0 +1,553 @@
+//! Drives the real `rtbackup-server` binary over TCP with a test client.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rtbackup_proto::{
+    append_record, build_record, read_frame, write_frame, write_records_frame, ErrorMsg, Frame,
+    Hello, Welcome, PROTOCOL_VERSION, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_WRITE,
+    RTB_OP_WRITE_ZEROES, RTB_REC_PREFLUSH,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rtbackup-server");
+const SIZE: u64 = 1 << 20;
+
+struct ServerProc {
+    child: Child,
+    addr: String,
+    store: PathBuf,
+}
+
+impl ServerProc {
+    fn start(store: &Path) -> Self {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(store.with_extension("log"))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["--log-level", "debug", "serve", "--store"])
+            .arg(store)
+            .args(["--listen", "127.0.0.1:0", "--segment-mib", "1"])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            addr,
+            store: store.to_owned(),
+        }
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) -> ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).unwrap();
+        self.child.wait().unwrap()
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.store.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records and the model image of the device at the last consistency point.
+struct Stream {
+    recs: Vec<Vec<u8>>,
+    image: Vec<u8>,
+    at_cp: Vec<u8>,
+    rng: u64,
+}
+
+impl Stream {
+    fn new(seed: u64) -> Self {
+        Self {
+            recs: Vec::new(),
+            image: vec![0; SIZE as usize],
+            at_cp: vec![0; SIZE as usize],
+            rng: seed | 1,
+        }
+    }
+
+    fn rand(&mut self, n: u64) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % n
+    }
+
+    fn seq(&self) -> u64 {
+        self.recs.len() as u64 + 1
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8], flags: u8) {
+        if flags & RTB_REC_PREFLUSH != 0 {
+            self.at_cp = self.image.clone();
+        }
+        let s = sector as usize * 512;
+        self.image[s..s + data.len()].copy_from_slice(data);
+        let seq = self.seq();
+        self.recs.push(build_record(
+            RTB_OP_WRITE,
+            flags,
+            seq,
+            sector,
+            data.len() as u64,
+            seq,
+            data,
+        ));
+    }
+
+    fn zero(&mut self, op: u8, sector: u64, len: u64) {
+        let s = sector as usize * 512;
+        self.image[s..s + len as usize].fill(0);
+        let seq = self.seq();
+        self.recs
+            .push(build_record(op, 0, seq, sector, len, seq, &[]));
+    }
+
+    fn flush(&mut self) {
+        self.at_cp = self.image.clone();
+        let seq = self.seq();
+        self.recs
+            .push(build_record(RTB_OP_FLUSH, 0, seq, 0, 0, seq, &[]));
+    }
+
+    /// Adds `n` random records; the last is a flush.
+    fn random(&mut self, n: usize) {
+        let sectors = SIZE / 512;
+        for i in 0..n - 1 {
+            match self.rand(10) {
+                0 => {
+                    let len = (1 + self.rand(32)) * 512;
+                    let s = self.rand(sectors - 32);
+                    self.zero(RTB_OP_DISCARD, s, len);
+                }
+                1 => {
+                    let len = (1 + self.rand(8)) * 512;
+                    let s = self.rand(sectors - 8);
+                    self.zero(RTB_OP_WRITE_ZEROES, s, len);
+                }
+                2 => self.flush(),
+                _ => {
+                    let len = (1 + self.rand(16)) as usize * 512;
+                    let s = self.rand(sectors - 16);
+                    let b = (i % 251) as u8 + 1;
+                    let data: Vec<u8> = (0..len).map(|j| b ^ (j as u8)).collect();
+                    let flags = if self.rand(8) == 0 {
+                        RTB_REC_PREFLUSH
+                    } else {
+                        0
+                    };
+                    self.write(s, &data, flags);
+                }
+            }
+        }
+        self.flush();
+    }
+}
+
+#[derive(Debug)]
+struct Client {
+    s: TcpStream,
+}
+
+fn hello(volume: &str, size: u64, ring: u64) -> Hello {
+    Hello {
+        protocol: PROTOCOL_VERSION,
+        volume: volume.into(),
+        size_bytes: size,
+        block_size: 512,
+        ring_id: ring,
+        client: "test".into(),
+        agent_version: "test".into(),
+    }
+}
+
+impl Client {
+    /// Connects and handshakes; retries while the volume is busy (a
+    /// previous connection still finishing).
+    fn connect(addr: &str, h: &Hello) -> Result<(Client, Welcome), ErrorMsg> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            write_frame(&mut s, &Frame::Hello(h.clone())).unwrap();
+            match read_frame(&mut s).unwrap() {
+                Frame::Welcome(w) => return Ok((Client { s }, w)),
+                Frame::Error(e) if e.code == "volume-busy" && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Frame::Error(e) => return Err(e),
+                f => panic!("unexpected {f:?}"),
+            }
+        }
+    }
+
+    fn send(&mut self, recs: &[Vec<u8>]) -> std::io::Result<()> {
+        let parts: Vec<&[u8]> = recs.iter().map(|r| &r[..]).collect();
+        write_records_frame(&mut self.s, &parts).map_err(|e| match e {
+            rtbackup_proto::ProtoError::Io(e) => e,
+            e => panic!("{e}"),
+        })
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.s.write_all(bytes);
+    }
+
+    /// Reads ACKs until one reaches `seq`.
+    fn wait_ack(&mut self, seq: u64) -> u64 {
+        loop {
+            match read_frame(&mut self.s).unwrap() {
+                Frame::Ack(a) if a >= seq => return a,
+                Frame::Ack(_) => {}
+                f => panic!("unexpected {f:?}"),
+            }
+        }
+    }
+
+    /// Reads until an ERROR frame (skipping ACKs) or the end of the stream.
+    fn expect_error(&mut self) -> Option<ErrorMsg> {
+        loop {
+            match read_frame(&mut self.s) {
+                Ok(Frame::Ack(_)) => {}
+                Ok(Frame::Error(e)) => return Some(e),
+                Ok(f) => panic!("unexpected {f:?}"),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// Sends `recs[from..to]` in frames of 1..=7 records.
+fn send_all(c: &mut Client, recs: &[Vec<u8>], from: usize, to: usize) {
+    let mut i = from;
+    let mut k = 1;
+    while i < to {
+        let j = (i + k).min(to);
+        c.send(&recs[i..j]).unwrap();
+        i = j;
+        k = k % 7 + 1;
+    }
+}
+
+fn restore(store: &Path, volume: &str, out: &Path) -> serde_json::Value {
+    let o = Command::new(BIN)
+        .args(["restore", "--json", "--store"])
+        .arg(store)
+        .args(["--volume", volume, "--output"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn status(store: &Path, volume: &str) -> serde_json::Value {
+    let o = Command::new(BIN)
+        .args(["status", "--json", "--store"])
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["volume"] == volume)
+        .cloned()
+        .unwrap_or_else(|| panic!("no volume {volume} in {v}"))
+}
+
+fn assert_restores(store: &Path, volume: &str, model: &[u8], seq: u64) {
+    let out = store.with_extension(format!("{volume}.img"));
+    let rep = restore(store, volume, &out);
+    assert_eq!(rep["seq"], seq, "{rep}");
+    assert_eq!(rep["bytes"], SIZE);
+    let got = fs::read(&out).unwrap();
+    assert!(
+        got == model,
+        "restored image of {volume} differs from the model"
+    );
+}
+
+#[test]
+fn stream_disconnect_resume_and_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let mut srv = ServerProc::start(&store);
+    let mut st = Stream::new(7);
+    st.random(300);
+    let h = hello("db1", SIZE, 0x1234);
+    let (mut c, w) = Client::connect(&srv.addr, &h).unwrap();
+    assert_eq!(w.durable_seq, 0);
+    assert_eq!(w.volume, "db1");
+    send_all(&mut c, &st.recs, 0, 100);
+    assert!(c.wait_ack(100) >= 100);
+    // Send more and disconnect without waiting.
+    send_all(&mut c, &st.recs, 100, 180);
+    drop(c);
+    let (mut c, w) = Client::connect(&srv.addr, &h).unwrap();
+    let d1 = w.durable_seq;
+    assert!((100..=180).contains(&d1), "durable_seq {d1}");
+    // Resend with some duplicates.
+    let from = d1.saturating_sub(10) as usize;
+    send_all(&mut c, &st.recs, from, 300);
+    assert_eq!(c.wait_ack(300), 300);
+    drop(c);
+    // Another ring_id: a new epoch starting from durable_seq 0.
+    let (c, w) = Client::connect(&srv.addr, &hello("db1", SIZE, 0x9999)).unwrap();
+    assert_eq!(w.durable_seq, 0);
+    drop(c);
+    // The same ring again still knows its position.
+    let (c, w) = Client::connect(&srv.addr, &h).unwrap();
+    assert_eq!(w.durable_seq, 300);
+    drop(c);
+    // A size mismatch is refused.
+    let e = Client::connect(&srv.addr, &hello("db1", SIZE * 2, 0x1234)).unwrap_err();
+    assert_eq!(e.code, "size-mismatch");
+    // Restore while the server runs.
+    assert_restores(&store, "db1", &st.at_cp, 300);
+    let s = status(&store, "db1");
+    assert_eq!(s["durable_seq"], 300, "{s}");
+    assert_eq!(s["size_bytes"], SIZE);
+    let status = srv.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", srv.log());
+    let s = status_after(&store);
+    assert_eq!(s["applied_seq"], 300, "{s}");
+    assert_restores(&store, "db1", &st.at_cp, 300);
+}
+
+fn status_after(store: &Path) -> serde_json::Value {
+    status(store, "db1")
+}
+
+#[test]
+fn two_volumes_at_once_and_busy() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+    let mut a = Stream::new(1);
+    a.random(400);
+    let mut b = Stream::new(2);
+    b.random(400);
+    let (mut ca, _) = Client::connect(&srv.addr, &hello("a", SIZE, 1)).unwrap();
+    let (mut cb, _) = Client::connect(&srv.addr, &hello("b", SIZE, 2)).unwrap();
+    // A second connection for a busy volume is refused.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    write_frame(&mut s, &Frame::Hello(hello("a", SIZE, 1))).unwrap();
+    match read_frame(&mut s).unwrap() {
+        Frame::Error(e) => assert_eq!(e.code, "volume-busy"),
+        f => panic!("unexpected {f:?}"),
+    }
+    let ta = thread::spawn(move || {
+        send_all(&mut ca, &a.recs, 0, 400);
+        assert_eq!(ca.wait_ack(400), 400);
+        a
+    });
+    let tb = thread::spawn(move || {
+        send_all(&mut cb, &b.recs, 0, 400);
+        assert_eq!(cb.wait_ack(400), 400);
+        b
+    });
+    let a = ta.join().unwrap();
+    let b = tb.join().unwrap();
+    assert_restores(&store, "a", &a.at_cp, 400);
+    assert_restores(&store, "b", &b.at_cp, 400);
+}
+
+#[test]
+fn kill_9_loses_nothing_acknowledged() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let mut srv = ServerProc::start(&store);
+    let mut st = Stream::new(3);
+    st.random(3000);
+    let h = hello("k", SIZE, 42);
+    let (c, _) = Client::connect(&srv.addr, &h).unwrap();
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut rd = Client {
+        s: c.s.try_clone().unwrap(),
+    };
+    let acked2 = Arc::clone(&acked);
+    let reader = thread::spawn(move || {
+        while let Ok(f) = read_frame(&mut rd.s) {
+            if let Frame::Ack(a) = f {
+                acked2.fetch_max(a, Ordering::SeqCst);
+            }
+        }
+    });
+    let recs = st.recs.clone();
+    let mut sc = Client {
+        s: c.s.try_clone().unwrap(),
+    };
+    let sender = thread::spawn(move || {
+        let mut i = 0;
+        while i < recs.len() {
+            let j = (i + 5).min(recs.len());
+            if sc.send(&recs[i..j]).is_err() {
+                break;
+            }
+            i = j;
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::SeqCst) < 1000 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(1));
+    }
+    srv.signal(nix::sys::signal::Signal::SIGKILL);
+    sender.join().unwrap();
+    let _ = c.s.shutdown(std::net::Shutdown::Both);
+    reader.join().unwrap();
+    let a = acked.load(Ordering::SeqCst);
+    assert!(a >= 1000, "acked {a}");
+    let srv = ServerProc::start(&store);
+    let (mut c, w) = Client::connect(&srv.addr, &h).unwrap();
+    assert!(w.durable_seq >= a, "durable {} < acked {a}", w.durable_seq);
+    eprintln!(
+        "killed with {a} acked; durable after restart: {}",
+        w.durable_seq
+    );
+    send_all(&mut c, &st.recs, w.durable_seq as usize, st.recs.len());
+    let n = st.recs.len() as u64;
+    // (When everything was durable before the kill, no ACK is due.)
+    if w.durable_seq < n {
+        assert_eq!(c.wait_ack(n), n);
+    }
+    assert_restores(&store, "k", &st.at_cp, n);
+}
+
+#[test]
+fn bad_input_closes_only_that_connection_and_stores_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+
+    // A good stream on another volume, going on throughout.
+    let mut good = Stream::new(5);
+    good.random(600);
+    let (mut cg, _) = Client::connect(&srv.addr, &hello("good", SIZE, 5)).unwrap();
+    send_all(&mut cg, &good.recs, 0, 200);
+
+    // The volume under attack gets 10 records and a flush first.
+    let mut bad = Stream::new(6);
+    bad.random(11);
+    let h = hello("bad", SIZE, 6);
+    let (mut c, _) = Client::connect(&srv.addr, &h).unwrap();
+    send_all(&mut c, &bad.recs, 0, 11);
+    assert_eq!(c.wait_ack(11), 11);
+    drop(c);
+    // Wait for the image to be advanced (and applied segments retired) after
+    // the ACK, so that nothing changes in the store from here on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = status(&store, "bad");
+    while (before["applied_seq"] != 11 || before["segments"] != 1) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+        before = status(&store, "bad");
+    }
+    assert_eq!(before["applied_seq"], 11, "{before}");
+
+    let w12 = |sector: u64, seq: u64| build_record(RTB_OP_WRITE, 0, seq, sector, 512, 0, &[1; 512]);
+    let frame = |recs: &[Vec<u8>]| {
+        let mut v = Vec::new();
+        write_frame(&mut v, &Frame::Records(recs.concat())).unwrap();
+        v
+    };
+    let mut cases: Vec<(&str, Vec<u8>, Option<&str>)> = Vec::new();
+    cases.push((
+        "garbage",
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        Some("bad-frame"),
+    ));
+    let mut crc = w12(0, 12);
+    crc[100] ^= 1;
+    cases.push((
+        "payload crc",
+        frame(&[w12(0, 12).clone(), crc]),
+        Some("bad-record"),
+    ));
+    // Record 12 valid, 13 beyond the end: nothing of the frame is stored.
+    cases.push((
+        "out of range",
+        frame(&[w12(0, 12), w12(SIZE / 512, 13)]),
+        Some("out-of-range"),
+    ));
+    cases.push(("gap", frame(&[w12(0, 14)]), Some("seq-gap")));
+    let mut fcrc = frame(&[w12(0, 12)]);
+    let last = fcrc.len() - 1;
+    fcrc[last] ^= 0xff;
+    cases.push(("frame crc", fcrc, Some("bad-frame")));
+    let mut ver = frame(&[w12(0, 12)]);
+    ver[4] = 9;
+    cases.push(("version", ver, Some("unsupported-version")));
+    let trunc = frame(&[w12(0, 12)]);
+    cases.push(("truncated", trunc[..trunc.len() - 10].to_vec(), None));
+    let mut pad = Vec::new();
+    append_record(&mut pad, rtbackup_proto::RTB_OP_PAD, 0, 0, 0, 0, 0, &[]);
+    cases.push(("padding", frame(&[pad]), Some("bad-record")));
+
+    for (name, bytes, code) in cases {
+        let (mut c, w) = Client::connect(&srv.addr, &h).unwrap();
+        assert_eq!(w.durable_seq, 11, "{name}");
+        c.send_raw(&bytes);
+        if code.is_none() {
+            c.s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let e = c.expect_error();
+        match code {
+            Some(code) => {
+                let e = e.unwrap_or_else(|| panic!("{name}: no ERROR frame"));
+                assert_eq!(e.code, code, "{name}: {e:?}");
+            }
+            None => assert!(e.is_none(), "{name}: {e:?}"),
+        }
+        let after = status(&store, "bad");
+        assert_eq!(after["durable_seq"], before["durable_seq"], "{name}");
+        assert_eq!(after["journal_bytes"], before["journal_bytes"], "{name}");
+    }
+    // A bad HELLO.
+    let e = Client::connect(&srv.addr, &hello("../etc", SIZE, 1)).unwrap_err();
+    assert_eq!(e.code, "bad-volume");
+    let mut hv = hello("x", SIZE, 1);
+    hv.protocol = 2;
+    assert_eq!(
+        Client::connect(&srv.addr, &hv).unwrap_err().code,
+        "unsupported-version"
+    );
+
+    // The good stream was not disturbed.
+    send_all(&mut cg, &good.recs, 200, 600);
+    assert_eq!(cg.wait_ack(600), 600);
+    assert_restores(&store, "good", &good.at_cp, 600);
+    assert_restores(&store, "bad", &bad.at_cp, 11);
+    let log = srv.log();
+    assert!(log.contains("volume=bad"), "{log}");
+    assert!(
+        log.contains("seq-gap") || log.contains("sequence gap"),
+        "{log}"
+    );
+}

@@ -1,0 +1,156 @@
+//! Errors of the store.
+
+use std::io;
+use std::path::PathBuf;
+
+use rtbackup_proto::{error_code, RecordError};
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An I/O error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What failed, e.g. "writing segment /store/volumes/db1/journal/…".
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A record of an incoming batch is malformed.
+    #[error("bad record #{index} (byte {offset} of the batch): {source}")]
+    BadRecord {
+        /// Index of the record in the batch.
+        index: usize,
+        /// Byte offset of the record in the batch.
+        offset: usize,
+        /// Why.
+        #[source]
+        source: RecordError,
+    },
+    /// A record that is not allowed on the wire (e.g. padding).
+    #[error("record seq {seq} not allowed in a batch: {reason}")]
+    Refused {
+        /// `seq` of the record.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A record affects bytes beyond the end of the volume.
+    #[error("record seq {seq} affects bytes [{start}, {end}) beyond the end of the volume ({size} bytes)")]
+    OutOfRange {
+        /// `seq` of the record.
+        seq: u64,
+        /// First byte affected.
+        start: u64,
+        /// End of the range affected.
+        end: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// A record's seq is not the next one expected.
+    #[error("sequence gap: expected seq {expected}, got {got}")]
+    SeqGap {
+        /// The next seq expected.
+        expected: u64,
+        /// The seq received.
+        got: u64,
+    },
+    /// The stored data is damaged: never applied, needs an operator.
+    #[error("corrupt journal: segment {segment} at offset {offset}: {reason}")]
+    Corrupt {
+        /// Segment name or path.
+        segment: String,
+        /// Byte offset in the segment.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A state file or other metadata is unreadable.
+    #[error("bad state file {path}: {reason}")]
+    BadState {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A volume name is invalid.
+    #[error("invalid volume name {name:?}: {reason}")]
+    BadVolumeName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// Volume parameters are invalid.
+    #[error("invalid volume parameters: {0}")]
+    BadParameters(String),
+    /// The volume does not exist.
+    #[error("no volume {0:?} in the store")]
+    NoSuchVolume(String),
+    /// The volume exists with another size.
+    #[error("volume {volume:?} has {stored} bytes, not {requested}")]
+    SizeMismatch {
+        /// The volume.
+        volume: String,
+        /// Its size in the store.
+        stored: u64,
+        /// The size asked for.
+        requested: u64,
+    },
+    /// The volume is open elsewhere (another process or handle).
+    #[error("volume {0:?} is in use by another process")]
+    Busy(String),
+    /// A previous write failed in a way that left the journal in an unknown
+    /// state; the volume must be reopened.
+    #[error("volume {0:?} is unusable after an earlier write error; reopen it")]
+    Poisoned(String),
+}
+
+impl StoreError {
+    /// The protocol error code that tells a peer about this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::BadRecord { .. } | StoreError::Refused { .. } => error_code::BAD_RECORD,
+            StoreError::OutOfRange { .. } => error_code::OUT_OF_RANGE,
+            StoreError::SeqGap { .. } => error_code::SEQ_GAP,
+            StoreError::BadVolumeName { .. } => error_code::BAD_VOLUME,
+            StoreError::BadParameters(_) => error_code::PROTOCOL,
+            StoreError::SizeMismatch { .. } => error_code::SIZE_MISMATCH,
+            StoreError::Busy(_) => error_code::VOLUME_BUSY,
+            _ => error_code::INTERNAL,
+        }
+    }
+
+    /// Whether the error is about the peer's input (as opposed to the
+    /// server or its store).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StoreError::BadRecord { .. }
+                | StoreError::Refused { .. }
+                | StoreError::OutOfRange { .. }
+                | StoreError::SeqGap { .. }
+                | StoreError::BadVolumeName { .. }
+                | StoreError::BadParameters(_)
+                | StoreError::SizeMismatch { .. }
+        )
+    }
+}
+
+/// Result of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Adds context to I/O errors.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, f: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, f: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| StoreError::Io {
+            context: f(),
+            source,
+        })
+    }
+}

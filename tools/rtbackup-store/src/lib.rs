@@ -1,0 +1,384 @@
+//! Storage of the rtbackup server (Documentation/store.rst).
+//!
+//! A store is a directory. Each volume has an append-only journal of the
+//! records received (stored verbatim, checksums included), a sparse image
+//! file holding the volume as of the last applied consistency point, and a
+//! small state file with the checkpoint. Sealed journal segments go through
+//! a [`SegmentStore`] ([`LocalDirStore`] today; an object store later).
+
+mod error;
+mod image;
+mod journal;
+mod segment;
+mod state;
+mod volume;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::fcntl::FlockArg;
+use rtbackup_proto::validate_volume_name;
+use serde::Serialize;
+
+pub use error::{Result, StoreError};
+pub use segment::{
+    parse_segment_file_name, segment_file_name, LocalDirStore, SegmentHeader, SegmentInfo,
+    SegmentStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION,
+};
+pub use state::{Position, VolumeState, STORE_FORMAT_VERSION};
+pub use volume::{AppendOutcome, ApplyOutcome, Volume, VolumeOptions, VolumeStatus};
+
+use error::IoContext;
+use image::{sparse_copy, Target};
+use journal::{walk, CpTracker, Event, SegmentSource};
+use volume::{
+    create_volume_files, journal_usage, local_segments, lock_volume, JOURNAL_DIR, STATE_FILE,
+};
+
+/// Directory of the volumes in a store.
+const VOLUMES_DIR: &str = "volumes";
+/// Directory of the [`LocalDirStore`] of sealed segments in a store.
+const SEALED_DIR: &str = "sealed";
+
+/// What [`Store::restore`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// The volume.
+    pub volume: String,
+    /// Ring of the last record in the restored state.
+    pub ring_id: u64,
+    /// Seq of the last record in the restored state (a consistency point).
+    pub seq: u64,
+    /// Bytes of the output (the volume size).
+    pub bytes: u64,
+    /// Bytes of non-zero data written.
+    pub data_bytes: u64,
+    /// Journal records replayed on top of the image.
+    pub replayed_records: u64,
+}
+
+/// A store directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    segments: Arc<dyn SegmentStore>,
+    opts: VolumeOptions,
+}
+
+fn bad_name(name: &str) -> Result<()> {
+    validate_volume_name(name).map_err(|e| StoreError::BadVolumeName {
+        name: name.chars().take(80).collect(),
+        reason: match e {
+            rtbackup_proto::ProtoError::BadVolume { reason, .. } => reason.to_owned(),
+            e => e.to_string(),
+        },
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `root`, with sealed segments
+    /// in `root/sealed`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let segments = Arc::new(LocalDirStore::new(root.join(SEALED_DIR)));
+        Self::with_segment_store(root, segments, VolumeOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in `root` with another segment
+    /// store and options.
+    pub fn with_segment_store(
+        root: impl Into<PathBuf>,
+        segments: Arc<dyn SegmentStore>,
+        opts: VolumeOptions,
+    ) -> Result<Self> {
+        let root = root.into();
+        let vols = root.join(VOLUMES_DIR);
+        fs::create_dir_all(&vols).ctx(|| format!("creating {}", vols.display()))?;
+        Ok(Self {
+            root,
+            segments,
+            opts,
+        })
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn volume_dir(&self, name: &str) -> PathBuf {
+        self.root.join(VOLUMES_DIR).join(name)
+    }
+
+    fn source(&self, name: &str) -> SegmentSource {
+        SegmentSource {
+            volume: name.to_owned(),
+            journal_dir: self.volume_dir(name).join(JOURNAL_DIR),
+            store: Arc::clone(&self.segments),
+        }
+    }
+
+    /// Names of the volumes, sorted.
+    pub fn volumes(&self) -> Result<Vec<String>> {
+        let dir = self.root.join(VOLUMES_DIR);
+        let mut out = Vec::new();
+        for ent in fs::read_dir(&dir).ctx(|| format!("listing {}", dir.display()))? {
+            let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
+            if let Some(n) = ent.file_name().to_str() {
+                if validate_volume_name(n).is_ok() {
+                    out.push(n.to_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether volume `name` exists.
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        bad_name(name)?;
+        Ok(self.volume_dir(name).join(STATE_FILE).exists())
+    }
+
+    /// Opens volume `name` for ingest (see [`Volume`]): recovers it first.
+    pub fn open_volume(&self, name: &str) -> Result<Volume> {
+        bad_name(name)?;
+        let dir = self.volume_dir(name);
+        if !dir.join(STATE_FILE).exists() {
+            return Err(StoreError::NoSuchVolume(name.to_owned()));
+        }
+        Volume::open(dir, self.source(name), self.opts)
+    }
+
+    /// Opens volume `name`, creating it with `size_bytes` and `block_size`
+    /// if it does not exist. An existing volume of another size is refused.
+    pub fn open_or_create_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        block_size: u32,
+    ) -> Result<Volume> {
+        bad_name(name)?;
+        if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+            return Err(StoreError::BadParameters(format!(
+                "block size {block_size} is not a power of two from 512 to 65536"
+            )));
+        }
+        if size_bytes == 0 || size_bytes % u64::from(block_size) != 0 {
+            return Err(StoreError::BadParameters(format!(
+                "size {size_bytes} is not a positive multiple of the block size {block_size}"
+            )));
+        }
+        let dir = self.volume_dir(name);
+        if !dir.join(STATE_FILE).exists() {
+            self.create_volume(name, size_bytes, block_size)?;
+        }
+        let vol = Volume::open(dir, self.source(name), self.opts)?;
+        if vol.size_bytes() != size_bytes {
+            return Err(StoreError::SizeMismatch {
+                volume: name.to_owned(),
+                stored: vol.size_bytes(),
+                requested: size_bytes,
+            });
+        }
+        Ok(vol)
+    }
+
+    /// Creates a volume: its files are made in a temporary directory (names
+    /// starting with a dot are not volume names) renamed into place.
+    fn create_volume(&self, name: &str, size_bytes: u64, block_size: u32) -> Result<()> {
+        let vols = self.root.join(VOLUMES_DIR);
+        let tmp = vols.join(format!(".{name}.creating"));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
+        }
+        let now = state::now_ns();
+        let start = Position {
+            segment: 1,
+            offset: SEGMENT_HEADER_LEN,
+            ring_id: 0,
+            seq: 0,
+        };
+        let st = VolumeState {
+            format: STORE_FORMAT_VERSION,
+            volume: name.to_owned(),
+            size_bytes,
+            block_size,
+            ring_id: 0,
+            durable_seq: 0,
+            checkpoint: start,
+            created_ns: now,
+            updated_ns: now,
+        };
+        create_volume_files(&tmp, &st)?;
+        let dir = self.volume_dir(name);
+        match fs::rename(&tmp, &dir) {
+            Ok(()) => {}
+            // Created concurrently by someone else: use theirs.
+            Err(_) if dir.join(STATE_FILE).exists() => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("renaming {} to {}", tmp.display(), dir.display()),
+                    source: e,
+                })
+            }
+        }
+        segment::sync_dir(&vols).ctx(|| format!("syncing {}", vols.display()))?;
+        tracing::info!(volume = name, size_bytes, block_size, "created volume");
+        Ok(())
+    }
+
+    /// Scans a volume without changing it (safe while a server runs):
+    /// its size, durable position (journal end), checkpoint and journal use.
+    pub fn volume_status(&self, name: &str) -> Result<VolumeStatus> {
+        bad_name(name)?;
+        let dir = self.volume_dir(name);
+        if !dir.join(STATE_FILE).exists() {
+            return Err(StoreError::NoSuchVolume(name.to_owned()));
+        }
+        let src = self.source(name);
+        let _lock = lock_volume(&dir, FlockArg::LockShared)?;
+        let st = VolumeState::load(&dir.join(STATE_FILE))?;
+        let last = self.last_segment(&src)?;
+        let end = walk(&src, st.checkpoint, last, None, |_| Ok(()))?;
+        let (segments, journal_bytes) = journal_usage(&src)?;
+        Ok(VolumeStatus {
+            volume: name.to_owned(),
+            size_bytes: st.size_bytes,
+            block_size: st.block_size,
+            ring_id: end.end.ring_id,
+            durable_seq: end.end.seq,
+            applied_ring_id: st.checkpoint.ring_id,
+            applied_seq: st.checkpoint.seq,
+            journal_bytes,
+            segments,
+        })
+    }
+
+    fn last_segment(&self, src: &SegmentSource) -> Result<u64> {
+        let local = local_segments(&src.journal_dir)?;
+        let sealed = src
+            .store
+            .list(&src.volume)
+            .ctx(|| format!("listing sealed segments of {}", src.volume))?;
+        local
+            .last()
+            .map(|s| s.0)
+            .into_iter()
+            .chain(sealed.last().map(|s| s.id))
+            .max()
+            .ok_or_else(|| StoreError::Corrupt {
+                segment: src.journal_dir.display().to_string(),
+                offset: 0,
+                reason: "the volume has no journal segment".into(),
+            })
+    }
+
+    /// Writes the latest consistent image of volume `name` to `output`: the
+    /// image at its checkpoint plus the journal's records up to the last
+    /// consistency point it holds. Safe while a server ingests into the
+    /// store (the volume lock keeps the image and the needed segments
+    /// still; the server only defers applying meanwhile). `output` is a
+    /// regular file (created or truncated, written sparse) or a block
+    /// device of at least the volume's size (written in full). It is
+    /// fsynced before this returns.
+    pub fn restore(&self, name: &str, output: &Path) -> Result<RestoreReport> {
+        bad_name(name)?;
+        let dir = self.volume_dir(name);
+        if !dir.join(STATE_FILE).exists() {
+            return Err(StoreError::NoSuchVolume(name.to_owned()));
+        }
+        let src = self.source(name);
+        let _lock = lock_volume(&dir, FlockArg::LockShared)?;
+        let st = VolumeState::load(&dir.join(STATE_FILE))?;
+        let last = self.last_segment(&src)?;
+        let mut cps = CpTracker::new(st.checkpoint);
+        walk(&src, st.checkpoint, last, None, |e| {
+            cps.event(&e);
+            Ok(())
+        })?;
+        let target = cps.last;
+
+        let image_path = dir.join(volume::IMAGE_FILE);
+        if same_file(output, &image_path) {
+            return Err(StoreError::BadParameters(format!(
+                "{} is the volume's image itself",
+                output.display()
+            )));
+        }
+        let octx = || format!("writing {}", output.display());
+        let is_blockdev = fs::metadata(output)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        let out = if is_blockdev {
+            OpenOptions::new().write(true).read(true).open(output)
+        } else {
+            OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create(true)
+                .truncate(true)
+                .open(output)
+        }
+        .ctx(octx)?;
+        if is_blockdev {
+            let len = block_device_size(&out).ctx(octx)?;
+            if len < st.size_bytes {
+                return Err(StoreError::BadParameters(format!(
+                    "{} has {len} bytes, the volume {}",
+                    output.display(),
+                    st.size_bytes
+                )));
+            }
+        } else {
+            out.set_len(st.size_bytes).ctx(octx)?;
+        }
+        let image = File::open(&image_path).ctx(|| format!("opening {}", image_path.display()))?;
+        let mut t = Target::new(&out, !is_blockdev);
+        let mut data_bytes = sparse_copy(&image, st.size_bytes, &mut t, !is_blockdev)
+            .ctx(|| format!("copying {} to {}", image_path.display(), output.display()))?;
+        let mut replayed = 0u64;
+        if target.is_after(&st.checkpoint) {
+            walk(&src, st.checkpoint, target.segment, Some(target), |e| {
+                if let Event::Record { rec, .. } = e {
+                    t.apply(rec).ctx(octx)?;
+                    data_bytes += rec.payload.len() as u64;
+                    replayed += 1;
+                }
+                Ok(())
+            })?;
+        }
+        out.sync_all().ctx(octx)?;
+        Ok(RestoreReport {
+            volume: name.to_owned(),
+            ring_id: target.ring_id,
+            seq: target.seq,
+            bytes: st.size_bytes,
+            data_bytes,
+            replayed_records: replayed,
+        })
+    }
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Size of a block device.
+fn block_device_size(f: &File) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = f;
+    let len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(len)
+}

@@ -1,0 +1,369 @@
+//! Journal segments: their header, the store of sealed segments and reading
+//! records back.
+
+use rtbackup_proto::read_full;
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rtbackup_proto::{
+    parse_header, parse_record, RecordError, RecordRef, MAX_FRAME_PAYLOAD, RECORD_HEADER_LEN,
+};
+
+/// Bytes of a segment header; records start at this offset.
+pub const SEGMENT_HEADER_LEN: u64 = 64;
+/// `magic` of a segment header: "RTBS".
+pub const SEGMENT_MAGIC: u32 = u32::from_le_bytes(*b"RTBS");
+/// Segment format version.
+pub const SEGMENT_VERSION: u32 = 1;
+
+/// The header of a segment file: which ring its records belong to and the
+/// seq of its first record. A segment holds records of one ring only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Segment number within the volume (consecutive from 1).
+    pub id: u64,
+    /// `ring_id` of every record in the segment.
+    pub ring_id: u64,
+    /// `seq` of the first record (the following ones are consecutive).
+    pub first_seq: u64,
+    /// Creation time, `CLOCK_REALTIME` nanoseconds.
+    pub created_ns: u64,
+}
+
+impl SegmentHeader {
+    /// Encodes the header: magic, version, id, ring_id, first_seq,
+    /// created_ns, zeroes, and a CRC32C of bytes 0..60 at 60.
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
+        let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
+        b[0..4].copy_from_slice(&SEGMENT_MAGIC.to_le_bytes());
+        b[4..8].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        b[8..16].copy_from_slice(&self.id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.ring_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[32..40].copy_from_slice(&self.created_ns.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// Decodes and checks a header.
+    pub fn decode(b: &[u8; SEGMENT_HEADER_LEN as usize]) -> Result<Self, String> {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(v)
+        };
+        if u32_at(0) != SEGMENT_MAGIC {
+            return Err(format!(
+                "bad segment magic {:#010x} (not an rtbackup segment)",
+                u32_at(0)
+            ));
+        }
+        let crc = crc32c::crc32c(&b[..60]);
+        if crc != u32_at(60) {
+            return Err(format!(
+                "segment header checksum mismatch (stored {:#010x}, computed {crc:#010x})",
+                u32_at(60)
+            ));
+        }
+        if u32_at(4) != SEGMENT_VERSION {
+            return Err(format!(
+                "segment format version {} is not supported (this build reads {SEGMENT_VERSION})",
+                u32_at(4)
+            ));
+        }
+        if b[40..60].iter().any(|&x| x != 0) {
+            return Err("reserved bytes of the segment header are not zero".into());
+        }
+        Ok(Self {
+            id: u64_at(8),
+            ring_id: u64_at(16),
+            first_seq: u64_at(24),
+            created_ns: u64_at(32),
+        })
+    }
+}
+
+/// File name of segment `id`.
+pub fn segment_file_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+/// Parses a segment file name.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// A sealed segment in a [`SegmentStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Segment number.
+    pub id: u64,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// Where sealed segments live. Sealed segments are immutable; the segment
+/// being appended is always a local file. Implementations: [`LocalDirStore`]
+/// (a directory); an S3-compatible object store later.
+pub trait SegmentStore: Send + Sync + Debug {
+    /// Stores the sealed segment `id` of `volume` whose bytes are in the
+    /// local file `local` (complete and fsynced). When this returns, the
+    /// segment is durable in the store; `local` may have been moved away (a
+    /// local store renames it). Storing an id again replaces it with the
+    /// same bytes.
+    fn put(&self, volume: &str, id: u64, local: &Path) -> io::Result<()>;
+    /// Reads segment `id` from byte `offset` on (`NotFound` if absent).
+    fn open_read(&self, volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn Read + Send>>;
+    /// The sealed segments of `volume`, sorted by id.
+    fn list(&self, volume: &str) -> io::Result<Vec<SegmentInfo>>;
+    /// Deletes segment `id` (no error if absent).
+    fn delete(&self, volume: &str, id: u64) -> io::Result<()>;
+    /// Where segment `id` is, for messages.
+    fn describe(&self, volume: &str, id: u64) -> String;
+}
+
+/// A [`SegmentStore`] in a local directory: `ROOT/VOLUME/ID.seg`.
+#[derive(Debug, Clone)]
+pub struct LocalDirStore {
+    root: PathBuf,
+}
+
+impl LocalDirStore {
+    /// A store in `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn dir(&self, volume: &str) -> PathBuf {
+        self.root.join(volume)
+    }
+
+    fn path(&self, volume: &str, id: u64) -> PathBuf {
+        self.dir(volume).join(segment_file_name(id))
+    }
+}
+
+/// fsyncs a directory, making renames and creations in it durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl SegmentStore for LocalDirStore {
+    fn put(&self, volume: &str, id: u64, local: &Path) -> io::Result<()> {
+        let dir = self.dir(volume);
+        fs::create_dir_all(&dir)?;
+        let dst = self.path(volume, id);
+        match fs::rename(local, &dst) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+                let tmp = dir.join(format!("{}.tmp", segment_file_name(id)));
+                let mut out = File::create(&tmp)?;
+                io::copy(&mut File::open(local)?, &mut out)?;
+                out.sync_all()?;
+                fs::rename(&tmp, &dst)?;
+                sync_dir(&dir)?;
+                fs::remove_file(local)?;
+            }
+            Err(e) => return Err(e),
+        }
+        sync_dir(&dir)?;
+        if let Some(parent) = local.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn open_read(&self, volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+        let mut f = File::open(self.path(volume, id))?;
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(f))
+    }
+
+    fn list(&self, volume: &str) -> io::Result<Vec<SegmentInfo>> {
+        let rd = match fs::read_dir(self.dir(volume)) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent?;
+            if let Some(id) = ent.file_name().to_str().and_then(parse_segment_file_name) {
+                out.push(SegmentInfo {
+                    id,
+                    size: ent.metadata()?.len(),
+                });
+            }
+        }
+        out.sort_by_key(|s| s.id);
+        Ok(out)
+    }
+
+    fn delete(&self, volume: &str, id: u64) -> io::Result<()> {
+        match fs::remove_file(self.path(volume, id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn describe(&self, volume: &str, id: u64) -> String {
+        self.path(volume, id).display().to_string()
+    }
+}
+
+/// Writes a new segment file with its header and makes it durable.
+pub(crate) fn create_segment(path: &Path, header: &SegmentHeader) -> io::Result<File> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(&header.encode())?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(f)
+}
+
+/// Why reading a record from a segment stopped.
+#[derive(Debug)]
+pub(crate) enum ReadStop {
+    /// The segment ends exactly at a record boundary.
+    End,
+    /// The bytes at `offset` are not a valid record (torn or corrupt).
+    Invalid { offset: u64, error: RecordError },
+    /// An I/O error.
+    Io(io::Error),
+}
+
+/// Reads records of one segment sequentially with a fixed-size buffer plus
+/// one reused record buffer (at most the largest record).
+pub(crate) struct SegmentReader {
+    reader: BufReader<Box<dyn Read + Send>>,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+/// Buffer size for sequential journal reads.
+pub(crate) const READ_BUF: usize = 1 << 20;
+
+impl SegmentReader {
+    /// Reads from `reader`, which is positioned at byte `offset` of the
+    /// segment.
+    pub(crate) fn new(reader: Box<dyn Read + Send>, offset: u64) -> Self {
+        Self {
+            reader: BufReader::with_capacity(READ_BUF, reader),
+            offset,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Byte offset of the next record.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Reads and fully validates the next record.
+    pub(crate) fn next_record(&mut self) -> Result<RecordRef<'_>, ReadStop> {
+        let start = self.offset;
+        let invalid = |error| ReadStop::Invalid {
+            offset: start,
+            error,
+        };
+        self.buf.clear();
+        self.buf.resize(RECORD_HEADER_LEN, 0);
+        let got = read_full(&mut self.reader, &mut self.buf).map_err(ReadStop::Io)?;
+        if got == 0 {
+            return Err(ReadStop::End);
+        }
+        self.buf.truncate(got);
+        let header = parse_header(&self.buf).map_err(invalid)?;
+        let size = header.size as usize;
+        if size > MAX_FRAME_PAYLOAD {
+            return Err(invalid(RecordError::Invalid {
+                seq: header.seq,
+                what: format!("size {size} is larger than any frame"),
+            }));
+        }
+        self.buf.resize(size, 0);
+        let got = read_full(&mut self.reader, &mut self.buf[RECORD_HEADER_LEN..])
+            .map_err(ReadStop::Io)?;
+        self.buf.truncate(RECORD_HEADER_LEN + got);
+        let rec = parse_record(&self.buf).map_err(invalid)?;
+        self.offset += size as u64;
+        Ok(rec)
+    }
+}
+
+/// Reads a segment's header from `r` (positioned at 0).
+pub(crate) fn read_segment_header(r: &mut impl Read) -> Result<SegmentHeader, String> {
+    let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
+    let got = read_full(r, &mut b).map_err(|e| format!("reading the segment header: {e}"))?;
+    if got < b.len() {
+        return Err(format!(
+            "segment header truncated ({got} of {SEGMENT_HEADER_LEN} bytes)"
+        ));
+    }
+    SegmentHeader::decode(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_checks() {
+        let h = SegmentHeader {
+            id: 3,
+            ring_id: 77,
+            first_seq: 12,
+            created_ns: 99,
+        };
+        let b = h.encode();
+        assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
+        for i in 0..b.len() {
+            let mut bad = b;
+            bad[i] ^= 0x40;
+            assert!(SegmentHeader::decode(&bad).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(segment_file_name(26), "000000000000001a.seg");
+        assert_eq!(parse_segment_file_name("000000000000001a.seg"), Some(26));
+        assert_eq!(parse_segment_file_name("1a.seg"), None);
+        assert_eq!(parse_segment_file_name("000000000000001a.seg.tmp"), None);
+    }
+
+    #[test]
+    fn local_dir_store() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::new(d.path().join("sealed"));
+        assert!(s.list("v").unwrap().is_empty());
+        let src = d.path().join("x");
+        fs::write(&src, b"0123456789").unwrap();
+        s.put("v", 5, &src).unwrap();
+        assert!(!src.exists());
+        assert_eq!(s.list("v").unwrap(), vec![SegmentInfo { id: 5, size: 10 }]);
+        let mut r = s.open_read("v", 5, 4).unwrap();
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "456789");
+        s.delete("v", 5).unwrap();
+        s.delete("v", 5).unwrap();
+        assert_eq!(
+            s.open_read("v", 5, 0).err().unwrap().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+}

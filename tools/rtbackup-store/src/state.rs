@@ -1,0 +1,115 @@
+//! The per-volume state file (`state.json`).
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::segment::sync_dir;
+
+/// Version of the store's on-disk format (Documentation/store.rst).
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+/// A position in a volume's journal, with the stream position it stands
+/// for: every record before it (in segment order) and none after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Segment number.
+    pub segment: u64,
+    /// Byte offset in the segment (a record boundary).
+    pub offset: u64,
+    /// `ring_id` of the last record before the position (of the segment).
+    pub ring_id: u64,
+    /// `seq` of the last record before the position (0: none of this ring).
+    pub seq: u64,
+}
+
+impl Position {
+    /// Whether `self` is after `other` in the journal.
+    pub fn is_after(&self, other: &Position) -> bool {
+        (self.segment, self.offset) > (other.segment, other.offset)
+    }
+
+    /// Whether `self` and `other` are the same place in the journal.
+    pub fn same_place(&self, other: &Position) -> bool {
+        (self.segment, self.offset) == (other.segment, other.offset)
+    }
+}
+
+/// Contents of `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// [`STORE_FORMAT_VERSION`].
+    pub format: u32,
+    /// Volume name.
+    pub volume: String,
+    /// Volume size in bytes.
+    pub size_bytes: u64,
+    /// Logical block size of the source device.
+    pub block_size: u32,
+    /// Current ring_id as of the last state write (the journal is
+    /// authoritative: its newest segment's header).
+    pub ring_id: u64,
+    /// Highest durable seq of `ring_id` as of the last state write (the
+    /// journal is authoritative: the last valid record).
+    pub durable_seq: u64,
+    /// Where the image stands: every record before this position is
+    /// applied to the image, none after; always a consistency point.
+    pub checkpoint: Position,
+    /// Creation time, `CLOCK_REALTIME` nanoseconds.
+    pub created_ns: u64,
+    /// Time of the last state write.
+    pub updated_ns: u64,
+}
+
+impl VolumeState {
+    /// Reads and checks a state file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = fs::read(path).ctx(|| format!("reading {}", path.display()))?;
+        let bad = |reason: String| StoreError::BadState {
+            path: path.to_owned(),
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        match v.get("format").and_then(|f| f.as_u64()) {
+            Some(f) if f == u64::from(STORE_FORMAT_VERSION) => {}
+            Some(f) => {
+                return Err(bad(format!(
+                    "store format {f} is not supported (this build reads {STORE_FORMAT_VERSION})"
+                )))
+            }
+            None => return Err(bad("no format version".into())),
+        }
+        serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Replaces the state file atomically and durably: write a temporary
+    /// file, fsync, rename over `path`, fsync the directory.
+    pub fn store(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = path.with_extension("json.tmp");
+        let ctx = || format!("writing {}", tmp.display());
+        let mut f = File::create(&tmp).ctx(ctx)?;
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| StoreError::BadState {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        json.push(b'\n');
+        f.write_all(&json).ctx(ctx)?;
+        f.sync_all().ctx(ctx)?;
+        fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", tmp.display()))?;
+        sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))?;
+        Ok(())
+    }
+}
+
+/// `CLOCK_REALTIME` in nanoseconds.
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,748 @@
+//! A volume open for ingest: the journal appender and the image applier.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use rtbackup_proto::{records, RecordError};
+use tracing::{debug, info, warn};
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::image::Target;
+use crate::journal::{segment_start, walk, CpTracker, Event, SegmentSource};
+use crate::segment::{
+    create_segment, parse_segment_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN,
+};
+use crate::state::{now_ns, Position, VolumeState};
+
+/// File names inside a volume directory.
+pub(crate) const STATE_FILE: &str = "state.json";
+pub(crate) const IMAGE_FILE: &str = "image";
+pub(crate) const JOURNAL_DIR: &str = "journal";
+/// Held (shared or exclusive) by whoever reads or changes the image, the
+/// checkpoint or the set of segments the checkpoint needs.
+pub(crate) const LOCK_FILE: &str = "lock";
+/// Held exclusively by the process that has the volume open for ingest.
+pub(crate) const WRITER_LOCK_FILE: &str = "writer.lock";
+
+/// Tunables of an open volume.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeOptions {
+    /// A new segment is started when a batch would make the active one
+    /// larger than this.
+    pub segment_bytes: u64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 256 << 20,
+        }
+    }
+}
+
+/// What [`Volume::append`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Records appended.
+    pub appended: usize,
+    /// Records skipped as already held (seq at or below the last appended).
+    pub skipped: usize,
+    /// Bytes appended.
+    pub bytes: u64,
+    /// Highest seq appended so far in this ring (durable or not).
+    pub last_seq: u64,
+}
+
+/// What [`Volume::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The image already stands at the last durable consistency point.
+    UpToDate,
+    /// The image was advanced to this checkpoint.
+    Applied {
+        /// The new checkpoint.
+        checkpoint: Position,
+        /// Records applied.
+        records: u64,
+    },
+    /// Somebody (a restore) holds the volume lock; try later.
+    Deferred,
+}
+
+/// A snapshot of a volume's counters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct VolumeStatus {
+    /// Volume name.
+    pub volume: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Current ring (of the newest journal records).
+    pub ring_id: u64,
+    /// Highest durable seq of `ring_id`.
+    pub durable_seq: u64,
+    /// The image checkpoint: ring and seq applied.
+    pub applied_ring_id: u64,
+    /// Seq of `applied_ring_id` applied to the image.
+    pub applied_seq: u64,
+    /// Bytes of journal segments held (local and sealed).
+    pub journal_bytes: u64,
+    /// Number of journal segments held.
+    pub segments: u64,
+}
+
+struct Journal {
+    file: Arc<File>,
+    header: SegmentHeader,
+    /// End of the last appended record.
+    appended: Position,
+    /// End of the last durable record.
+    durable: Position,
+    /// Last consistency point among appended records.
+    pending_cp: Position,
+    /// Last consistency point among durable records.
+    durable_cp: Position,
+    poisoned: bool,
+}
+
+struct ImageState {
+    file: File,
+    state: VolumeState,
+    /// Lowest segment id that may still exist.
+    oldest_segment: u64,
+}
+
+/// A volume open for ingest. `append` and `sync` may run on different
+/// threads (group commit: `sync` does not block `append` while it waits
+/// for the disk); `apply` advances the image.
+pub struct Volume {
+    name: String,
+    dir: PathBuf,
+    size_bytes: u64,
+    block_size: u32,
+    opts: VolumeOptions,
+    src: SegmentSource,
+    journal: Mutex<Journal>,
+    image: Mutex<ImageState>,
+    _writer: Flock<File>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume").field("name", &self.name).finish()
+    }
+}
+
+/// Takes the volume lock (`LOCK_FILE`). `None` if `wait` is false and
+/// somebody else holds it.
+pub(crate) fn lock_volume(dir: &Path, arg: FlockArg) -> Result<Option<Flock<File>>> {
+    let path = dir.join(LOCK_FILE);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .ctx(|| format!("opening {}", path.display()))?;
+    match Flock::lock(f, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        // Interrupted by a signal: try again.
+        Err((_, Errno::EINTR)) => lock_volume(dir, arg),
+        Err((_, e)) => Err(StoreError::Io {
+            context: format!("locking {}", path.display()),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Local segment ids in a journal directory, sorted.
+pub(crate) fn local_segments(journal_dir: &Path) -> Result<Vec<(u64, u64)>> {
+    let mut ids = Vec::new();
+    let rd = fs::read_dir(journal_dir).ctx(|| format!("listing {}", journal_dir.display()))?;
+    for ent in rd {
+        let ent = ent.ctx(|| format!("listing {}", journal_dir.display()))?;
+        if let Some(id) = ent.file_name().to_str().and_then(parse_segment_file_name) {
+            let len = ent
+                .metadata()
+                .ctx(|| format!("stat {}", ent.path().display()))?
+                .len();
+            ids.push((id, len));
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data behind (every
+    // update is a plain assignment after the I/O it describes).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Volume {
+    /// Opens an existing volume for ingest and recovers it: moves segments
+    /// sealed but not yet stored, scans the journal from the checkpoint,
+    /// truncates a torn tail of the active segment (reported, never
+    /// applied), and replays durable records up to the last consistency
+    /// point onto the image.
+    pub(crate) fn open(dir: PathBuf, src: SegmentSource, opts: VolumeOptions) -> Result<Self> {
+        let name = src.volume.clone();
+        let wl = dir.join(WRITER_LOCK_FILE);
+        let wf = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&wl)
+            .ctx(|| format!("opening {}", wl.display()))?;
+        let writer = match Flock::lock(wf, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, Errno::EWOULDBLOCK)) => return Err(StoreError::Busy(name)),
+            Err((_, e)) => {
+                return Err(StoreError::Io {
+                    context: format!("locking {}", wl.display()),
+                    source: e.into(),
+                })
+            }
+        };
+        let Some(vlock) = lock_volume(&dir, FlockArg::LockExclusive)? else {
+            return Err(StoreError::Busy(name));
+        };
+        let state_path = dir.join(STATE_FILE);
+        let mut state = VolumeState::load(&state_path)?;
+        let local = local_segments(&src.journal_dir)?;
+        let Some(&(active_id, _)) = local.last() else {
+            return Err(StoreError::Corrupt {
+                segment: src.journal_dir.display().to_string(),
+                offset: 0,
+                reason: "no active segment in the journal directory".into(),
+            });
+        };
+        for &(id, _) in &local[..local.len() - 1] {
+            info!(volume = %name, segment = id, "storing a segment sealed before a restart");
+            let path = src.local_path(id);
+            src.store
+                .put(&name, id, &path)
+                .ctx(|| format!("storing sealed segment {}", path.display()))?;
+        }
+        if state.checkpoint.segment > active_id {
+            return Err(StoreError::BadState {
+                path: state_path,
+                reason: format!(
+                    "checkpoint in segment {} after the active segment {active_id}",
+                    state.checkpoint.segment
+                ),
+            });
+        }
+        let mut cps = CpTracker::new(state.checkpoint);
+        let end = walk(&src, state.checkpoint, active_id, None, |e| {
+            cps.event(&e);
+            Ok(())
+        })?;
+        let active_path = src.local_path(active_id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&active_path)
+            .ctx(|| format!("opening {}", active_path.display()))?;
+        if end.end.segment != active_id {
+            return Err(StoreError::Corrupt {
+                segment: src.describe(end.end.segment),
+                offset: end.end.offset,
+                reason: "journal walk ended before the active segment".into(),
+            });
+        }
+        if let Some(tail) = &end.tail {
+            let len = file
+                .metadata()
+                .ctx(|| format!("stat {}", active_path.display()))?
+                .len();
+            warn!(
+                volume = %name,
+                segment = %active_path.display(),
+                offset = tail.offset,
+                discarded_bytes = len - tail.offset,
+                last_valid_seq = end.end.seq,
+                "torn tail in the active segment (records never acknowledged): {}; truncating",
+                tail.error
+            );
+            file.set_len(tail.offset)
+                .and_then(|()| file.sync_all())
+                .ctx(|| format!("truncating {}", active_path.display()))?;
+        }
+        let header = src.header(active_id)?;
+        let image_path = dir.join(IMAGE_FILE);
+        let image = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&image_path)
+            .ctx(|| format!("opening {}", image_path.display()))?;
+        let ilen = image
+            .metadata()
+            .ctx(|| format!("stat {}", image_path.display()))?
+            .len();
+        if ilen != state.size_bytes {
+            return Err(StoreError::BadState {
+                path: image_path,
+                reason: format!("image has {ilen} bytes, the volume {}", state.size_bytes),
+            });
+        }
+        state.ring_id = end.end.ring_id;
+        state.durable_seq = end.end.seq;
+        let oldest = src
+            .store
+            .list(&name)
+            .ctx(|| format!("listing sealed segments of {name}"))?
+            .first()
+            .map_or(active_id, |s| s.id.min(active_id));
+        let vol = Volume {
+            name: name.clone(),
+            size_bytes: state.size_bytes,
+            block_size: state.block_size,
+            dir,
+            opts,
+            src,
+            journal: Mutex::new(Journal {
+                file: Arc::new(file),
+                header,
+                appended: end.end,
+                durable: end.end,
+                pending_cp: cps.last,
+                durable_cp: cps.last,
+                poisoned: false,
+            }),
+            image: Mutex::new(ImageState {
+                file: image,
+                state,
+                oldest_segment: oldest,
+            }),
+            _writer: writer,
+        };
+        {
+            let mut img = lock(&vol.image);
+            let out = vol.apply_locked(&mut img, cps.last, active_id)?;
+            if let ApplyOutcome::Applied {
+                checkpoint,
+                records,
+            } = out
+            {
+                info!(volume = %name, seq = checkpoint.seq, records, "replayed journal onto the image");
+            }
+        }
+        drop(vlock);
+        debug!(volume = %name, ring_id = end.end.ring_id, durable_seq = end.end.seq, "volume open");
+        Ok(vol)
+    }
+
+    /// The volume's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Logical block size recorded at creation.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// The highest durable seq of `ring_id` (0 unless it is the current
+    /// ring).
+    pub fn durable_seq_for(&self, ring_id: u64) -> u64 {
+        let j = lock(&self.journal);
+        if j.durable.ring_id == ring_id {
+            j.durable.seq
+        } else {
+            0
+        }
+    }
+
+    /// `(ring_id, seq)` of the last durable record.
+    pub fn durable(&self) -> (u64, u64) {
+        let j = lock(&self.journal);
+        (j.durable.ring_id, j.durable.seq)
+    }
+
+    /// Whether records were appended that are not durable yet.
+    pub fn has_unsynced(&self) -> bool {
+        let j = lock(&self.journal);
+        j.appended.is_after(&j.durable)
+    }
+
+    /// The checkpoint the image stands at.
+    pub fn checkpoint(&self) -> Position {
+        lock(&self.image).state.checkpoint
+    }
+
+    /// Counters of the volume.
+    pub fn status(&self) -> Result<VolumeStatus> {
+        let (ring_id, durable_seq) = self.durable();
+        let cp = self.checkpoint();
+        let (segments, journal_bytes) = journal_usage(&self.src)?;
+        Ok(VolumeStatus {
+            volume: self.name.clone(),
+            size_bytes: self.size_bytes,
+            block_size: self.block_size,
+            ring_id,
+            durable_seq,
+            applied_ring_id: cp.ring_id,
+            applied_seq: cp.seq,
+            journal_bytes,
+            segments,
+        })
+    }
+
+    /// Validates a batch of records of ring `ring_id` (a RECORDS frame's
+    /// payload) and appends the records not held yet with one write. The
+    /// whole batch is refused, and nothing of it stored, if any record is
+    /// invalid, outside the volume, or leaves a gap in the sequence.
+    /// Records are durable after the next [`Volume::sync`].
+    pub fn append(&self, ring_id: u64, batch: &[u8]) -> Result<AppendOutcome> {
+        // Validation needs no lock: checksums, ranges, consecutive seqs.
+        let mut first = None;
+        let mut last = 0u64;
+        let mut count = 0usize;
+        // Last consistency point: (record index, offset in the batch, seq
+        // of the last record before it).
+        let mut last_cp: Option<(usize, usize, u64)> = None;
+        let mut it = records(batch);
+        loop {
+            let offset = it.offset();
+            let Some(r) = it.next() else { break };
+            let rec = r.map_err(|source| StoreError::BadRecord {
+                index: count,
+                offset,
+                source,
+            })?;
+            let seq = rec.seq();
+            if rec.is_pad() {
+                return Err(StoreError::BadRecord {
+                    index: count,
+                    offset,
+                    source: RecordError::Invalid {
+                        seq,
+                        what: "padding record on the wire".into(),
+                    },
+                });
+            }
+            let (start, end) = rec.byte_range();
+            if end > self.size_bytes {
+                return Err(StoreError::OutOfRange {
+                    seq,
+                    start,
+                    end,
+                    size: self.size_bytes,
+                });
+            }
+            if first.is_some() && seq != last + 1 {
+                return Err(StoreError::SeqGap {
+                    expected: last + 1,
+                    got: seq,
+                });
+            }
+            first.get_or_insert(seq);
+            if rec.is_consistency_point_before() {
+                last_cp = Some((count, offset, seq - 1));
+            }
+            let end_off = offset + rec.bytes.len();
+            if rec.is_consistency_point_after() {
+                last_cp = Some((count, end_off, seq));
+            }
+            last = seq;
+            count += 1;
+        }
+        let Some(first) = first else {
+            return Ok(AppendOutcome {
+                appended: 0,
+                skipped: 0,
+                bytes: 0,
+                last_seq: self.durable_seq_for(ring_id),
+            });
+        };
+
+        let mut j = lock(&self.journal);
+        if j.poisoned {
+            return Err(StoreError::Poisoned(self.name.clone()));
+        }
+        let new_ring = ring_id != j.appended.ring_id;
+        let expected = if new_ring { 1 } else { j.appended.seq + 1 };
+        if first > expected {
+            return Err(StoreError::SeqGap {
+                expected,
+                got: first,
+            });
+        }
+        let skipped = (expected - first) as usize;
+        if skipped >= count {
+            return Ok(AppendOutcome {
+                appended: 0,
+                skipped: count,
+                bytes: 0,
+                last_seq: j.appended.seq,
+            });
+        }
+        let mut skip_off = 0usize;
+        for r in records(batch).take(skipped) {
+            // Validated above.
+            skip_off += r.map(|r| r.bytes.len()).unwrap_or(0);
+        }
+        let data = &batch[skip_off..];
+        if new_ring {
+            self.roll(&mut j, ring_id, 1)?;
+        } else if j.appended.offset > SEGMENT_HEADER_LEN
+            && j.appended.offset + data.len() as u64 > self.opts.segment_bytes
+        {
+            self.roll(&mut j, ring_id, expected)?;
+        }
+        let at = j.appended.offset;
+        if let Err(e) = j.file.write_all_at(data, at) {
+            // Take back a partial write; if that fails too, the segment's
+            // end is unknown.
+            if j.file.set_len(at).is_err() {
+                j.poisoned = true;
+            }
+            return Err(StoreError::Io {
+                context: format!(
+                    "appending {} bytes to {} at offset {at}",
+                    data.len(),
+                    self.src.describe(j.header.id)
+                ),
+                source: e,
+            });
+        }
+        let seg = j.header.id;
+        let pos = |offset: usize, seq: u64| Position {
+            segment: seg,
+            offset: at + (offset - skip_off) as u64,
+            ring_id,
+            seq,
+        };
+        if let Some((idx, off, seq)) = last_cp {
+            if idx >= skipped {
+                j.pending_cp = pos(off, seq);
+            }
+        }
+        j.appended = pos(batch.len(), last);
+        Ok(AppendOutcome {
+            appended: count - skipped,
+            skipped,
+            bytes: data.len() as u64,
+            last_seq: last,
+        })
+    }
+
+    /// Seals the active segment and starts a new one for `ring_id` whose
+    /// first record will be `first_seq`. The end of a ring is a consistency
+    /// point: the device's state when its ring ended.
+    fn roll(&self, j: &mut Journal, ring_id: u64, first_seq: u64) -> Result<()> {
+        let old_id = j.header.id;
+        let old_path = self.src.local_path(old_id);
+        if let Err(e) = j.file.sync_data() {
+            j.poisoned = true;
+            return Err(StoreError::Io {
+                context: format!("syncing {}", old_path.display()),
+                source: e,
+            });
+        }
+        j.durable = j.appended;
+        j.durable_cp = j.pending_cp;
+        if ring_id != j.header.ring_id {
+            j.durable_cp = j.appended;
+        }
+        let header = SegmentHeader {
+            id: old_id + 1,
+            ring_id,
+            first_seq,
+            created_ns: now_ns(),
+        };
+        let path = self.src.local_path(header.id);
+        let file = create_segment(&path, &header).ctx(|| format!("creating {}", path.display()))?;
+        j.file = Arc::new(file);
+        j.header = header;
+        j.appended = segment_start(&header);
+        j.durable = j.appended;
+        j.pending_cp = j.durable_cp;
+        debug!(volume = %self.name, segment = header.id, ring_id, first_seq, "new segment");
+        if let Err(e) = self.src.store.put(&self.name, old_id, &old_path) {
+            // The segment stays in the journal directory, where readers
+            // find it; the next open stores it.
+            warn!(volume = %self.name, segment = %old_path.display(), "cannot store sealed segment: {e}");
+        }
+        Ok(())
+    }
+
+    /// Makes every appended record durable (`fdatasync`) and returns
+    /// `(ring_id, seq)` of the last durable record. The journal is not
+    /// locked while the disk works: appends go on and share the next sync.
+    pub fn sync(&self) -> Result<(u64, u64)> {
+        let (file, upto, cp, id) = {
+            let j = lock(&self.journal);
+            if j.poisoned {
+                return Err(StoreError::Poisoned(self.name.clone()));
+            }
+            if !j.appended.is_after(&j.durable) {
+                return Ok((j.durable.ring_id, j.durable.seq));
+            }
+            (Arc::clone(&j.file), j.appended, j.pending_cp, j.header.id)
+        };
+        let r = file.sync_data();
+        let mut j = lock(&self.journal);
+        if let Err(e) = r {
+            // After a failed fsync the page cache may have dropped the
+            // data: nothing written since the last sync can be trusted.
+            j.poisoned = true;
+            return Err(StoreError::Io {
+                context: format!("syncing {}", self.src.describe(id)),
+                source: e,
+            });
+        }
+        if upto.is_after(&j.durable) {
+            j.durable = upto;
+        }
+        if cp.is_after(&j.durable_cp) {
+            j.durable_cp = cp;
+        }
+        Ok((j.durable.ring_id, j.durable.seq))
+    }
+
+    /// Advances the image to the last durable consistency point: applies
+    /// the records since the checkpoint, fsyncs the image, writes the new
+    /// checkpoint, and retires segments no longer needed. With `wait`
+    /// false, returns [`ApplyOutcome::Deferred`] instead of waiting for a
+    /// restore that holds the volume lock.
+    pub fn apply(&self, wait: bool) -> Result<ApplyOutcome> {
+        let (target, active) = {
+            let j = lock(&self.journal);
+            (j.durable_cp, j.header.id)
+        };
+        let mut img = lock(&self.image);
+        if !target.is_after(&img.state.checkpoint) {
+            return Ok(ApplyOutcome::UpToDate);
+        }
+        let arg = if wait {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockExclusiveNonblock
+        };
+        let Some(_vlock) = lock_volume(&self.dir, arg)? else {
+            return Ok(ApplyOutcome::Deferred);
+        };
+        self.apply_locked(&mut img, target, active)
+    }
+
+    fn apply_locked(
+        &self,
+        img: &mut ImageState,
+        target: Position,
+        active: u64,
+    ) -> Result<ApplyOutcome> {
+        let from = img.state.checkpoint;
+        if !target.is_after(&from) {
+            return Ok(ApplyOutcome::UpToDate);
+        }
+        let image_path = self.dir.join(IMAGE_FILE);
+        let mut t = Target::new(&img.file, true);
+        let mut n = 0u64;
+        walk(&self.src, from, target.segment, Some(target), |e| {
+            if let Event::Record { rec, .. } = e {
+                t.apply(rec).ctx(|| {
+                    format!(
+                        "applying record seq {} to {}",
+                        rec.seq(),
+                        image_path.display()
+                    )
+                })?;
+                n += 1;
+            }
+            Ok(())
+        })?;
+        img.file
+            .sync_data()
+            .ctx(|| format!("syncing {}", image_path.display()))?;
+        let durable = self.durable();
+        img.state.checkpoint = target;
+        img.state.ring_id = durable.0;
+        img.state.durable_seq = durable.1;
+        img.state.updated_ns = now_ns();
+        img.state.store(&self.dir.join(STATE_FILE))?;
+        self.retire_applied_segments(img, active);
+        Ok(ApplyOutcome::Applied {
+            checkpoint: target,
+            records: n,
+        })
+    }
+
+    /// Deletes sealed segments whose records are all applied to the image
+    /// (those before the checkpoint's segment). History and retention
+    /// policies belong here. Called with the volume lock held, so a restore
+    /// never sees a segment it needs vanish. Failures are logged: a segment
+    /// left behind is retried next time.
+    fn retire_applied_segments(&self, img: &mut ImageState, active: u64) {
+        let upto = img.state.checkpoint.segment.min(active);
+        while img.oldest_segment < upto {
+            let id = img.oldest_segment;
+            if let Err(e) = self.src.store.delete(&self.name, id) {
+                warn!(volume = %self.name, segment = id, "cannot delete applied segment: {e}");
+                return;
+            }
+            let local = self.src.local_path(id);
+            if let Err(e) = fs::remove_file(&local) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(volume = %self.name, segment = %local.display(), "cannot delete applied segment: {e}");
+                    return;
+                }
+            }
+            debug!(volume = %self.name, segment = id, "retired applied segment");
+            img.oldest_segment += 1;
+        }
+    }
+}
+
+/// Number and bytes of a volume's segments (local and sealed).
+pub(crate) fn journal_usage(src: &SegmentSource) -> Result<(u64, u64)> {
+    let local = local_segments(&src.journal_dir)?;
+    let sealed = src
+        .store
+        .list(&src.volume)
+        .ctx(|| format!("listing sealed segments of {}", src.volume))?;
+    let mut ids: Vec<(u64, u64)> = local;
+    ids.extend(sealed.iter().map(|s| (s.id, s.size)));
+    ids.sort_unstable();
+    ids.dedup_by_key(|s| s.0);
+    Ok((ids.len() as u64, ids.iter().map(|s| s.1).sum()))
+}
+
+/// Creates the files of a new volume in `dir` (which must not exist).
+pub(crate) fn create_volume_files(dir: &Path, state: &VolumeState) -> Result<()> {
+    let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
+    let journal = dir.join(JOURNAL_DIR);
+    fs::create_dir_all(&journal).ctx(|| ctx("creating", &journal))?;
+    let image = dir.join(IMAGE_FILE);
+    let f = File::create(&image).ctx(|| ctx("creating", &image))?;
+    f.set_len(state.size_bytes)
+        .and_then(|()| f.sync_all())
+        .ctx(|| ctx("sizing", &image))?;
+    let header = SegmentHeader {
+        id: state.checkpoint.segment,
+        ring_id: state.checkpoint.ring_id,
+        first_seq: state.checkpoint.seq + 1,
+        created_ns: state.created_ns,
+    };
+    let seg = journal.join(segment_file_name(header.id));
+    create_segment(&seg, &header).ctx(|| ctx("creating", &seg))?;
+    for f in [LOCK_FILE, WRITER_LOCK_FILE] {
+        let p = dir.join(f);
+        File::create(&p).ctx(|| ctx("creating", &p))?;
+    }
+    state.store(&dir.join(STATE_FILE))?;
+    crate::segment::sync_dir(dir).ctx(|| ctx("syncing", dir))?;
+    Ok(())
+}
