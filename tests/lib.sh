@@ -81,6 +81,7 @@ start_server() {
     rtbackup-server serve --store "$STORE" --listen 127.0.0.1:$PORT \
         >>/tmp/server.log 2>&1 &
     SERVER_PID=$!
+    background $!
     i=0
     while ! ss -Hltn "sport = :$PORT" | grep -q LISTEN; do
         i=$((i + 1)); [ $i -lt 300 ] || { cat /tmp/server.log; fail "server did not start"; }
@@ -95,8 +96,14 @@ start_agent() {
     rtbackup-agent --device /dev/rtbackup$1 --server 127.0.0.1:$PORT --volume "$2" \
         >>/tmp/agent$1.log 2>&1 &
     eval "AGENT_PID_$1=$!"
+    background $!
     say "agent for rtbackup$1 -> volume $2 started (pid $!)"
 }
+
+# background PID: remember a background process for cleanup_replication
+# (`jobs -p` sees nothing in a command substitution under dash).
+BG_PIDS=""
+background() { BG_PIDS="$BG_PIDS $1"; }
 
 # kill9 PID: SIGKILL and reap.
 kill9() { kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
@@ -122,12 +129,25 @@ restored_equals() {
     rm -f /tmp/restore-$1.img
 }
 
+# written N: records written to the ring of /dev/rtbackupN so far.
+written() { rtbackupctl status --json rtbackup$1 | jq '.devices[0].ring.last_written_seq'; }
+
+# wait_written N COUNT: wait (up to 300 s) until the ring of /dev/rtbackupN
+# has recorded COUNT records: workloads start slowly under emulation.
+wait_written() {
+    i=0
+    while [ "$(written "$1")" -lt "$2" ]; do
+        i=$((i + 1)); [ $i -lt 300 ] || fail "rtbackup$1 did not reach $2 records"
+        sleep 1
+    done
+}
+
 # lag N: records of /dev/rtbackupN not yet acknowledged.
 lag() { rtbackupctl status --json rtbackup$1 | jq '.devices[0].ring.lag_records'; }
 
 # cleanup_replication: stop agents and server, detach everything.
 cleanup_replication() {
-    for p in $(jobs -p); do stop "$p"; done
+    for p in $BG_PIDS; do stop "$p"; done
     umount "$MNT" 2>/dev/null || true
     for i in 0 1 2 3; do rtbackupctl detach "$i" 2>/dev/null || true; done
     rm -rf "$STORE" /tmp/server.log /tmp/agent*.log

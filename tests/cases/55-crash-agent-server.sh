@@ -13,24 +13,29 @@ start_server
 dev=$(rtbackupctl attach "$d0")
 start_agent 0 vol0
 
-say "fio random writes (with overwrites) for 60 s in the background"
+say "fio random writes (with overwrites) for 120 s in the background"
 fio --name=bg --filename="$dev" --size=96M --rw=randwrite --bs=4k --ioengine=libaio \
-    --iodepth=8 --direct=1 --time_based --runtime=60 --output=/tmp/bg.out &
+    --iodepth=8 --direct=1 --time_based --runtime=120 --output=/tmp/bg.out &
 FIO=$!
-sleep 8
+background $FIO
+wait_written 0 2000
+running() { kill -0 "$FIO" 2>/dev/null || fail "fio ended before the $1"; }
 
-say "kill -9 the agent mid-stream"
+say "kill -9 the agent mid-stream (after $(written 0) records)"
+running "agent was killed"
 kill9 "$AGENT_PID_0"
-sleep 5
+wait_written 0 $(($(written 0) + 1000))
 before=$(lag 0)
 [ "$before" -gt 0 ] || fail "no records waiting in the ring while the agent is down"
-say "$before records wait in the ring"
+say "$before records wait in the ring; restart the agent"
 start_agent 0 vol0
-sleep 8
+wait_written 0 $(($(written 0) + 2000))
 
-say "kill -9 the server mid-stream"
+say "kill -9 the server mid-stream (after $(written 0) records)"
+running "server was killed"
 kill9 "$SERVER_PID"
-sleep 5
+wait_written 0 $(($(written 0) + 1000))
+running "server was restarted"
 start_server
 wait "$FIO" || { cat /tmp/bg.out; fail "fio failed"; }
 

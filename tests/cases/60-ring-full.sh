@@ -14,6 +14,7 @@ dev=$(rtbackupctl attach --ring-size 1M "$d0")
 say "write 8 MiB through a 1 MiB ring with no agent running"
 dd if=/dev/urandom of="$dev" bs=64k count=128 oflag=direct status=none &
 DD=$!
+background $DD
 sleep 10
 kill -0 "$DD" 2>/dev/null || fail "dd finished although the ring is full and nobody drains it"
 rtbackupctl status "$dev"

@@ -19,6 +19,7 @@ for dev in "$a" "$b"; do
         --iodepth=8 --direct=1 --verify=crc32c --do_verify=1 --verify_state_save=0 \
         --output=/tmp/two-${dev##*/}.out &
     pids="$pids $!"
+    background $!
 done
 for p in $pids; do wait "$p" || { cat /tmp/two-*.out; fail "fio failed"; }; done
 rtbackupctl sync --timeout 300 "$a"
