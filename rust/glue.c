@@ -162,7 +162,7 @@ void rtb_vfree(void *p)
 /* vm_flags_*() are inline; remap_vmalloc_range() is not in the bindings. */
 int rtb_vma_map_readonly(struct vm_area_struct *vma, void *mem)
 {
-	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE);
+	vm_flags_mod(vma, VM_DONTEXPAND | VM_DONTDUMP, VM_MAYWRITE | VM_MAYEXEC);
 	return remap_vmalloc_range(vma, mem, 0);
 }
 
@@ -172,10 +172,10 @@ void rtb_waitqueue_init(struct wait_queue_head *wq)
 	init_waitqueue_head(wq);
 }
 
-void rtb_wake_up_poll(struct wait_queue_head *wq)
+void rtb_wake_up_poll(struct wait_queue_head *wq, bool hup)
 {
 	if (wq_has_sleeper(wq))
-		wake_up_interruptible_poll(wq, EPOLLIN | EPOLLRDNORM);
+		wake_up_interruptible_poll(wq, EPOLLIN | EPOLLRDNORM | (hup ? EPOLLHUP : 0));
 }
 
 void rtb_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_table_struct *pt)

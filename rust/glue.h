@@ -51,7 +51,7 @@ void *rtb_vmalloc_user(unsigned long size);
 void rtb_vfree(void *p);
 int rtb_vma_map_readonly(struct vm_area_struct *vma, void *mem);
 void rtb_waitqueue_init(struct wait_queue_head *wq);
-void rtb_wake_up_poll(struct wait_queue_head *wq);
+void rtb_wake_up_poll(struct wait_queue_head *wq, bool hup);
 void rtb_poll_wait(struct file *file, struct wait_queue_head *wq, struct poll_table_struct *pt);
 unsigned int rtb_epollin(void);
 unsigned int rtb_epollhup(void);

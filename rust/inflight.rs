@@ -33,22 +33,26 @@ struct Slot {
     end: AtomicU64,
 }
 
-/// What a writer must wait for before trying again.
+/// What a writer must wait for before trying again: a generation that
+/// moves when the write it waits for (or any write) completes.
 pub(crate) struct Busy<'a> {
-    slot: &'a Slot,
-    generation: i32,
+    generation: &'a Generation,
+    seen: i32,
 }
 
 impl Busy<'_> {
-    /// Sleeps until the slot is released (or one wait slice passed).
+    /// Sleeps until the generation moved (or one wait slice passed).
     pub(crate) fn wait(self) {
-        self.slot.generation.wait_changed(self.generation);
+        self.generation.wait_changed(self.seen);
     }
 }
 
 /// The in-flight write table of one device.
 pub(crate) struct InflightWrites {
     slots: KVec<Slot>,
+    /// Bumped by every release: what a writer waits on when all slots are
+    /// busy.
+    freed: Generation,
     /// Slots at and above this index have never been claimed (so are free);
     /// only changed under the ring's mutex.
     high_water: AtomicUsize,
@@ -69,14 +73,17 @@ impl InflightWrites {
         }
         Ok(Self {
             slots,
+            freed: Generation::new(),
             high_water: AtomicUsize::new(0),
         })
     }
 
     /// Finds a reason to wait before a write of sectors `[start, end)` may
-    /// go: a busy slot that overlaps it, or, when every slot is busy, any
-    /// of them. Call under the ring's mutex.
+    /// go: a busy slot that overlaps it, or, when every slot is busy, the
+    /// next release of any. Call under the ring's mutex.
     pub(crate) fn must_wait(&self, start: u64, end: u64) -> Option<Busy<'_>> {
+        // Sampled before the scan: a release after it moves `freed`.
+        let freed = self.freed.get();
         let mut free = false;
         let high_water = self.high_water.load(Ordering::Relaxed);
         for slot in self.slots.iter().take(high_water) {
@@ -88,16 +95,18 @@ impl InflightWrites {
             let s = slot.start.load(Ordering::Relaxed);
             let e = slot.end.load(Ordering::Relaxed);
             if start < e && s < end {
-                return Some(Busy { slot, generation });
+                return Some(Busy {
+                    generation: &slot.generation,
+                    seen: generation,
+                });
             }
         }
         if free || high_water < self.slots.len() {
             return None;
         }
-        let slot = self.slots.first()?;
         Some(Busy {
-            slot,
-            generation: slot.generation.get(),
+            generation: &self.freed,
+            seen: freed,
         })
     }
 
@@ -124,6 +133,7 @@ impl InflightWrites {
     pub(crate) fn release(&self, token: usize) {
         if let Some(slot) = token.checked_sub(1).and_then(|i| self.slots.get(i)) {
             slot.generation.bump();
+            self.freed.bump();
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::inflight::InflightWrites;
 use crate::sys::{
     self,
     bio::{BioRef, ReqOp},
-    ringmem::{RingMem, Vma},
+    ringmem::{RingMapper, RingMem, Vma},
     wait::{Generation, PollQueue},
 };
 use crate::uapi::{
@@ -134,8 +134,6 @@ struct RingState {
     connected: bool,
     /// The device is gone; nothing more will be recorded.
     detached: bool,
-    /// The head when `poll` last reported the ring readable.
-    polled_head: u64,
 }
 
 impl RingState {
@@ -165,6 +163,8 @@ impl RingState {
 /// The write-journal ring of a device.
 pub(crate) struct Ring {
     state: Pin<KBox<Mutex<RingState>>>,
+    /// Maps the ring's memory without taking the mutex.
+    mapper: RingMapper,
     /// Writes in flight, for write ordering.
     inflight: InflightWrites,
     /// Bumped whenever room appears (an acknowledgement) or the ring stops.
@@ -203,7 +203,7 @@ impl Ring {
             flags: 0,
             reserved: [0; 6],
         };
-        let mem = RingMem::new(data_size, &header)?;
+        let (mem, mapper) = RingMem::new(data_size, &header)?;
         let state = KBox::pin_init(
             new_mutex!(
                 RingState {
@@ -215,7 +215,6 @@ impl Ring {
                     last_ack_ns: 0,
                     connected: false,
                     detached: false,
-                    polled_head: 0,
                 },
                 "rtbackup_ring"
             ),
@@ -224,6 +223,7 @@ impl Ring {
         Ok(Arc::new(
             Self {
                 state,
+                mapper,
                 inflight: InflightWrites::new()?,
                 room: Generation::new(),
                 poll: PollQueue::new()?,
@@ -420,14 +420,16 @@ impl Ring {
     }
 
     /// Maps the ring read-only into `vma` (offset 0, at most the whole).
+    /// Takes no lock: writers are not held up, and the ring's mutex is never
+    /// taken under `mmap_lock`.
     pub(crate) fn mmap(&self, vma: &Vma) -> Result {
-        if vma.writable() {
+        if vma.writable_or_executable() {
             return Err(EACCES);
         }
-        if vma.pgoff() != 0 || vma.len() > RTB_RING_PAGE + self.data_size {
+        if vma.pgoff() != 0 || vma.len() > self.mapper.len() {
             return Err(EINVAL);
         }
-        self.state.lock().mem.map(vma)
+        self.mapper.map(vma)
     }
 
     /// The wait queue of `poll()`.
@@ -435,13 +437,12 @@ impl Ring {
         &self.poll
     }
 
-    /// (readable, hung up) for `poll()`: readable when records were
-    /// published since the last time it said so; hung up once detached.
+    /// (readable, hung up) for `poll()`: readable while records wait for
+    /// an acknowledgement; hung up once detached. Level-triggered and
+    /// stateless, so any number of `poll`/`epoll` calls see the same.
     pub(crate) fn poll_state(&self) -> (bool, bool) {
-        let mut st = self.state.lock();
-        let readable = st.head != st.polled_head;
-        st.polled_head = st.head;
-        (readable, st.detached)
+        let st = self.state.lock();
+        (st.head != st.tail, st.detached)
     }
 
     /// Takes the agent's handle; `EBUSY` if another agent holds it.
@@ -449,8 +450,6 @@ impl Ring {
         if self.agent_open.swap(true, Relaxed) {
             return Err(EBUSY);
         }
-        let mut st = self.state.lock();
-        st.polled_head = st.tail;
         Ok(())
     }
 
@@ -467,7 +466,7 @@ impl Ring {
         st.mem.set_flags(RTB_RING_F_DETACHED);
         drop(st);
         self.room.bump();
-        self.poll.wake();
+        self.poll.wake_hangup();
     }
 
     /// The state shown by `RTB_IOC_LIST`.

@@ -325,15 +325,18 @@ pub fn c_str_bytes(buf: &[u8]) -> Option<&[u8]> {
 // `mmap(fd, 0, RTB_RING_PAGE + data_size, PROT_READ, MAP_SHARED)` maps the
 // control page (an [`RtbRingHeader`]) followed by the data area. The mapping
 // is read-only: the consumer moves its position with `RTB_RING_IOC_ACK`.
-// `poll(fd, POLLIN)` wakes when records are published past the acked tail.
+// `poll(fd, POLLIN)` is level-triggered: readable while `head != tail`;
+// `POLLHUP` once the device is detached.
 //
 // Positions (`head`, `tail`) are byte counts since attach; a position's
 // offset in the data area is `pos & (data_size - 1)`. The kernel writes a
 // record completely, then publishes it by storing `head` with release
 // ordering; the consumer loads `head` with acquire ordering and may read
-// every record in `[tail, head)`. Records start at multiples of
-// [`RTB_RECORD_ALIGN`] and never wrap: when a record does not fit before the
-// end of the data area, an [`RTB_OP_PAD`] record fills the rest.
+// every record in `[tail, head)`. `head_seq` is not updated atomically with
+// `head`: take sequence numbers from the records themselves. Records start
+// at multiples of [`RTB_RECORD_ALIGN`] and never wrap: when a record does
+// not fit before the end of the data area, an [`RTB_OP_PAD`] record fills
+// the rest.
 //
 // A record is an [`RtbRecordHeader`] and, for writes, `payload_len` bytes of
 // data, padded to `size`. The same bytes travel on the wire and are stored

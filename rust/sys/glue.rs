@@ -71,8 +71,9 @@ extern "C" {
     ) -> c_int;
     /// `init_waitqueue_head(wq)`.
     pub(crate) fn rtb_waitqueue_init(wq: *mut bindings::wait_queue_head);
-    /// Wakes pollers of `wq` (`EPOLLIN`), if there are any.
-    pub(crate) fn rtb_wake_up_poll(wq: *mut bindings::wait_queue_head);
+    /// Wakes pollers of `wq` (`EPOLLIN`, and `EPOLLHUP` if `hup`), if there
+    /// are any.
+    pub(crate) fn rtb_wake_up_poll(wq: *mut bindings::wait_queue_head, hup: bool);
     /// `poll_wait(file, wq, pt)`.
     pub(crate) fn rtb_poll_wait(
         file: *mut bindings::file,

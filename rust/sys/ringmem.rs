@@ -16,25 +16,47 @@ use core::{
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
-use kernel::{bindings, error::to_result, prelude::*};
+use kernel::{alloc::flags::GFP_KERNEL, bindings, error::to_result, prelude::*, sync::Arc};
 
-/// A ring's shared memory.
+/// The allocation behind a ring, shared by its writer ([`RingMem`]) and its
+/// mapper ([`RingMapper`]); freed when both are gone.
 ///
 /// # Invariants
 ///
 /// `mem` was returned by `rtb_vmalloc_user(RTB_RING_PAGE + data_size)`
 /// (zeroed, page-aligned) and is freed only in `drop`; `data_size` is a
-/// power of two and a multiple of the record alignment.
-pub(crate) struct RingMem {
+/// power of two of at least a page.
+struct RingAlloc {
     mem: NonNull<u8>,
     data_size: u64,
 }
 
-// SAFETY: the memory is owned by this value; shared access (`&self`) only
-// reads, and the fields userspace reads concurrently are written atomically.
-unsafe impl Send for RingMem {}
+// SAFETY: the allocation is plain memory; who may write it is decided by
+// `RingMem` (`&mut self`), and mapping it only inserts its pages.
+unsafe impl Send for RingAlloc {}
 // SAFETY: see above.
-unsafe impl Sync for RingMem {}
+unsafe impl Sync for RingAlloc {}
+
+impl Drop for RingAlloc {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `rtb_vmalloc_user` (type invariant). No
+        // mapping is left: each VMA holds the ring file, whose release drops
+        // the last reference to the ring and so to this allocation.
+        unsafe { glue::rtb_vfree(self.mem.as_ptr().cast()) };
+    }
+}
+
+/// A ring's shared memory, as its writer sees it. Every method that writes
+/// takes `&mut self`: the ring keeps this value under its mutex.
+pub(crate) struct RingMem {
+    alloc: Arc<RingAlloc>,
+}
+
+/// Maps a ring's memory into user address spaces; usable without the
+/// ring's mutex (mapping only inserts pages).
+pub(crate) struct RingMapper {
+    alloc: Arc<RingAlloc>,
+}
 
 /// A user mapping being set up by `mmap`.
 ///
@@ -69,49 +91,64 @@ impl Vma {
         unsafe { (*self.0).vm_pgoff as u64 }
     }
 
-    /// Whether the mapping was asked for with `PROT_WRITE`.
-    pub(crate) fn writable(&self) -> bool {
+    fn flags(&self) -> bindings::vm_flags_t {
         // SAFETY: valid VMA (type invariant); `vm_flags` is the readable
         // alias of the flags union.
-        let flags = unsafe { (*self.0).__bindgen_anon_2.vm_flags };
-        flags & bindings::VM_WRITE as bindings::vm_flags_t != 0
+        unsafe { (*self.0).__bindgen_anon_2.vm_flags }
+    }
+
+    /// Whether the mapping was asked for with `PROT_WRITE` or `PROT_EXEC`.
+    pub(crate) fn writable_or_executable(&self) -> bool {
+        let wx = (bindings::VM_WRITE | bindings::VM_EXEC) as bindings::vm_flags_t;
+        self.flags() & wx != 0
     }
 }
 
 impl RingMem {
     /// Allocates a zeroed ring with a data area of `data_size` bytes (a
     /// power of two, checked by the caller) and fills in the control page.
-    pub(crate) fn new(data_size: u64, init: &RtbRingHeader) -> Result<Self> {
+    pub(crate) fn new(data_size: u64, init: &RtbRingHeader) -> Result<(Self, RingMapper)> {
         if !data_size.is_power_of_two() || data_size < RTB_RING_PAGE {
             return Err(EINVAL);
         }
         let total = data_size.checked_add(RTB_RING_PAGE).ok_or(EINVAL)?;
+        let total = kernel::ffi::c_ulong::try_from(total).map_err(|_| EINVAL)?;
         // SAFETY: plain allocation; the result is checked below.
-        let mem = unsafe { glue::rtb_vmalloc_user(total as _) };
+        let mem = unsafe { glue::rtb_vmalloc_user(total) };
         let mem = NonNull::new(mem.cast::<u8>()).ok_or(ENOMEM)?;
         // INVARIANT: allocated above with the documented size.
-        let this = Self { mem, data_size };
+        let alloc = RingAlloc { mem, data_size };
         // SAFETY: the control page is the first `RTB_RING_PAGE` bytes of our
         // allocation, page-aligned, and nobody else has access yet.
-        unsafe { this.mem.as_ptr().cast::<RtbRingHeader>().write(*init) };
-        Ok(this)
+        unsafe { mem.as_ptr().cast::<RtbRingHeader>().write(*init) };
+        let alloc = Arc::new(alloc, GFP_KERNEL)?;
+        Ok((
+            Self {
+                alloc: alloc.clone(),
+            },
+            RingMapper { alloc },
+        ))
+    }
+
+    fn mem(&self) -> NonNull<u8> {
+        self.alloc.mem
     }
 
     /// Bytes of the data area.
     pub(crate) fn data_size(&self) -> u64 {
-        self.data_size
+        self.alloc.data_size
     }
 
     fn data(&self) -> *mut u8 {
         // SAFETY: the data area starts right after the control page, inside
-        // the allocation (type invariant).
-        unsafe { self.mem.as_ptr().add(RTB_RING_PAGE as usize) }
+        // the allocation (invariant of `RingAlloc`).
+        unsafe { self.mem().as_ptr().add(RTB_RING_PAGE as usize) }
     }
 
     /// Checks that `[off, off + len)` lies inside the data area.
     fn check(&self, off: u64, len: u64) -> Result {
         match off.checked_add(len) {
-            Some(end) if end <= self.data_size => Ok(()),
+            Some(end) if end <= self.data_size() => Ok(()),
             _ => Err(EINVAL),
         }
     }
@@ -119,8 +156,10 @@ impl RingMem {
     /// Writes `bytes` at offset `off` of the data area.
     pub(crate) fn write(&mut self, off: u64, bytes: &[u8]) -> Result {
         self.check(off, bytes.len() as u64)?;
-        // SAFETY: in bounds (checked); `&mut self` excludes other writers;
-        // userspace only reads published records, which lie elsewhere.
+        // SAFETY: in bounds (checked); `&mut self` excludes other kernel
+        // writers. Userspace may read these bytes concurrently (a racy read
+        // of memory it maps is its own affair); it consumes only records
+        // before the published head, and this range is after it.
         unsafe {
             core::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
@@ -136,8 +175,8 @@ impl RingMem {
     pub(crate) fn copy_bio(&mut self, off: u64, bio: &BioRef<'_>, len: u64) -> Result {
         self.check(off, len)?;
         // SAFETY: the destination is in bounds (checked) and exclusively ours
-        // (`&mut self`); the bio is valid and its pages are stable while it
-        // is in flight (the disk has BLK_FEAT_STABLE_WRITES).
+        // among kernel writers (`&mut self`; see `write` for userspace); the
+        // bio is valid and its pages are mapped by the glue for the copy.
         let copied = unsafe {
             glue::rtb_bio_copy_data(
                 bio.as_ptr(),
@@ -175,7 +214,7 @@ impl RingMem {
         // SAFETY: `offset` is the offset of a u64 field of the control page
         // (callers use `offset_of!`), 8-aligned in a page-aligned allocation
         // that lives as long as `self`; userspace only reads it.
-        unsafe { AtomicU64::from_ptr(self.mem.as_ptr().add(offset).cast()) }
+        unsafe { AtomicU64::from_ptr(self.mem().as_ptr().add(offset).cast()) }
     }
 
     /// Publishes the producer position: records before `head` are complete
@@ -201,7 +240,7 @@ impl RingMem {
         // our allocation; userspace only reads it.
         let flags = unsafe {
             AtomicU32::from_ptr(
-                self.mem
+                self.mem()
                     .as_ptr()
                     .add(offset_of!(RtbRingHeader, flags))
                     .cast(),
@@ -209,21 +248,24 @@ impl RingMem {
         };
         flags.fetch_or(bits, Ordering::Release);
     }
-
-    /// Maps the whole ring read-only into `vma`.
-    pub(crate) fn map(&self, vma: &Vma) -> Result {
-        // SAFETY: `vma` is valid during mmap (its invariant); `mem` came from
-        // `vmalloc_user` and outlives every mapping: each VMA holds a
-        // reference to the file, whose release drops the last `Arc` of the
-        // ring that owns this memory.
-        to_result(unsafe { glue::rtb_vma_map_readonly(vma.0, self.mem.as_ptr().cast()) })
-    }
 }
 
-impl Drop for RingMem {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `rtb_vmalloc_user` (type invariant), no longer
-        // mapped anywhere (see `map`).
-        unsafe { glue::rtb_vfree(self.mem.as_ptr().cast()) };
+impl RingMapper {
+    /// Bytes of the control page and data area.
+    pub(crate) fn len(&self) -> u64 {
+        RTB_RING_PAGE + self.alloc.data_size
+    }
+
+    /// Maps the ring read-only (and never writable or executable) into
+    /// `vma`, which must not be longer than [`RingMapper::len`].
+    pub(crate) fn map(&self, vma: &Vma) -> Result {
+        if vma.len() > self.len() {
+            return Err(EINVAL);
+        }
+        // SAFETY: `vma` is valid during mmap (its invariant); the memory
+        // came from `vmalloc_user`, is at least as long as the VMA (checked)
+        // and outlives every mapping: each VMA holds a reference to the ring
+        // file, whose release drops the last reference to this allocation.
+        to_result(unsafe { glue::rtb_vma_map_readonly(vma.0, self.alloc.mem.as_ptr().cast()) })
     }
 }

@@ -94,10 +94,16 @@ impl PollQueue {
         Ok(Self { wq })
     }
 
-    /// Wakes the pollers, if any. Callable in any context.
+    /// Wakes the pollers (`EPOLLIN`), if any. Callable in any context.
     pub(crate) fn wake(&self) {
         // SAFETY: initialised (type invariant).
-        unsafe { glue::rtb_wake_up_poll(self.wq.get()) };
+        unsafe { glue::rtb_wake_up_poll(self.wq.get(), false) };
+    }
+
+    /// Wakes the pollers with `EPOLLHUP` as well.
+    pub(crate) fn wake_hangup(&self) {
+        // SAFETY: initialised (type invariant).
+        unsafe { glue::rtb_wake_up_poll(self.wq.get(), true) };
     }
 
     pub(super) fn as_ptr(&self) -> *mut bindings::wait_queue_head {
