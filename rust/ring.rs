@@ -39,6 +39,10 @@ use kernel::{
 
 const HEADER_LEN: u64 = size_of::<RtbRecordHeader>() as u64;
 
+/// Largest payload of one record, whatever the ring size: a record must fit
+/// in one frame of the wire protocol (64 MiB).
+const MAX_RECORD_PAYLOAD: u64 = 32 << 20;
+
 /// Zeroes for the padding after a payload.
 static ZEROES: [u8; RTB_RECORD_ALIGN as usize] = [0; RTB_RECORD_ALIGN as usize];
 
@@ -237,9 +241,10 @@ impl Ring {
         )?)
     }
 
-    /// The largest payload a record may carry: the disk splits bigger bios.
+    /// The largest payload a record may carry: a quarter of the ring, at
+    /// most [`MAX_RECORD_PAYLOAD`]. The disk splits bigger bios.
     pub(crate) fn max_payload(&self) -> u32 {
-        (self.data_size / 4).min(u64::from(u32::MAX) & !(RTB_RECORD_ALIGN - 1)) as u32
+        (self.data_size / 4).min(MAX_RECORD_PAYLOAD) as u32
     }
 
     /// Records `bio` if it changes the device. Sleeps while it overlaps a
