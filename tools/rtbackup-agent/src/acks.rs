@@ -24,11 +24,15 @@ pub(crate) struct AckTracker {
     written: u64,
     /// Highest seq the server acknowledged.
     server_acked: u64,
-    /// Since when written records have waited for an ACK (`None`: none
-    /// outstanding).
+    /// Since when records handed to the socket (written or still being
+    /// written) have waited for an ACK (`None`: none outstanding). A write
+    /// that blocks (a server that stopped reading) counts.
     waiting_since: Option<Instant>,
     /// The ring's position was moved at least once by a server ACK.
     progressed: bool,
+    /// No record will be sent any more on this connection: the device was
+    /// detached and everything up to the ring's final head was written.
+    finished: bool,
 }
 
 impl AckTracker {
@@ -41,6 +45,7 @@ impl AckTracker {
             server_acked: start.seq - 1,
             waiting_since: None,
             progressed: false,
+            finished: false,
         }
     }
 
@@ -64,23 +69,36 @@ impl AckTracker {
         self.acked.seq - 1 == self.written && self.sent.is_empty()
     }
 
-    /// Since when written records have waited for an ACK.
+    /// Since when records handed to the socket have waited for an ACK.
     pub(crate) fn waiting_since(&self) -> Option<Instant> {
         self.waiting_since
     }
 
-    /// A batch ending at `end` is about to be written.
-    pub(crate) fn sending(&mut self, end: Cursor) {
+    /// A batch ending at `end` is about to be written: from `now` on its
+    /// records wait for an ACK, even while the write blocks.
+    pub(crate) fn sending(&mut self, end: Cursor, now: Instant) {
         debug_assert!(end.seq > self.last_sent() + 1);
         self.sent.push_back(end);
+        if self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
     }
 
     /// The frame carrying the records up to `last_seq` was written.
-    pub(crate) fn written(&mut self, last_seq: u64, now: Instant) {
+    pub(crate) fn written(&mut self, last_seq: u64) {
         self.written = last_seq;
-        if self.waiting_since.is_none() && self.server_acked < last_seq {
-            self.waiting_since = Some(now);
-        }
+    }
+
+    /// Nothing more will be sent: the device was detached and every record
+    /// up to its final head was written.
+    pub(crate) fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    /// Whether the device was detached and every record of the ring was
+    /// sent, acknowledged by the server and acknowledged in the ring.
+    pub(crate) fn delivered_all(&self) -> bool {
+        self.finished && self.all_acked()
     }
 
     /// The server acknowledged everything up to `seq`.
@@ -93,7 +111,7 @@ impl AckTracker {
         }
         if seq > self.server_acked {
             self.server_acked = seq;
-            self.waiting_since = (seq < self.written).then_some(now);
+            self.waiting_since = (seq < self.last_sent()).then_some(now);
         }
         Ok(())
     }
@@ -151,8 +169,8 @@ mod tests {
             if b.is_empty() {
                 return ends;
             }
-            t.sending(b.end());
-            t.written(b.last_seq().unwrap(), now);
+            t.sending(b.end(), now);
+            t.written(b.last_seq().unwrap());
             ends.push(b.end());
             cur = b.end();
         }
@@ -226,12 +244,12 @@ mod tests {
         let now = Instant::now();
         let mut t = AckTracker::new(r.view().tail_cursor());
         let b = r.view().read_batch(t.acked(), 1 << 20).unwrap();
-        t.sending(b.end());
+        t.sending(b.end(), now);
         // The server acknowledges before the write returned.
         t.server_ack(4, now).unwrap();
         assert_eq!(t.apply(&r).unwrap(), None);
         assert_eq!(r.view().tail(), 0);
-        t.written(4, now);
+        t.written(4);
         assert_eq!(t.apply(&r).unwrap(), Some(b.end()));
         assert_eq!(t.waiting_since(), None);
     }
@@ -248,8 +266,8 @@ mod tests {
             "{e}"
         );
         let b = r.view().read_batch(t.acked(), 2 * 192).unwrap();
-        t.sending(b.end());
-        t.written(2, now);
+        t.sending(b.end(), now);
+        t.written(2);
         assert!(t.server_ack(3, now).is_err());
         t.server_ack(2, now).unwrap();
         // Old or repeated ACKs are harmless.
@@ -278,5 +296,56 @@ mod tests {
             })
         );
         assert!(!t.all_acked());
+    }
+
+    #[test]
+    fn the_ack_timer_starts_when_sending_starts() {
+        let r = ring_with(6);
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        let t2 = t0 + std::time::Duration::from_secs(2);
+        let mut t = AckTracker::new(r.view().tail_cursor());
+        assert_eq!(t.waiting_since(), None);
+        let b1 = r.view().read_batch(t.acked(), 3 * 192).unwrap();
+        // The write of the frame may block (a server that stopped
+        // reading): the records wait for their ACK from now on.
+        t.sending(b1.end(), t0);
+        assert_eq!(t.waiting_since(), Some(t0));
+        t.written(3);
+        assert_eq!(t.waiting_since(), Some(t0));
+        let b2 = r.view().read_batch(b1.end(), 3 * 192).unwrap();
+        t.sending(b2.end(), t1);
+        assert_eq!(t.waiting_since(), Some(t0), "the oldest wait counts");
+        // An ACK of the first batch while the second is still being
+        // written: the second waits from the ACK on.
+        t.server_ack(3, t2).unwrap();
+        assert_eq!(t.waiting_since(), Some(t2));
+        t.apply(&r).unwrap();
+        t.written(6);
+        t.server_ack(6, t2).unwrap();
+        assert_eq!(t.waiting_since(), None);
+    }
+
+    #[test]
+    fn everything_is_delivered_once_finished_and_acknowledged() {
+        let r = ring_with(4);
+        let now = Instant::now();
+        let mut t = AckTracker::new(r.view().tail_cursor());
+        send_all(&mut t, &r, 2, now);
+        t.finish();
+        assert!(!t.delivered_all());
+        t.server_ack(2, now).unwrap();
+        t.apply(&r).unwrap();
+        assert!(!t.delivered_all());
+        t.server_ack(4, now).unwrap();
+        // Acknowledged by the server, not yet in the ring.
+        assert!(!t.delivered_all());
+        t.apply(&r).unwrap();
+        assert!(t.delivered_all());
+        // Not finished: more records may come.
+        let mut u = AckTracker::new(r.view().tail_cursor());
+        assert!(u.all_acked() && !u.delivered_all());
+        u.finish();
+        assert!(u.delivered_all());
     }
 }

@@ -25,9 +25,17 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Time allowed for the server to answer HELLO.
     pub handshake_timeout: Duration,
-    /// Longest wait for an ACK while records are outstanding before the
-    /// connection is given up as dead.
+    /// Longest wait for an ACK while records are outstanding (counted
+    /// from the start of the write that sent them) before the connection
+    /// is given up as dead.
     pub ack_timeout: Duration,
+    /// Longest a write to the server may make no progress (`SO_SNDTIMEO`).
+    pub write_timeout: Duration,
+    /// Longest data sent may stay unacknowledged by the server host's TCP
+    /// (`TCP_USER_TIMEOUT`): a dead host is noticed this long after the
+    /// first unanswered segment. While the connection is idle, TCP
+    /// keepalive probes (after 10 s, every 5 s, 3 of them) notice it.
+    pub tcp_user_timeout: Duration,
     /// Longest a wait for records lasts before the agent checks whether it
     /// should stop.
     pub poll_interval: Duration,
@@ -53,6 +61,8 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(30),
             ack_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            tcp_user_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(2),
         }

@@ -6,7 +6,8 @@
 //! streams RECORDS frames built straight from the ring's memory while a
 //! receiver thread moves the ring's consumer position on each ACK. On a
 //! disconnect it tells the ring, backs off and reconnects; it returns on
-//! a fatal error or when asked to stop. It works on any
+//! a fatal error, when asked to stop, or once the device was detached and
+//! every record left in its ring was delivered. It works on any
 //! [`rtbackup_ring::RingSource`]: the kernel's
 //! [`rtbackup_ring::Ring`], or an in-memory ring in tests.
 
@@ -30,14 +31,29 @@ use std::time::{Duration, Instant};
 /// it acknowledged nothing (it was idle).
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
-/// Streams `ring` to the server of `cfg` until `stop` is set (then returns
-/// `Ok`) or a fatal error happens. Retryable errors are logged and followed
-/// by a reconnection with exponential backoff.
+/// Why [`run`] returned without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// `stop` was set.
+    Stopped,
+    /// The device was detached, and every record of its ring was
+    /// acknowledged by the server and then in the ring.
+    Detached {
+        /// Records the ring held in all (`head_seq - 1`).
+        records: u64,
+    },
+}
+
+/// Streams `ring` to the server of `cfg` until `stop` is set, the device
+/// is detached and everything was delivered, or a fatal error happens.
+/// Retryable errors are logged and followed by a reconnection with
+/// exponential backoff; so is a failure while the records left at a detach
+/// are being delivered.
 pub fn run<S: RingSource>(
     ring: &S,
     cfg: &AgentConfig,
     stop: &AtomicBool,
-) -> Result<(), AgentError> {
+) -> Result<Exit, AgentError> {
     rtbackup_proto::validate_volume_name(&cfg.volume)
         .map_err(|e| AgentError::Config(e.to_string()))?;
     if cfg.batch_bytes == 0 || cfg.batch_bytes > rtbackup_proto::MAX_FRAME_PAYLOAD as u64 {
@@ -49,6 +65,9 @@ pub fn run<S: RingSource>(
     }
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     while !stop.load(Ordering::Relaxed) {
+        if all_delivered(ring) {
+            return Ok(detached(ring));
+        }
         let started = Instant::now();
         let mut report = SessionReport::default();
         let result = run_session(ring, cfg, stop, &mut report);
@@ -58,6 +77,7 @@ pub fn run<S: RingSource>(
         }
         match result {
             Ok(SessionEnd::Stopped) => break,
+            Ok(SessionEnd::Detached) => return Ok(detached(ring)),
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
                 if report.progressed || started.elapsed() >= HEALTHY_SESSION {
@@ -74,7 +94,25 @@ pub fn run<S: RingSource>(
             }
         }
     }
-    Ok(())
+    Ok(Exit::Stopped)
+}
+
+/// Whether the device was detached and every record of its ring was
+/// acknowledged (possibly by an earlier run).
+fn all_delivered<S: RingSource>(ring: &S) -> bool {
+    let view = ring.view();
+    // The flag first: the head loaded after it is final.
+    view.is_detached() && view.tail() == view.head()
+}
+
+/// The end of a run after a detach, with everything delivered.
+fn detached<S: RingSource>(ring: &S) -> Exit {
+    let records = ring.view().head_seq().saturating_sub(1);
+    tracing::info!(
+        ring_id = format_args!("{:#x}", ring.view().ring_id()),
+        "device detached; all {records} records delivered"
+    );
+    Exit::Detached { records }
 }
 
 /// Sleeps `total`, waking every `tick` to see whether `stop` was set.

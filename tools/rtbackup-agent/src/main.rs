@@ -1,8 +1,9 @@
 //! rtbackup-agent: stream an rtbackup device's write journal to a backup
 //! server.
 //!
-//! Exit status: 0 after SIGTERM/SIGINT, 1 on a fatal error (the message on
-//! stderr says why), 2 on a usage error.
+//! Exit status: 0 after SIGTERM/SIGINT or once the device was detached and
+//! every record left in its ring was delivered, 1 on a fatal error (the
+//! message on stderr says why), 2 on a usage error.
 
 use anyhow::Context;
 use clap::Parser;
@@ -65,7 +66,13 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
         "rtbackup-agent {} starting",
         rtbackup_agent::AGENT_VERSION
     );
-    rtbackup_agent::run(&ring, &cfg, &stop)?;
-    tracing::info!("stopped");
+    match rtbackup_agent::run(&ring, &cfg, &stop)? {
+        rtbackup_agent::Exit::Stopped => tracing::info!("stopped"),
+        // `run` said that everything was delivered.
+        rtbackup_agent::Exit::Detached { .. } => {}
+    }
+    // Closing the ring's descriptor (dropping `ring`) lets the kernel free
+    // it, after everything was delivered and acknowledged.
+    drop(ring);
     Ok(())
 }

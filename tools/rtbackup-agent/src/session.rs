@@ -6,9 +6,10 @@ use crate::config::AgentConfig;
 use crate::error::AgentError;
 use rtbackup_proto::{
     read_frame, write_frame, write_records_frame, Frame, Hello, ProtoError, Welcome,
-    PROTOCOL_VERSION,
+    MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
-use rtbackup_ring::{Cursor, RingSource, RingView, SharedMemory, Wakeup};
+use rtbackup_ring::{Batch, Cursor, RingSource, RingView, SharedMemory, Wakeup};
+use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, BufReader, Read};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,15 +19,29 @@ use std::time::{Duration, Instant};
 /// The agent's version, sent in HELLO.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Longest pause after a wakeup of the ring that brought no new records
-/// (a poll that reports readiness while records wait for their ACK).
-const SPURIOUS_WAKEUP_PAUSE: Duration = Duration::from_millis(1);
+/// While records wait for their ACK and nothing new is published, the
+/// sender sleeps on the receiver's [`Signal`] at most this long before it
+/// looks at the ring's head again: the kernel's poll is level-triggered
+/// (readable while records are unacknowledged), so it cannot be used to
+/// wait then.
+pub(crate) const OUTSTANDING_RECHECK: Duration = Duration::from_millis(2);
+
+/// TCP keepalive on the server connection: first probe after this long
+/// idle...
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// ... then one every this long...
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ... and the connection is dead after this many unanswered.
+pub(crate) const KEEPALIVE_PROBES: u32 = 3;
 
 /// How a connection ended without an error.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum SessionEnd {
     /// The agent was asked to stop.
     Stopped,
+    /// The device was detached and every record of its ring was
+    /// acknowledged by the server and in the ring.
+    Detached,
 }
 
 /// What a finished connection achieved, for the reconnection policy.
@@ -53,13 +68,31 @@ fn connect(cfg: &AgentConfig) -> Result<TcpStream, AgentError> {
     for addr in addrs {
         match TcpStream::connect_timeout(&addr, cfg.connect_timeout) {
             Ok(s) => {
-                s.set_nodelay(true).map_err(err)?;
+                configure_socket(&s, cfg).map_err(err)?;
                 return Ok(s);
             }
             Err(e) => last = e,
         }
     }
     Err(err(last))
+}
+
+/// Sets the options that make a dead server host (or a server that stopped
+/// reading) noticed well within a minute: no Nagle delay, a write timeout,
+/// TCP keepalive while idle and `TCP_USER_TIMEOUT` while data is
+/// unacknowledged.
+pub(crate) fn configure_socket(s: &TcpStream, cfg: &AgentConfig) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    s.set_write_timeout(Some(cfg.write_timeout.max(Duration::from_millis(1))))?;
+    let sock = SockRef::from(s);
+    sock.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    sock.set_tcp_user_timeout(Some(cfg.tcp_user_timeout.max(Duration::from_millis(1))))?;
+    Ok(())
 }
 
 /// A reader of the handshake answer that gives up at a deadline or when
@@ -204,7 +237,42 @@ pub(crate) fn resume_point<M: SharedMemory>(
 #[derive(Debug)]
 enum Close {
     Stopped,
+    /// The device was detached and everything was delivered.
+    Detached,
     Failed(AgentError),
+}
+
+/// Wakes the sender when the receiver moved the ring's consumer position
+/// or the connection is closing: what it waits for while its records wait
+/// for their ACK.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    generation: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Signal {
+    /// The number of notifications so far.
+    pub(crate) fn generation(&self) -> u64 {
+        *lock(&self.generation)
+    }
+
+    /// Wakes the waiters.
+    pub(crate) fn notify(&self) {
+        *lock(&self.generation) += 1;
+        self.cv.notify_all();
+    }
+
+    /// Waits up to `timeout` for a notification after `seen` (a
+    /// [`Signal::generation`]); whether one came.
+    pub(crate) fn wait_after(&self, seen: u64, timeout: Duration) -> bool {
+        let g = lock(&self.generation);
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, timeout, |g| *g == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *g != seen
+    }
 }
 
 /// The state the threads of one connection share.
@@ -217,6 +285,8 @@ struct Conn<'a> {
     /// may still arrive).
     draining: AtomicBool,
     acks: Mutex<AckTracker>,
+    /// Notified on each move of the consumer position and on closing.
+    signal: Signal,
 }
 
 impl Conn<'_> {
@@ -225,6 +295,7 @@ impl Conn<'_> {
         if c.is_none() {
             match &why {
                 Close::Stopped => tracing::debug!("closing the connection: stopping"),
+                Close::Detached => tracing::debug!("closing the connection: all delivered"),
                 Close::Failed(e) => tracing::debug!("closing the connection: {e}"),
             }
             *c = Some(why);
@@ -232,6 +303,7 @@ impl Conn<'_> {
             // Unblocks the sender's write and the receiver's read.
             let _ = self.stream.shutdown(Shutdown::Both);
             self.closed_cv.notify_all();
+            self.signal.notify();
         }
     }
 
@@ -241,6 +313,11 @@ impl Conn<'_> {
 
     fn is_closed(&self) -> bool {
         self.is_closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the sender should stop sending.
+    fn closing(&self) -> bool {
+        self.is_closed() || self.draining.load(Ordering::Acquire)
     }
 
     /// Waits up to `timeout` for the connection to close.
@@ -275,25 +352,35 @@ fn send_loop<S: RingSource>(
     // When the first records of a batch held back by `max_batch_delay`
     // were seen.
     let mut holding_since: Option<Instant> = None;
-    while !conn.is_closed() && !conn.draining.load(Ordering::Relaxed) {
+    let closing = || conn.closing();
+    while !conn.closing() {
+        // Loaded before the records are read: once the device is detached,
+        // the head that `read_batch` loads after this is final.
+        let detached = view.is_detached();
         let head_before = view.head();
         let batch = view.read_batch(cursor, cfg.batch_bytes)?;
         if batch.is_empty() {
             cursor = batch.end();
-            wait_for_records(ring, cfg.poll_interval, head_before)?;
+            if detached {
+                finish(conn, cursor);
+                return Ok(());
+            }
+            wait_for_records(ring, &conn.signal, closing, head_before, cfg.poll_interval)?;
             continue;
         }
-        if batch.bytes() < cfg.batch_bytes && !cfg.max_batch_delay.is_zero() {
+        if !detached && batch.bytes() < cfg.batch_bytes && !cfg.max_batch_delay.is_zero() {
             let since = *holding_since.get_or_insert_with(Instant::now);
             let left = cfg.max_batch_delay.saturating_sub(since.elapsed());
             if !left.is_zero() {
-                wait_for_records(ring, left.min(cfg.poll_interval), head_before)?;
+                let wait = left.min(cfg.poll_interval);
+                wait_for_records(ring, &conn.signal, closing, head_before, wait)?;
                 continue;
             }
         }
         holding_since = None;
+        check_frame_fits(&batch, MAX_FRAME_PAYLOAD as u64)?;
         let (first, last) = (batch.start().seq, batch.end().seq - 1);
-        lock(&conn.acks).sending(batch.end());
+        lock(&conn.acks).sending(batch.end(), Instant::now());
         let mut w = conn.stream;
         if let Err(source) = write_records_frame(&mut w, batch.parts()) {
             if conn.is_closed() {
@@ -313,28 +400,105 @@ fn send_loop<S: RingSource>(
         );
         cursor = batch.end();
         let mut acks = lock(&conn.acks);
-        acks.written(last, Instant::now());
+        acks.written(last);
         acks.apply(ring)?;
     }
     Ok(())
 }
 
-/// Waits for the ring to publish records past `head_before`, at most
-/// `timeout`. A wakeup that brings nothing new (a poll that stays readable
-/// while sent records wait for their ACK) is followed by a short pause, so
-/// that waiting never spins.
-fn wait_for_records<S: RingSource>(
-    ring: &S,
-    timeout: Duration,
-    head_before: u64,
-) -> Result<(), AgentError> {
-    if ring.view().head() != head_before {
-        return Ok(());
-    }
-    if ring.wait(timeout)? == Wakeup::Ready && ring.view().head() == head_before {
-        std::thread::sleep(SPURIOUS_WAKEUP_PAUSE.min(timeout));
+/// A batch must fit in one RECORDS frame. Batches of several records are
+/// at most `batch_bytes`, so only a single record larger than the limit
+/// can fail this: it could never be sent.
+pub(crate) fn check_frame_fits(batch: &Batch<'_>, limit: u64) -> Result<(), AgentError> {
+    if batch.bytes() > limit {
+        return Err(AgentError::RecordTooLarge {
+            seq: batch.start().seq,
+            bytes: batch.bytes(),
+            limit,
+        });
     }
     Ok(())
+}
+
+/// The device was detached and every record up to its final head, which
+/// ends at `end`, was written: the connection ends once the server has
+/// acknowledged them all.
+fn finish(conn: &Conn<'_>, end: Cursor) {
+    let mut acks = lock(&conn.acks);
+    acks.finish();
+    let done = acks.delivered_all();
+    drop(acks);
+    tracing::debug!(
+        last_seq = end.seq - 1,
+        "device detached: every record sent; waiting for the last ACKs"
+    );
+    if done {
+        conn.close(Close::Detached);
+    }
+}
+
+/// Why [`wait_for_records`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Woken {
+    /// The ring's head moved past `head_before`.
+    Published,
+    /// The device was detached.
+    Detached,
+    /// The consumer position moved (an ACK), or the signal was notified.
+    Signalled,
+    /// `closing` said so.
+    Closing,
+    /// The timeout passed.
+    Timeout,
+}
+
+/// Waits up to `timeout` for the ring to publish records past
+/// `head_before`, for the device to be detached, for `signal` (an ACK
+/// moved the consumer position; the connection is closing) or for
+/// `closing`, without spinning on a level-triggered poll:
+///
+/// * when nothing is unacknowledged (`tail == head`), it waits in
+///   [`RingSource::wait`], which then blocks until a record is published;
+/// * while records wait for their ACK, the kernel's ring stays readable,
+///   so it sleeps on `signal` instead, looking at the head again every
+///   [`OUTSTANDING_RECHECK`].
+pub(crate) fn wait_for_records<S: RingSource>(
+    ring: &S,
+    signal: &Signal,
+    closing: impl Fn() -> bool,
+    head_before: u64,
+    timeout: Duration,
+) -> Result<Woken, AgentError> {
+    let view = ring.view();
+    let deadline = Instant::now() + timeout;
+    loop {
+        // Before the checks, so that a notification after them is seen.
+        let seen = signal.generation();
+        if closing() {
+            return Ok(Woken::Closing);
+        }
+        if view.is_detached() {
+            return Ok(Woken::Detached);
+        }
+        let head = view.head();
+        if head != head_before {
+            return Ok(Woken::Published);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Woken::Timeout);
+        }
+        let left = deadline - now;
+        if view.tail() == head {
+            // Readable only once a record is published (or the device is
+            // detached): this blocks. A wakeup is checked again above.
+            if ring.wait(left)? == Wakeup::Detached {
+                return Ok(Woken::Detached);
+            }
+        } else if signal.wait_after(seen, left.min(OUTSTANDING_RECHECK)) {
+            return Ok(Woken::Signalled);
+        }
+    }
 }
 
 /// Reads the server's frames and moves the ring's consumer position on
@@ -359,7 +523,15 @@ fn receiver<S: RingSource>(ring: &S, cfg: &AgentConfig, conn: &Conn<'_>) {
                     .server_ack(seq, Instant::now())
                     .and_then(|()| acks.apply(ring));
                 match moved {
-                    Ok(Some(c)) => tracing::trace!(seq, tail = c.pos, "acknowledged"),
+                    Ok(Some(c)) => {
+                        tracing::trace!(seq, tail = c.pos, "acknowledged");
+                        let done = acks.delivered_all();
+                        drop(acks);
+                        conn.signal.notify();
+                        if done {
+                            return conn.close(Close::Detached);
+                        }
+                    }
                     Ok(None) => {}
                     Err(e) => return conn.fail(e),
                 }
@@ -417,6 +589,7 @@ pub(crate) fn run_session<S: RingSource>(
         is_closed: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         acks: Mutex::new(AckTracker::new(start)),
+        signal: Signal::default(),
     };
     std::thread::scope(|s| {
         s.spawn(|| receiver(ring, cfg, &conn));
@@ -430,6 +603,7 @@ pub(crate) fn run_session<S: RingSource>(
     let why = lock(&conn.closed).take();
     match why {
         Some(Close::Failed(e)) => Err(e),
+        Some(Close::Detached) => Ok(SessionEnd::Detached),
         Some(Close::Stopped) | None => {
             tracing::info!(acked_seq = acked.seq - 1, "stopped streaming");
             Ok(SessionEnd::Stopped)
@@ -447,7 +621,8 @@ fn supervise(cfg: &AgentConfig, stop: &AtomicBool, conn: &Conn<'_>) {
     while !conn.wait_closed(tick) {
         let now = Instant::now();
         if stop.load(Ordering::Relaxed) && drain_until.is_none() {
-            conn.draining.store(true, Ordering::Relaxed);
+            conn.draining.store(true, Ordering::Release);
+            conn.signal.notify();
             drain_until = Some(now + cfg.drain_timeout);
         }
         let acks = lock(&conn.acks);
@@ -471,7 +646,176 @@ fn supervise(cfg: &AgentConfig, stop: &AtomicBool, conn: &Conn<'_>) {
 mod tests {
     use super::*;
     use rtbackup_abi::RTB_OP_WRITE;
-    use rtbackup_ring::mem::MemRing;
+    use rtbackup_ring::mem::{MemBuf, MemRing};
+    use std::net::TcpListener;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    /// A ring whose `wait` calls are counted.
+    struct Counting {
+        ring: MemRing,
+        waits: AtomicUsize,
+    }
+
+    impl Counting {
+        fn new(n: u64) -> Self {
+            Self {
+                ring: ring_with(n),
+                waits: AtomicUsize::new(0),
+            }
+        }
+        fn waits(&self) -> usize {
+            self.waits.load(Ordering::SeqCst)
+        }
+    }
+
+    impl RingSource for Counting {
+        type Memory = Arc<MemBuf>;
+        fn view(&self) -> &RingView<Arc<MemBuf>> {
+            self.ring.view()
+        }
+        unsafe fn set_tail(&self, position: u64, connected: bool) -> rtbackup_ring::Result<()> {
+            // SAFETY: forwarded from our caller.
+            unsafe { self.ring.set_tail(position, connected) }
+        }
+        fn wait(&self, timeout: Duration) -> rtbackup_ring::Result<Wakeup> {
+            self.waits.fetch_add(1, Ordering::SeqCst);
+            self.ring.wait(timeout)
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn waiting_for_an_ack_does_not_poll_the_level_triggered_ring() {
+        // Everything sent (the sender is at head), nothing acknowledged:
+        // the ring is readable all the time, so polling it would spin.
+        let r = Counting::new(3);
+        let head = r.view().head();
+        let signal = Signal::default();
+        let woken = wait_for_records(&r, &signal, || false, head, Duration::from_millis(30));
+        assert_eq!(woken.unwrap(), Woken::Timeout);
+        assert_eq!(
+            r.waits(),
+            0,
+            "the ring was polled while records were unacknowledged"
+        );
+    }
+
+    #[test]
+    fn an_ack_wakes_the_waiting_sender() {
+        let r = Counting::new(3);
+        let head = r.view().head();
+        let signal = Signal::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                // SAFETY: no batch of the ring is in use.
+                unsafe { r.ack(3, true) }.unwrap();
+                signal.notify();
+            });
+            let woken = wait_for_records(&r, &signal, || false, head, LONG).unwrap();
+            assert_eq!(woken, Woken::Signalled);
+        });
+        assert_eq!(r.waits(), 0);
+    }
+
+    #[test]
+    fn with_nothing_unacknowledged_the_sender_blocks_in_poll() {
+        let r = Counting::new(3);
+        // SAFETY: no batch of the ring is in use.
+        unsafe { r.ack(3, true) }.unwrap();
+        let head = r.view().head();
+        let signal = Signal::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                r.ring.append(RTB_OP_WRITE, 0, 0, 1, &[1]).unwrap();
+            });
+            let woken = wait_for_records(&r, &signal, || false, head, LONG).unwrap();
+            assert_eq!(woken, Woken::Published);
+        });
+        // One poll, which blocked until the record came.
+        assert_eq!(r.waits(), 1);
+    }
+
+    #[test]
+    fn a_detach_or_closing_ends_the_wait() {
+        for acked in [false, true] {
+            let r = Counting::new(3);
+            if acked {
+                // SAFETY: no batch of the ring is in use.
+                unsafe { r.ack(3, true) }.unwrap();
+            }
+            let head = r.view().head();
+            let signal = Signal::default();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(10));
+                    r.ring.detach();
+                });
+                let woken = wait_for_records(&r, &signal, || false, head, LONG).unwrap();
+                assert_eq!(woken, Woken::Detached, "acked {acked}");
+            });
+        }
+        let r = Counting::new(3);
+        let head = r.view().head();
+        let signal = Signal::default();
+        let closing = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(10));
+                closing.store(true, Ordering::SeqCst);
+                signal.notify();
+            });
+            let woken =
+                wait_for_records(&r, &signal, || closing.load(Ordering::SeqCst), head, LONG);
+            // The notification may be seen as such or as closing.
+            assert!(matches!(woken.unwrap(), Woken::Signalled | Woken::Closing));
+        });
+    }
+
+    #[test]
+    fn a_record_larger_than_a_frame_is_reported() {
+        let r = MemRing::new(8192, 7, 1 << 20, 512).unwrap();
+        r.append(RTB_OP_WRITE, 0, 0, 2000, &[1; 2000]).unwrap();
+        r.append(RTB_OP_WRITE, 0, 8, 100, &[1; 100]).unwrap();
+        let v = r.view();
+        // At least one record per batch, even if larger than asked.
+        let b = v.read_batch(v.tail_cursor(), 1000).unwrap();
+        assert_eq!(b.records(), 1);
+        let e = check_frame_fits(&b, 1024).unwrap_err();
+        assert!(e.is_fatal());
+        assert!(
+            e.to_string().starts_with(
+                "record seq 1 is 2112 bytes, more than a RECORDS frame can carry (1024 bytes)"
+            ),
+            "{e}"
+        );
+        check_frame_fits(&b, 2112).unwrap();
+        let b = v.read_batch(b.end(), 1000).unwrap();
+        check_frame_fits(&b, 1024).unwrap();
+    }
+
+    #[test]
+    fn the_connection_notices_a_dead_server_host() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut cfg = AgentConfig::new(listener.local_addr().unwrap().to_string(), "v", "c");
+        cfg.write_timeout = Duration::from_secs(7);
+        cfg.tcp_user_timeout = Duration::from_secs(30);
+        let s = connect(&cfg).unwrap();
+        assert!(s.nodelay().unwrap());
+        assert_eq!(s.write_timeout().unwrap(), Some(Duration::from_secs(7)));
+        let sock = SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(10));
+        assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(sock.keepalive_retries().unwrap(), 3);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(30))
+        );
+    }
 
     fn ring_with(n: u64) -> MemRing {
         let r = MemRing::new(8192, 7, 1 << 20, 512).unwrap();

@@ -5,7 +5,7 @@
 //! position must move only past records the server acknowledged.
 
 use rtbackup_abi::RTB_OP_WRITE;
-use rtbackup_agent::{run, AgentConfig, AgentError};
+use rtbackup_agent::{run, AgentConfig, AgentError, Exit};
 use rtbackup_proto::{read_frame, records, write_frame, ErrorMsg, Frame, Hello, Welcome};
 use rtbackup_ring::mem::{MemBuf, MemRing, PollMode};
 use rtbackup_ring::{RingSource, RingView, Wakeup};
@@ -45,6 +45,9 @@ struct ConnPolicy {
     bogus_ack: Option<u64>,
     /// Never acknowledge.
     never_ack: bool,
+    /// After WELCOME, never read again (a server that hangs): the agent's
+    /// writes block once the socket buffers are full.
+    never_read: bool,
 }
 
 #[derive(Default)]
@@ -147,6 +150,12 @@ fn serve(stream: TcpStream, s: &Shared, p: &ConnPolicy) {
     }
     if let Some(seq) = p.bogus_ack {
         let _ = write_frame(&mut w, &Frame::Ack(seq));
+    }
+    if p.never_read {
+        while !s.stop.load(Ordering::Relaxed) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        return;
     }
     let mut received = 0u64;
     loop {
@@ -264,6 +273,16 @@ fn produce(ring: &MemRing, n: u64) {
     }
 }
 
+/// Sets the agent's stop flag when dropped, so that a failing assertion
+/// ends the agent's thread instead of hanging the test.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !f() {
@@ -306,6 +325,7 @@ fn stream(server: &TestServer, ring: &MemRing, cfg: &AgentConfig, n: u64) {
     };
     thread::scope(|s| {
         let agent = s.spawn(|| run(&checked, cfg, &stop));
+        let _stop = StopOnDrop(&stop);
         s.spawn(|| produce(ring, n));
         wait_until(
             "all records to be acknowledged",
@@ -313,7 +333,7 @@ fn stream(server: &TestServer, ring: &MemRing, cfg: &AgentConfig, n: u64) {
             || ring.view().tail_seq() == n + 1,
         );
         stop.store(true, Ordering::Relaxed);
-        agent.join().unwrap().unwrap();
+        assert_eq!(agent.join().unwrap().unwrap(), Exit::Stopped);
     });
     let violations = checked.violations.into_inner().unwrap();
     assert!(violations.is_empty(), "{violations:?}");
@@ -482,25 +502,42 @@ fn an_ack_of_records_never_sent_is_a_protocol_violation() {
 
 #[test]
 fn fatal_server_errors_end_the_agent() {
-    let server = TestServer::start(|_| ConnPolicy {
-        refuse: Some("size-mismatch"),
-        ..Default::default()
-    });
-    let r = ring(64 << 10);
-    produce(&r, 3);
-    let stop = AtomicBool::new(false);
-    let e = run(&r, &config(server.addr), &stop).unwrap_err();
-    assert!(e.is_fatal());
-    assert!(e.to_string().contains("size-mismatch"), "{e}");
-    assert_eq!(server.shared.connections.load(Ordering::SeqCst), 1);
-    assert_eq!(r.view().tail_seq(), 1);
-    assert!(r.acks().last().is_some_and(|a| !a.connected));
+    // Errors the server would answer again and again: no retry.
+    for code in [
+        "size-mismatch",
+        "bad-volume",
+        "protocol",
+        "stale-ring",
+        "unsupported-version",
+    ] {
+        let server = TestServer::start(move |_| ConnPolicy {
+            refuse: Some(code),
+            ..Default::default()
+        });
+        let r = ring(64 << 10);
+        produce(&r, 3);
+        let stop = AtomicBool::new(false);
+        let e = run(&r, &config(server.addr), &stop).unwrap_err();
+        assert!(e.is_fatal(), "{code}: {e}");
+        assert!(e.to_string().contains(code), "{e}");
+        assert_eq!(
+            server.shared.connections.load(Ordering::SeqCst),
+            1,
+            "{code}"
+        );
+        assert_eq!(r.view().tail_seq(), 1);
+        assert!(r.acks().last().is_some_and(|a| !a.connected));
+    }
 }
 
 #[test]
 fn retryable_server_errors_reconnect() {
     let server = TestServer::start(|n| ConnPolicy {
-        refuse: (n < 2).then_some("volume-busy"),
+        refuse: match n {
+            0 => Some("volume-busy"),
+            1 => Some("too-many-connections"),
+            _ => None,
+        },
         ..Default::default()
     });
     let r = ring(64 << 10);
@@ -561,24 +598,228 @@ fn stopping_while_the_server_is_unreachable_is_prompt() {
     assert!(r.acks().iter().all(|a| !a.connected));
 }
 
+/// Runs the agent on `ring` until it returns by itself (a detach, a fatal
+/// error), checking that the ring's position never passed the server's
+/// ACKs; `during` runs meanwhile.
+fn run_until_done(
+    server: &TestServer,
+    ring: &MemRing,
+    cfg: &AgentConfig,
+    during: impl FnOnce() + Send,
+) -> Result<Exit, AgentError> {
+    let checked = Checked {
+        ring,
+        server: &server.shared,
+        violations: Mutex::new(Vec::new()),
+    };
+    let stop = AtomicBool::new(false);
+    let result = thread::scope(|s| {
+        let agent = s.spawn(|| run(&checked, cfg, &stop));
+        during();
+        // A hang is a failure, not a stuck test.
+        let end = Instant::now() + Duration::from_secs(60);
+        while !agent.is_finished() {
+            if Instant::now() > end {
+                stop.store(true, Ordering::Relaxed);
+                let _ = agent.join();
+                panic!("the agent did not return by itself");
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        agent.join().unwrap()
+    });
+    let violations = checked.violations.into_inner().unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    result
+}
+
 #[test]
-fn a_detached_device_is_fatal() {
+fn records_left_at_a_detach_are_delivered_before_the_agent_exits() {
     let server = TestServer::start(|_| ConnPolicy::default());
+    let r = ring(1 << 20);
+    produce(&r, 200);
+    // Detached before the agent sent anything: all 200 records are still
+    // to be sent.
+    r.detach();
+    let exit = run_until_done(&server, &r, &config(server.addr), || {}).unwrap();
+    assert_eq!(exit, Exit::Detached { records: 200 });
+    assert_stored(&server, 200);
+    // Acknowledged in the ring too, and the disconnection reported last.
+    assert_eq!(r.view().tail(), r.view().head());
+    assert_eq!(r.view().tail_seq(), 201);
+    assert!(r.acks().last().is_some_and(|a| !a.connected));
+    assert_eq!(server.shared.connections.load(Ordering::SeqCst), 1);
+}
+
+/// A producer that writes until the device is detached under it.
+fn produce_until_detached(ring: &MemRing, detach_after: u64) {
+    for i in 0.. {
+        if i == detach_after {
+            ring.detach();
+        }
+        let seq = ring.next_seq();
+        let p = payload(seq);
+        let r = ring.append_wait(
+            RTB_OP_WRITE,
+            0,
+            seq * 8,
+            p.len() as u64,
+            &p,
+            Duration::from_secs(60),
+        );
+        if let Err(e) = r {
+            assert!(matches!(e, rtbackup_ring::RingError::Detached), "{e}");
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_detach_while_streaming_ends_the_agent_once_everything_is_acknowledged() {
+    for mode in [PollMode::Level, PollMode::Edge] {
+        let server = TestServer::start(|_| ConnPolicy::default());
+        // Small enough that the producer waits for room.
+        let r = ring(32 << 10).with_poll_mode(mode);
+        let exit = run_until_done(&server, &r, &config(server.addr), || {
+            produce_until_detached(&r, 700)
+        })
+        .unwrap();
+        assert_eq!(exit, Exit::Detached { records: 700 }, "{mode:?}");
+        assert_stored(&server, 700);
+        assert_eq!(r.view().tail_seq(), 701);
+    }
+}
+
+#[test]
+fn a_failure_while_delivering_the_records_left_at_a_detach_reconnects() {
+    // The first connection stores the records but never acknowledges
+    // them: the agent gives it up after the ACK timeout while delivering
+    // what was left at the detach, and reconnects.
+    let server = TestServer::start(|n| match n {
+        0 => ConnPolicy {
+            never_ack: true,
+            ..Default::default()
+        },
+        _ => ConnPolicy::default(),
+    });
+    let r = ring(256 << 10);
+    let mut cfg = config(server.addr);
+    cfg.ack_timeout = Duration::from_millis(300);
+    let exit = run_until_done(&server, &r, &cfg, || {
+        produce(&r, 100);
+        // Everything was sent on the first connection (and stored), but
+        // nothing acknowledged.
+        wait_until(
+            "the first connection to hold everything",
+            Duration::from_secs(10),
+            || server.durable_count() == 100,
+        );
+        r.detach();
+    })
+    .unwrap();
+    assert_eq!(exit, Exit::Detached { records: 100 });
+    assert!(server.shared.connections.load(Ordering::SeqCst) >= 2);
+    assert_stored(&server, 100);
+    assert_eq!(r.view().tail_seq(), 101);
+    // No ACK came on the first connection: the records left the ring on
+    // the second one's WELCOME.
+    assert!(r.acks().iter().any(|a| a.tail_seq == 101 && a.connected));
+}
+
+#[test]
+fn a_ring_detached_with_everything_delivered_needs_no_connection() {
+    // A port with nobody listening.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let r = ring(64 << 10);
     produce(&r, 3);
-    let stop = AtomicBool::new(false);
-    let e = thread::scope(|s| {
-        let agent = s.spawn(|| run(&r, &config(server.addr), &stop));
-        wait_until(
-            "the records to be acknowledged",
-            Duration::from_secs(10),
-            || r.view().tail_seq() == 4,
-        );
-        r.close();
-        agent.join().unwrap().unwrap_err()
+    // SAFETY: no batch of the ring is in use.
+    unsafe { r.ack(3, true) }.unwrap();
+    r.detach();
+    let exit = run(&r, &config(addr), &AtomicBool::new(false)).unwrap();
+    assert_eq!(exit, Exit::Detached { records: 3 });
+}
+
+/// Records of 1 MiB each, `n` of them.
+fn produce_big(ring: &MemRing, n: u64) {
+    let p = vec![0x5a; 1 << 20];
+    for _ in 0..n {
+        let seq = ring.next_seq();
+        ring.append_wait(
+            RTB_OP_WRITE,
+            0,
+            seq * 2048,
+            p.len() as u64,
+            &p,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_write_blocked_by_a_server_that_stopped_reading_counts_toward_the_ack_timeout() {
+    // The first connection never reads after WELCOME: the agent's write
+    // blocks once the socket buffers are full. Only the ACK timeout
+    // (which must count from the start of the write) can end it here.
+    let server = TestServer::start(|n| ConnPolicy {
+        never_read: n == 0,
+        ..Default::default()
     });
-    assert!(e.is_fatal());
-    assert!(e.to_string().contains("detached"), "{e}");
+    let r = ring(64 << 20);
+    produce_big(&r, 48);
+    let mut cfg = config(server.addr);
+    cfg.batch_bytes = 8 << 20;
+    cfg.ack_timeout = Duration::from_millis(500);
+    // Neither of the socket's own timeouts may end it first (the TCP user
+    // timeout also covers a zero window).
+    cfg.write_timeout = Duration::from_secs(3600);
+    cfg.tcp_user_timeout = Duration::from_secs(3600);
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let agent = s.spawn(|| run(&r, &cfg, &stop));
+        let _stop = StopOnDrop(&stop);
+        wait_until(
+            "everything to be acknowledged after a reconnection",
+            Duration::from_secs(20),
+            || r.view().tail_seq() == 49,
+        );
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(agent.join().unwrap().unwrap(), Exit::Stopped);
+    });
+    assert!(server.shared.connections.load(Ordering::SeqCst) >= 2);
+    assert_eq!(server.durable_count(), 48);
+}
+
+#[test]
+fn a_write_that_makes_no_progress_times_out() {
+    let server = TestServer::start(|n| ConnPolicy {
+        never_read: n == 0,
+        ..Default::default()
+    });
+    let r = ring(64 << 20);
+    produce_big(&r, 48);
+    let mut cfg = config(server.addr);
+    cfg.batch_bytes = 8 << 20;
+    cfg.ack_timeout = Duration::from_secs(3600);
+    cfg.tcp_user_timeout = Duration::from_secs(3600);
+    cfg.write_timeout = Duration::from_millis(300);
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let agent = s.spawn(|| run(&r, &cfg, &stop));
+        let _stop = StopOnDrop(&stop);
+        wait_until(
+            "everything to be acknowledged after a reconnection",
+            Duration::from_secs(20),
+            || r.view().tail_seq() == 49,
+        );
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(agent.join().unwrap().unwrap(), Exit::Stopped);
+    });
+    assert!(server.shared.connections.load(Ordering::SeqCst) >= 2);
+    assert_eq!(server.durable_count(), 48);
 }
 
 #[test]

@@ -10,6 +10,12 @@ use crate::record::RECORD_HEADER_LEN;
 pub const FRAME_HEADER_LEN: usize = 16;
 /// Largest frame payload.
 pub const MAX_FRAME_PAYLOAD: usize = 64 << 20;
+/// Largest payload of a JSON frame (HELLO, WELCOME, ERROR): checked before
+/// anything is allocated, so a peer cannot make the receiver reserve a
+/// [`MAX_FRAME_PAYLOAD`] buffer before the handshake.
+pub const MAX_JSON_PAYLOAD: usize = 4 << 10;
+/// Payload length of an ACK frame.
+pub const ACK_PAYLOAD_LEN: usize = 8;
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// `magic` of a frame header: the bytes "RTBW".
@@ -51,6 +57,11 @@ pub mod error_code {
     pub const PROTOCOL: &str = "protocol";
     /// The server failed (e.g. an I/O error on its store).
     pub const INTERNAL: &str = "internal";
+    /// HELLO names a ring this volume has already seen end (an older attach
+    /// of the device): its records would rewrite history. Fatal.
+    pub const STALE_RING: &str = "stale-ring";
+    /// The server has as many connections as it accepts; retry later.
+    pub const TOO_MANY_CONNECTIONS: &str = "too-many-connections";
 }
 
 /// The agent's handshake.
@@ -416,12 +427,14 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
     if len > MAX_FRAME_PAYLOAD {
         return Err(ProtoError::TooLarge(len));
     }
+    check_payload_len(t, len)?;
     let stored = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    // Read into the reused buffer's capacity: no zero fill of a fresh
+    // buffer per frame.
     payload.clear();
-    payload.resize(len, 0);
-    let got = read_full(r, payload)?;
+    payload.reserve(len);
+    let got = r.take(len as u64).read_to_end(payload)?;
     if got < len {
-        payload.truncate(got);
         return Err(ProtoError::Truncated {
             part: "frame payload",
             got,
@@ -437,6 +450,25 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
         });
     }
     Ok(t)
+}
+
+/// Checks a payload length against the limit of its frame type, before the
+/// payload is read.
+fn check_payload_len(t: u16, len: usize) -> Result<(), ProtoError> {
+    let kind = frame_type_name(t);
+    match t {
+        frame_type::HELLO | frame_type::WELCOME | frame_type::ERROR if len > MAX_JSON_PAYLOAD => {
+            Err(ProtoError::Malformed {
+                kind,
+                reason: format!("{len} bytes of payload, more than the {MAX_JSON_PAYLOAD} allowed"),
+            })
+        }
+        frame_type::ACK if len != ACK_PAYLOAD_LEN => Err(ProtoError::Malformed {
+            kind,
+            reason: format!("{len} bytes of payload, not {ACK_PAYLOAD_LEN}"),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Decodes the payload of a frame of type `t` (as returned by
@@ -605,6 +637,53 @@ mod tests {
             write_records_frame(&mut Vec::new(), &[&big]),
             Err(ProtoError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn control_frame_lengths_are_capped_before_reading() {
+        // A HELLO header announcing more than the JSON limit is refused
+        // before its payload is read (none follows here).
+        for (t, len) in [
+            (frame_type::HELLO, MAX_JSON_PAYLOAD + 1),
+            (frame_type::WELCOME, MAX_FRAME_PAYLOAD),
+            (frame_type::ERROR, 1 << 20),
+            (frame_type::ACK, 9),
+            (frame_type::ACK, 0),
+        ] {
+            let wire = encode_header(t, len, 0);
+            let mut payload = Vec::new();
+            match read_frame_raw(&mut &wire[..], &mut payload) {
+                Err(ProtoError::Malformed { kind, .. }) => {
+                    assert_eq!(kind, frame_type_name(t))
+                }
+                r => panic!("type {t} len {len}: {r:?}"),
+            }
+            assert_eq!(payload.capacity(), 0, "type {t} len {len}");
+        }
+        // At the limit is fine.
+        let body = vec![b' '; MAX_JSON_PAYLOAD];
+        let mut wire = encode_header(frame_type::HELLO, body.len(), crc32c::crc32c(&body)).to_vec();
+        wire.extend_from_slice(&body);
+        let mut payload = Vec::new();
+        assert_eq!(
+            read_frame_raw(&mut &wire[..], &mut payload).unwrap(),
+            frame_type::HELLO
+        );
+    }
+
+    #[test]
+    fn payload_buffer_is_reused() {
+        let big = Frame::Records(build_record(RTB_OP_WRITE, 0, 1, 0, 4096, 0, &[5; 4096]));
+        let small = Frame::Records(build_record(RTB_OP_WRITE, 0, 2, 0, 3, 0, b"abc"));
+        let mut wire = encode_frame(&big).unwrap();
+        wire.extend(encode_frame(&small).unwrap());
+        let mut r = &wire[..];
+        let mut payload = Vec::new();
+        read_frame_raw(&mut r, &mut payload).unwrap();
+        let (cap, ptr) = (payload.capacity(), payload.as_ptr());
+        read_frame_raw(&mut r, &mut payload).unwrap();
+        assert_eq!((payload.capacity(), payload.as_ptr()), (cap, ptr));
+        assert_eq!(decode_frame(frame_type::RECORDS, payload).unwrap(), small);
     }
 
     #[test]

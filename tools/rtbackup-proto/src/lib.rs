@@ -12,8 +12,8 @@ pub mod record;
 pub use frame::{
     decode_frame, encode_frame, error_code, frame_type, frame_type_name, read_frame,
     read_frame_raw, read_full, validate_volume_name, write_frame, write_records_frame, ErrorMsg,
-    Frame, Hello, ProtoError, Welcome, FRAME_HEADER_LEN, FRAME_MAGIC, MAX_FRAME_PAYLOAD,
-    PROTOCOL_VERSION,
+    Frame, Hello, ProtoError, Welcome, ACK_PAYLOAD_LEN, FRAME_HEADER_LEN, FRAME_MAGIC,
+    MAX_FRAME_PAYLOAD, MAX_JSON_PAYLOAD, PROTOCOL_VERSION,
 };
 pub use record::{
     append_record, build_record, header_crc, op_name, parse_header, parse_record, records,

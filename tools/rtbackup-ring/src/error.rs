@@ -80,14 +80,17 @@ pub enum RingError {
     #[error("poll on the ring failed: {0}")]
     Poll(nix::errno::Errno),
     /// The kernel reported an error condition on the ring file descriptor
-    /// (e.g. the device was detached).
-    #[error(
-        "the ring was closed by the kernel (poll revents {revents:#x}): was the device detached?"
-    )]
+    /// (`POLLERR` or `POLLNVAL`; a detach is `POLLHUP`,
+    /// [`crate::Wakeup::Detached`]).
+    #[error("poll on the ring reported an error condition (revents {revents:#x})")]
     Hangup {
         /// The poll `revents`.
         revents: i16,
     },
+    /// The device was detached: the in-memory ring takes no more records
+    /// (see [`crate::mem::MemRing::detach`]).
+    #[error("the device was detached: the ring takes no more records")]
+    Detached,
     /// The in-memory ring refused a record (see [`crate::mem::MemRing`]).
     #[error("the ring is full: {need} bytes needed, {free} free")]
     Full {

@@ -118,11 +118,16 @@ impl RingSource for Ring {
             Ok(0) => Ok(Wakeup::Timeout),
             Ok(_) => {
                 let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-                if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
-                {
+                if revents.intersects(PollFlags::POLLERR | PollFlags::POLLNVAL) {
                     return Err(RingError::Hangup {
                         revents: revents.bits(),
                     });
+                }
+                // Detached: the mapping stays valid until the fd is
+                // closed, so what is left can still be sent and
+                // acknowledged.
+                if revents.contains(PollFlags::POLLHUP) || self.view.is_detached() {
+                    return Ok(Wakeup::Detached);
                 }
                 Ok(if revents.contains(PollFlags::POLLIN) {
                     Wakeup::Ready

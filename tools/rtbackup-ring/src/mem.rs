@@ -7,18 +7,22 @@
 //! are written completely before `head` is stored with release ordering,
 //! and never overwrite bytes in `[tail, head)`. Acknowledgements are
 //! checked as the kernel checks them (the end of a record in
-//! `[tail, head]`).
+//! `[tail, head]`). [`MemRing::detach`] ends it as a detach of the device
+//! does: no record is added any more, the control page gets
+//! `RTB_RING_F_DETACHED`, `wait` reports [`Wakeup::Detached`], and the
+//! records left stay readable and can still be acknowledged.
 
 use crate::error::{Result, RingError};
 use crate::memory::{AlignedBytes, SharedMemory};
 use crate::source::{RingSource, Wakeup};
 use crate::view::{
     RingView, MIN_VIEW_DATA_SIZE, OFF_ABI_VERSION, OFF_BLOCK_SIZE, OFF_CAPACITY, OFF_DATA_OFFSET,
-    OFF_DATA_SIZE, OFF_HEAD, OFF_HEAD_SEQ, OFF_MAGIC, OFF_RING_ID, OFF_TAIL, OFF_TAIL_SEQ,
+    OFF_DATA_SIZE, OFF_FLAGS, OFF_HEAD, OFF_HEAD_SEQ, OFF_MAGIC, OFF_RING_ID, OFF_TAIL,
+    OFF_TAIL_SEQ,
 };
 use rtbackup_abi::{
-    record_size, RTB_ABI_VERSION, RTB_OP_PAD, RTB_RECORD_ALIGN, RTB_RING_MAGIC, RTB_RING_MAX_SIZE,
-    RTB_RING_PAGE,
+    record_size, RTB_ABI_VERSION, RTB_OP_PAD, RTB_RECORD_ALIGN, RTB_RING_F_DETACHED,
+    RTB_RING_MAGIC, RTB_RING_MAX_SIZE, RTB_RING_PAGE,
 };
 use rtbackup_proto::build_record;
 use std::cell::UnsafeCell;
@@ -133,7 +137,8 @@ struct State {
     tail_seq: u64,
     /// Records were published since the last wakeup (edge-triggered poll).
     woken: bool,
-    closed: bool,
+    /// The device was detached: no record is added any more.
+    detached: bool,
     acks: Vec<AckCall>,
 }
 
@@ -141,9 +146,10 @@ struct State {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PollMode {
     /// Readable once after each publication (like perf's ring buffer).
-    #[default]
     Edge,
-    /// Readable while records are unacknowledged (`head != tail`).
+    /// Readable while records are unacknowledged (`head != tail`), as the
+    /// kernel's ring is.
+    #[default]
     Level,
 }
 
@@ -208,15 +214,16 @@ impl MemRing {
                 tail: 0,
                 tail_seq: 1,
                 woken: false,
-                closed: false,
+                detached: false,
                 acks: Vec::new(),
             }),
             changed: Condvar::new(),
-            poll_mode: PollMode::Edge,
+            poll_mode: PollMode::Level,
         })
     }
 
-    /// Chooses how `wait` reports readiness (default: [`PollMode::Edge`]).
+    /// Chooses how `wait` reports readiness (default: [`PollMode::Level`],
+    /// as the kernel).
     pub fn with_poll_mode(mut self, mode: PollMode) -> Self {
         self.poll_mode = mode;
         self
@@ -252,6 +259,9 @@ impl MemRing {
     }
 
     fn stage_locked(&self, st: &mut State, record: &[u8]) -> Result<u64> {
+        if st.detached {
+            return Err(RingError::Detached);
+        }
         let size = record.len() as u64;
         assert!(
             size >= RTB_RECORD_ALIGN && size.is_multiple_of(RTB_RECORD_ALIGN),
@@ -343,6 +353,9 @@ impl MemRing {
         let size = record_size(payload.len() as u64);
         let mut st = self.lock();
         while self.room_needed(&st, size) > self.free(&st) {
+            if st.detached {
+                return Err(RingError::Detached);
+            }
             let now = Instant::now();
             if now >= deadline || size > self.view.data_size() {
                 return Err(RingError::Full {
@@ -373,9 +386,20 @@ impl MemRing {
         self.lock().acks.clone()
     }
 
-    /// Makes `wait` fail as when the kernel closes the ring (a detach).
-    pub fn close(&self) {
-        self.lock().closed = true;
+    /// Detaches the device, as the kernel does: publishes what was staged
+    /// (a record in the ring at a detach is complete), sets
+    /// `RTB_RING_F_DETACHED` in the control page (after the last `head`),
+    /// makes `wait` report [`Wakeup::Detached`] and every later (or
+    /// waiting) append fail with [`RingError::Detached`]. The records left
+    /// stay readable and acknowledgements keep working.
+    pub fn detach(&self) {
+        let mut st = self.lock();
+        if st.staged != st.head {
+            self.publish_locked(&mut st);
+        }
+        st.detached = true;
+        self.mem
+            .store_u32(OFF_FLAGS, self.view.flags() | RTB_RING_F_DETACHED);
         self.changed.notify_all();
     }
 
@@ -423,8 +447,9 @@ impl RingSource for MemRing {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
         loop {
-            if st.closed {
-                return Err(RingError::Hangup { revents: 0x10 });
+            if st.detached {
+                // POLLHUP (with POLLIN while records are unacknowledged).
+                return Ok(Wakeup::Detached);
             }
             let ready = match self.poll_mode {
                 PollMode::Edge => std::mem::take(&mut st.woken),

@@ -12,6 +12,10 @@ pub enum Wakeup {
     Ready,
     /// The timeout passed, or a signal interrupted the wait.
     Timeout,
+    /// The device was detached (`POLLHUP`): no record will be published
+    /// any more; those in the ring can still be read and acknowledged
+    /// (see [`crate::RingView::is_detached`]).
+    Detached,
 }
 
 /// A ring as its consumer sees it: the kernel's ([`crate::Ring`]) or one
@@ -36,7 +40,13 @@ pub trait RingSource: Sync {
     /// call on: the producer reuses those bytes.
     unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()>;
 
-    /// Waits up to `timeout` for the producer to publish records.
+    /// Waits up to `timeout` for the ring to become readable, or for the
+    /// device to be detached. How "readable" is decided depends on the
+    /// producer: the kernel's ring is readable while records are
+    /// unacknowledged (`head != tail`, level-triggered), so a consumer that
+    /// waits while its sent records wait for acknowledgement would be woken
+    /// at once, again and again; it should wait this way only when
+    /// `head == tail`.
     fn wait(&self, timeout: Duration) -> Result<Wakeup>;
 
     /// Reports whether the consumer is connected to the server, without

@@ -503,23 +503,86 @@ fn the_ring_fills_up_and_acks_make_room() {
 
 #[test]
 fn wait_reports_publications() {
-    let r = ring(SMALL);
+    let r = ring(SMALL).with_poll_mode(PollMode::Edge);
     assert_eq!(r.wait(Duration::from_millis(1)).unwrap(), Wakeup::Timeout);
     write(&r, 1);
     assert_eq!(r.wait(Duration::ZERO).unwrap(), Wakeup::Ready);
     // Edge-triggered: once per publication.
     assert_eq!(r.wait(Duration::from_millis(1)).unwrap(), Wakeup::Timeout);
-    let r = ring(SMALL).with_poll_mode(PollMode::Level);
+    // Level-triggered, as the kernel (and the default).
+    let r = ring(SMALL);
+    assert_eq!(r.wait(Duration::from_millis(1)).unwrap(), Wakeup::Timeout);
     write(&r, 1);
     assert_eq!(r.wait(Duration::ZERO).unwrap(), Wakeup::Ready);
     assert_eq!(r.wait(Duration::ZERO).unwrap(), Wakeup::Ready);
     ack(&r, 1, true).unwrap();
     assert_eq!(r.wait(Duration::from_millis(1)).unwrap(), Wakeup::Timeout);
-    r.close();
+    assert!(!r.view().is_detached());
+    r.detach();
+    assert_eq!(r.wait(Duration::ZERO).unwrap(), Wakeup::Detached);
+}
+
+#[test]
+fn a_detached_ring_keeps_its_records_readable_and_acknowledgeable() {
+    let r = ring(SMALL);
+    write(&r, 100);
+    write(&r, 200);
+    // Staged but not yet published: a detach publishes it (the kernel
+    // adds no record after a detach, but those it has are complete).
+    let seq = r.next_seq();
+    r.stage_record(RTB_OP_WRITE, 0, seq * 8, 10, &payload(seq, 10))
+        .unwrap();
+    assert_eq!(r.view().head_seq(), 3);
+    assert_eq!(r.view().flags(), 0);
+    r.detach();
+    let v = r.view();
+    assert!(v.is_detached());
+    assert_eq!(v.flags(), rtbackup_abi::RTB_RING_F_DETACHED);
+    assert_eq!(v.head_seq(), 4);
+    // Readable, level-triggered, with the hangup.
+    assert_eq!(r.wait(Duration::ZERO).unwrap(), Wakeup::Detached);
+    assert_eq!(
+        contents(v, v.tail_cursor(), 1 << 20)
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    // No record is added any more.
     assert!(matches!(
-        r.wait(Duration::ZERO),
-        Err(RingError::Hangup { .. })
+        r.append(RTB_OP_WRITE, 0, 0, 1, &[1]),
+        Err(RingError::Detached)
     ));
+    assert!(matches!(
+        r.append_wait(RTB_OP_FLUSH, 0, 0, 0, &[], Duration::from_millis(1)),
+        Err(RingError::Detached)
+    ));
+    assert_eq!(v.head_seq(), 4);
+    // Acknowledgements still work.
+    ack(&r, 3, false).unwrap();
+    assert_eq!(v.tail(), v.head());
+    assert_eq!(r.wait(Duration::ZERO).unwrap(), Wakeup::Detached);
+}
+
+#[test]
+fn a_writer_waiting_for_room_fails_on_detach() {
+    let r = ring(SMALL);
+    while r.append(RTB_OP_WRITE, 0, 0, 1000, &[7; 1000]).is_ok() {}
+    std::thread::scope(|s| {
+        let w = s.spawn(|| {
+            r.append_wait(
+                RTB_OP_WRITE,
+                0,
+                0,
+                1000,
+                &[7; 1000],
+                Duration::from_secs(30),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        r.detach();
+        assert!(matches!(w.join().unwrap(), Err(RingError::Detached)));
+    });
 }
 
 #[test]

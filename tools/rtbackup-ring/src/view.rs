@@ -7,8 +7,8 @@
 use crate::error::{Result, RingError};
 use crate::memory::SharedMemory;
 use rtbackup_abi::{
-    RtbRingHeader, RTB_ABI_VERSION, RTB_OP_PAD, RTB_RECORD_ALIGN, RTB_RING_MAGIC,
-    RTB_RING_MAX_SIZE, RTB_RING_PAGE,
+    RtbRingHeader, RTB_ABI_VERSION, RTB_OP_PAD, RTB_RECORD_ALIGN, RTB_RING_F_DETACHED,
+    RTB_RING_MAGIC, RTB_RING_MAX_SIZE, RTB_RING_PAGE,
 };
 use rtbackup_proto::{parse_header, RecordError, RecordRef, RECORD_HEADER_LEN};
 use std::mem::offset_of;
@@ -30,6 +30,7 @@ pub(crate) const OFF_TAIL: usize = offset_of!(RtbRingHeader, tail);
 pub(crate) const OFF_HEAD_SEQ: usize = offset_of!(RtbRingHeader, head_seq);
 pub(crate) const OFF_TAIL_SEQ: usize = offset_of!(RtbRingHeader, tail_seq);
 pub(crate) const OFF_BLOCK_SIZE: usize = offset_of!(RtbRingHeader, logical_block_size);
+pub(crate) const OFF_FLAGS: usize = offset_of!(RtbRingHeader, flags);
 
 const HEADER_LEN: usize = std::mem::size_of::<RtbRingHeader>();
 const PAGE: usize = RTB_RING_PAGE as usize;
@@ -50,10 +51,15 @@ fn load_u64<M: SharedMemory + ?Sized>(mem: &M, off: usize, order: Ordering) -> u
 
 /// Atomic load of the `u32` at byte `off` of the control page.
 fn load_u32<M: SharedMemory + ?Sized>(mem: &M, off: usize) -> u32 {
+    load_u32_ordered(mem, off, Ordering::Relaxed)
+}
+
+/// Atomic load of the `u32` at byte `off` of the control page, with `order`.
+fn load_u32_ordered<M: SharedMemory + ?Sized>(mem: &M, off: usize, order: Ordering) -> u32 {
     assert!(off.is_multiple_of(4) && off + 4 <= HEADER_LEN && HEADER_LEN <= mem.len());
     // SAFETY: as in `load_u64`.
     let a = unsafe { AtomicU32::from_ptr(mem.as_ptr().add(off).cast_mut().cast::<u32>()) };
-    a.load(Ordering::Relaxed)
+    a.load(order)
 }
 
 /// The fixed facts of a ring, from its control page.
@@ -315,6 +321,20 @@ impl<M: SharedMemory> RingView<M> {
     /// Sequence number of the first record not acknowledged.
     pub fn tail_seq(&self) -> u64 {
         load_u64(&self.mem, OFF_TAIL_SEQ, Ordering::Acquire)
+    }
+
+    /// The control page's `RTB_RING_F_*` bits (acquire).
+    pub fn flags(&self) -> u32 {
+        load_u32_ordered(&self.mem, OFF_FLAGS, Ordering::Acquire)
+    }
+
+    /// Whether the device was detached ([`RTB_RING_F_DETACHED`]): no record
+    /// will be published any more. The producer sets the flag after its
+    /// last record was published, so a [`Self::head`] loaded after this
+    /// returned `true` is final. The records in `[tail, head)` stay
+    /// readable and can still be acknowledged.
+    pub fn is_detached(&self) -> bool {
+        self.flags() & RTB_RING_F_DETACHED != 0
     }
 
     /// The consumer position and its seq. Both change only when the

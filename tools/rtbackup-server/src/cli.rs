@@ -45,6 +45,10 @@ pub enum Command {
         /// Start a new journal segment after this many MiB.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         segment_mib: u64,
+        /// Connections served at once; more are refused (ERROR
+        /// too-many-connections) until some end.
+        #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
+        max_connections: usize,
     },
     /// Write the latest consistent image of a volume to a file or block
     /// device (safe while a server runs on the store).
@@ -122,6 +126,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             store,
             listen,
             segment_mib,
+            max_connections,
         } => {
             let opts = VolumeOptions {
                 segment_bytes: segment_mib << 20,
@@ -131,7 +136,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 Arc::new(LocalDirStore::new(store.join("sealed"))),
                 opts,
             )?;
-            let server = Server::bind(st, &listen_addr(&listen))?;
+            let server = Server::bind(st, &listen_addr(&listen))?.max_connections(max_connections);
             let addr = server.local_addr()?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

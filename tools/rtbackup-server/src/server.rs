@@ -1,9 +1,9 @@
 //! The TCP server: one thread per connection, one committer per connection
 //! doing group commits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,36 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 const SOCKET_BUF: usize = 1 << 20;
 /// How often an idle committer retries a deferred apply.
 const APPLY_RETRY: Duration = Duration::from_secs(1);
+/// TCP keepalive: idle time before the first probe, interval between
+/// probes, and probes unanswered before the connection is dropped. With
+/// [`USER_TIMEOUT`] they end half-open connections (a client host that
+/// vanished) in well under a minute, releasing their volume.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+/// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged.
+const USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a write to a peer may block (an ACK to an agent that does not
+/// read): the connection is then ended.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// Sets the options of an accepted connection: no Nagle delay, keepalive,
+/// user timeout and a write timeout.
+pub fn configure_socket(conn: &TcpStream) -> std::io::Result<()> {
+    conn.set_nodelay(true)?;
+    conn.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let s = socket2::SockRef::from(conn);
+    s.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    s.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
+    Ok(())
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -40,13 +70,20 @@ struct Shared {
     store: Store,
     /// Volumes open for ingest, kept open between connections.
     volumes: Mutex<HashMap<String, Arc<Volume>>>,
-    /// Volumes a connection is streaming now.
-    busy: Mutex<HashSet<String>>,
+    /// Volumes a connection is streaming now: ring and connection id.
+    busy: Mutex<HashMap<String, Busy>>,
     /// Sockets of live connections, to end their reads on shutdown.
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
     /// The server is shutting down: reads were ended on purpose.
     stopping: AtomicBool,
+}
+
+/// Who streams a busy volume.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    ring_id: u64,
+    conn: u64,
 }
 
 /// Removes a volume from the busy set when dropped.
@@ -77,6 +114,7 @@ impl Drop for Registered<'_> {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
+    max_connections: usize,
     _store_lock: Flock<std::fs::File>,
 }
 
@@ -105,13 +143,21 @@ impl Server {
             shared: Arc::new(Shared {
                 store,
                 volumes: Mutex::new(HashMap::new()),
-                busy: Mutex::new(HashSet::new()),
+                busy: Mutex::new(HashMap::new()),
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 stopping: AtomicBool::new(false),
             }),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             _store_lock: store_lock,
         })
+    }
+
+    /// Sets how many connections are served at once (at least 1); more are
+    /// refused with ERROR `too-many-connections`.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
     }
 
     /// The address the server listens on.
@@ -129,7 +175,16 @@ impl Server {
                 Ok(0) => {}
                 Ok(_) => match self.listener.accept() {
                     Ok((conn, peer)) => {
+                        if let Err(e) = configure_socket(&conn) {
+                            warn!(%peer, "cannot set socket options: {e}");
+                        }
                         let shared = Arc::clone(&self.shared);
+                        let live = lock(&shared.conns).len();
+                        if live >= self.max_connections {
+                            warn!(%peer, live, "too many connections; refusing");
+                            refuse(conn);
+                            continue;
+                        }
                         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
                         match conn.try_clone() {
                             Ok(c) => {
@@ -150,7 +205,7 @@ impl Server {
                                         shared: &shared,
                                         id,
                                     };
-                                    connection(&shared, conn, peer);
+                                    connection(&shared, conn, peer, id);
                                 });
                         match t {
                             Ok(t) => threads.push(t),
@@ -173,6 +228,22 @@ impl Server {
             let _ = t.join();
         }
         Ok(())
+    }
+}
+
+/// Refuses a connection over the limit: ERROR `too-many-connections`,
+/// without blocking the accept loop.
+fn refuse(conn: TcpStream) {
+    let msg = "the server has as many connections as it accepts (--max-connections); retry later";
+    let w = Mutex::new(conn);
+    send_error(&w, error_code::TOO_MANY_CONNECTIONS, msg);
+    let s = w.into_inner().unwrap_or_else(|p| p.into_inner());
+    let _ = s.shutdown(Shutdown::Write);
+    // Read what already arrived (a HELLO), so that closing does not reset
+    // the connection before the peer reads the ERROR.
+    if s.set_nonblocking(true).is_ok() {
+        let mut buf = [0u8; 8192];
+        while matches!((&s).read(&mut buf), Ok(1..)) {}
     }
 }
 
@@ -214,6 +285,9 @@ struct SessionError {
     message: String,
     /// Tell the peer (false when the connection is already broken).
     send: bool,
+    /// The store failed: drop the open volume, so that the next connection
+    /// reopens (and recovers) it. Never for socket errors or bad input.
+    evict: bool,
 }
 
 impl From<ProtoError> for SessionError {
@@ -223,6 +297,7 @@ impl From<ProtoError> for SessionError {
             code: e.code(),
             message: e.to_string(),
             send,
+            evict: false,
         }
     }
 }
@@ -233,6 +308,7 @@ impl From<StoreError> for SessionError {
             code: e.code(),
             message: e.to_string(),
             send: true,
+            evict: e.is_internal(),
         }
     }
 }
@@ -242,11 +318,11 @@ fn session_error(code: &'static str, message: impl Into<String>) -> SessionError
         code,
         message: message.into(),
         send: true,
+        evict: false,
     }
 }
 
-fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr) {
-    let _ = conn.set_nodelay(true);
+fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr, id: u64) {
     let writer = match conn.try_clone() {
         Ok(w) => Mutex::new(w),
         Err(e) => {
@@ -255,7 +331,7 @@ fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr) {
         }
     };
     let mut volume = String::new();
-    match session(shared, conn, &writer, peer, &mut volume) {
+    match session(shared, conn, &writer, peer, id, &mut volume) {
         Ok(End::Closed) => info!(%peer, volume, "connection closed by the agent"),
         Ok(End::Shutdown) => info!(%peer, volume, "connection ended: server shutdown"),
         Err(e) => {
@@ -295,12 +371,14 @@ fn session(
     conn: TcpStream,
     writer: &Mutex<TcpStream>,
     peer: SocketAddr,
+    conn_id: u64,
     volume_name: &mut String,
 ) -> Result<End, SessionError> {
     conn.set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(ProtoError::from)?;
-    let mut reader = BufReader::with_capacity(SOCKET_BUF, conn);
-    let hello = match read_frame(&mut reader) {
+    // HELLO is read unbuffered (exactly its bytes; its size is capped by the
+    // codec): nothing large is allocated for a peer before its handshake.
+    let hello = match read_frame(&mut &conn) {
         Ok(Frame::Hello(h)) => h,
         Ok(f) => {
             return Err(session_error(
@@ -324,21 +402,38 @@ fn session(
     volume_name.clone_from(&hello.volume);
     let _busy = {
         let mut busy = lock(&shared.busy);
-        if !busy.insert(hello.volume.clone()) {
-            return Err(session_error(
-                error_code::VOLUME_BUSY,
-                format!(
-                    "volume {} is being streamed by another connection",
-                    hello.volume
-                ),
-            ));
+        if let Some(b) = busy.get(&hello.volume).copied() {
+            let mut message = format!(
+                "volume {} is being streamed by another connection",
+                hello.volume
+            );
+            if b.ring_id == hello.ring_id {
+                // The same attach reconnecting: its old connection is dead
+                // or half-open. End it, so that it releases the volume
+                // promptly; the agent retries with backoff.
+                if let Some(old) = lock(&shared.conns).get(&b.conn) {
+                    let _ = old.shutdown(Shutdown::Both);
+                }
+                info!(%peer, volume = hello.volume, old_connection = b.conn,
+                    "the same ring reconnected: ending its previous connection");
+                message.push_str(" of the same ring, which is being ended; retry");
+            }
+            return Err(session_error(error_code::VOLUME_BUSY, message));
         }
+        busy.insert(
+            hello.volume.clone(),
+            Busy {
+                ring_id: hello.ring_id,
+                conn: conn_id,
+            },
+        );
         BusyGuard {
             shared,
             volume: hello.volume.clone(),
         }
     };
     let vol = get_volume(shared, &hello)?;
+    vol.check_ring(hello.ring_id)?;
     let durable_seq = vol.durable_seq_for(hello.ring_id);
     info!(
         %peer, volume = hello.volume, client = hello.client, agent = hello.agent_version,
@@ -356,15 +451,18 @@ fn session(
         write_frame(&mut *w, &welcome)?;
         w.flush().map_err(ProtoError::from)?;
     }
-    reader
-        .get_ref()
-        .set_read_timeout(None)
-        .map_err(ProtoError::from)?;
+    // No read timeout while streaming (an idle agent is fine); a dead peer
+    // is detected by keepalive and the user timeout.
+    conn.set_read_timeout(None).map_err(ProtoError::from)?;
+    let mut reader = BufReader::with_capacity(SOCKET_BUF, conn);
 
     let commit = Committer::new();
     let applier = Applier::new();
     let result = thread::scope(|s| {
         let (c, a, v) = (&commit, &applier, &vol);
+        // Stops both threads however this closure ends (a panic included),
+        // so that the scope's join cannot wait forever.
+        let _stop = StopOnDrop(&commit, &applier);
         let committer = s.spawn(move || c.run(v, hello.ring_id, writer, peer, a));
         s.spawn(move || a.run(v));
         let r = receive(&mut reader, &vol, hello.ring_id, &commit);
@@ -387,13 +485,45 @@ fn session(
         }
     });
     if let Err(e) = &result {
-        if e.code == error_code::INTERNAL {
+        if e.evict {
             // The volume may be poisoned (a failed write or fsync): the
             // next connection reopens and recovers it.
             lock(&shared.volumes).remove(&hello.volume);
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn accepted_sockets_detect_dead_peers() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        configure_socket(&s).unwrap();
+        let r = socket2::SockRef::from(&s);
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(r.keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(r.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(r.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+        assert_eq!(s.write_timeout().unwrap(), Some(WRITE_TIMEOUT));
+        assert!(s.nodelay().unwrap());
+    }
+}
+
+/// Stops the committer and the applier when dropped.
+struct StopOnDrop<'a>(&'a Committer, &'a Applier);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+        self.1.stop();
+    }
 }
 
 /// Reads RECORDS frames and appends them until the peer closes.
@@ -434,6 +564,7 @@ fn receive(
                     code: error_code::PROTOCOL,
                     message: format!("agent sent an error: {f:?}"),
                     send: false,
+                    evict: false,
                 });
             }
             t => {
@@ -493,7 +624,15 @@ impl Committer {
         peer: SocketAddr,
         applier: &Applier,
     ) -> Result<(), SessionError> {
-        let r = self.run_inner(vol, ring_id, writer, peer, applier);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.run_inner(vol, ring_id, writer, peer, applier)
+        }))
+        .unwrap_or_else(|_| {
+            Err(session_error(
+                error_code::INTERNAL,
+                "committer thread panicked",
+            ))
+        });
         if r.is_err() {
             lock(&self.state).failed = true;
             // Wake the reader blocked on the socket.
@@ -511,6 +650,10 @@ impl Committer {
         applier: &Applier,
     ) -> Result<(), SessionError> {
         let mut acked = vol.durable_seq_for(ring_id);
+        // The connection cannot take ACKs any more (a write failed or timed
+        // out, perhaps in the middle of a frame): the connection is being
+        // ended; the records are still synced.
+        let mut broken = false;
         loop {
             let stop = {
                 let mut st = lock(&self.state);
@@ -521,16 +664,21 @@ impl Committer {
                 st.stop
             };
             let (r, seq) = vol.sync()?;
-            if r == ring_id && seq > acked {
+            if r == ring_id && seq > acked && !broken {
                 let mut w = lock(writer);
-                // A failed ACK (peer gone) is not an error of the store:
-                // the records are durable and the agent resends after
-                // reconnecting.
+                // A failed ACK (peer gone, or not reading for the write
+                // timeout) is not an error of the store: the records are
+                // durable and the agent resends after reconnecting. The
+                // connection is ended (the reader sees it closed).
                 match write_frame(&mut *w, &Frame::Ack(seq))
                     .and_then(|()| w.flush().map_err(ProtoError::from))
                 {
                     Ok(()) => acked = seq,
-                    Err(e) => debug!(%peer, "cannot send ACK {seq}: {e}"),
+                    Err(e) => {
+                        info!(%peer, volume = vol.name(), "cannot send ACK {seq}: {e}; ending the connection");
+                        let _ = w.shutdown(Shutdown::Both);
+                        broken = true;
+                    }
                 }
             }
             applier.want();
@@ -575,6 +723,16 @@ impl Applier {
     /// Applies when asked, and retries every [`APPLY_RETRY`] while a
     /// restore defers it. Makes a last attempt when stopped.
     fn run(&self, vol: &Volume) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(vol)));
+        if r.is_err() {
+            error!(
+                volume = vol.name(),
+                "applier thread panicked; the image advances on the next connection"
+            );
+        }
+    }
+
+    fn run_inner(&self, vol: &Volume) {
         // A restarted server may have durable records to apply.
         let mut retry = true;
         loop {

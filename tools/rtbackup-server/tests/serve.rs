@@ -27,6 +27,10 @@ struct ServerProc {
 
 impl ServerProc {
     fn start(store: &Path) -> Self {
+        Self::start_with(store, &[])
+    }
+
+    fn start_with(store: &Path, extra: &[&str]) -> Self {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -36,6 +40,7 @@ impl ServerProc {
             .args(["--log-level", "debug", "serve", "--store"])
             .arg(store)
             .args(["--listen", "127.0.0.1:0", "--segment-mib", "1"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -357,9 +362,11 @@ fn two_volumes_at_once_and_busy() {
     b.random(400);
     let (mut ca, _) = Client::connect(&srv.addr, &hello("a", SIZE, 1)).unwrap();
     let (mut cb, _) = Client::connect(&srv.addr, &hello("b", SIZE, 2)).unwrap();
-    // A second connection for a busy volume is refused.
+    // A second connection for a busy volume is refused (another ring: the
+    // same ring would end the first connection, see
+    // `same_ring_reconnecting_ends_its_half_open_connection`).
     let mut s = TcpStream::connect(&srv.addr).unwrap();
-    write_frame(&mut s, &Frame::Hello(hello("a", SIZE, 1))).unwrap();
+    write_frame(&mut s, &Frame::Hello(hello("a", SIZE, 99))).unwrap();
     match read_frame(&mut s).unwrap() {
         Frame::Error(e) => assert_eq!(e.code, "volume-busy"),
         f => panic!("unexpected {f:?}"),
@@ -550,4 +557,120 @@ fn bad_input_closes_only_that_connection_and_stores_nothing() {
         log.contains("seq-gap") || log.contains("sequence gap"),
         "{log}"
     );
+}
+
+#[test]
+fn same_ring_reconnecting_ends_its_half_open_connection() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+    let mut st = Stream::new(11);
+    st.random(50);
+    let h = hello("ho", SIZE, 77);
+    let (mut old, _) = Client::connect(&srv.addr, &h).unwrap();
+    send_all(&mut old, &st.recs, 0, 20);
+    assert_eq!(old.wait_ack(20), 20);
+    // The old connection goes silent (its host vanished, say) but is never
+    // closed. The same ring reconnects: after a volume-busy or two (the
+    // old connection being ended) it gets in.
+    let t = Instant::now();
+    let (mut c, w) = Client::connect(&srv.addr, &h).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert_eq!(w.durable_seq, 20);
+    // The old connection was ended by the server.
+    old.s
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(old.expect_error().is_none());
+    send_all(&mut c, &st.recs, 20, 50);
+    assert_eq!(c.wait_ack(50), 50);
+    drop(c);
+    // A connection of another ring does not end the current one.
+    let (mut c, _) = Client::connect(&srv.addr, &h).unwrap();
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    write_frame(&mut s, &Frame::Hello(hello("ho", SIZE, 78))).unwrap();
+    match read_frame(&mut s).unwrap() {
+        Frame::Error(e) => assert_eq!(e.code, "volume-busy"),
+        f => panic!("unexpected {f:?}"),
+    }
+    let mut more = Stream::new(12);
+    more.recs = st.recs.clone();
+    more.flush();
+    c.send(&more.recs[50..51]).unwrap();
+    assert_eq!(c.wait_ack(51), 51);
+    assert!(srv.log().contains("ending its previous connection"));
+}
+
+#[test]
+fn stale_ring_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let mut srv = ServerProc::start(&store);
+    let mut st = Stream::new(13);
+    st.random(10);
+    for ring in [1u64, 2] {
+        let (mut c, w) = Client::connect(&srv.addr, &hello("sr", SIZE, ring)).unwrap();
+        assert_eq!(w.durable_seq, 0);
+        send_all(&mut c, &st.recs, 0, 10);
+        assert_eq!(c.wait_ack(10), 10);
+    }
+    let e = Client::connect(&srv.addr, &hello("sr", SIZE, 1)).unwrap_err();
+    assert_eq!(e.code, "stale-ring", "{e:?}");
+    // Also after a restart, and the current ring still works.
+    srv.signal(nix::sys::signal::Signal::SIGTERM);
+    let srv = ServerProc::start(&store);
+    let e = Client::connect(&srv.addr, &hello("sr", SIZE, 1)).unwrap_err();
+    assert_eq!(e.code, "stale-ring", "{e:?}");
+    let (_, w) = Client::connect(&srv.addr, &hello("sr", SIZE, 2)).unwrap();
+    assert_eq!(w.durable_seq, 10);
+}
+
+#[test]
+fn seq_overflow_is_bad_input_not_a_hang() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+    let (mut c, _) = Client::connect(&srv.addr, &hello("ov", SIZE, 5)).unwrap();
+    let recs = vec![
+        build_record(RTB_OP_FLUSH, 0, u64::MAX, 0, 0, 0, &[]),
+        build_record(RTB_OP_FLUSH, 0, 1, 0, 0, 0, &[]),
+    ];
+    c.send(&recs).unwrap();
+    c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let e = c.expect_error().expect("an ERROR frame");
+    assert_eq!(e.code, "bad-record", "{e:?}");
+    // The volume is still usable.
+    let (mut c, w) = Client::connect(&srv.addr, &hello("ov", SIZE, 5)).unwrap();
+    assert_eq!(w.durable_seq, 0);
+    c.send(&recs[1..]).unwrap();
+    assert_eq!(c.wait_ack(1), 1);
+}
+
+#[test]
+fn connections_over_the_limit_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start_with(&store, &["--max-connections", "2"]);
+    let (_a, _) = Client::connect(&srv.addr, &hello("m1", SIZE, 1)).unwrap();
+    // Connected, no HELLO yet: counts too.
+    let _b = TcpStream::connect(&srv.addr).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    match read_frame(&mut s).unwrap() {
+        Frame::Error(e) => assert_eq!(e.code, "too-many-connections", "{e:?}"),
+        f => panic!("unexpected {f:?}"),
+    }
+    drop(_b);
+    // Once one ends, a new one is served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(&srv.addr, &hello("m2", SIZE, 2)) {
+            Ok(_) => break,
+            Err(e) if e.code == "too-many-connections" && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
 }

@@ -105,6 +105,29 @@ pub enum StoreError {
     /// state; the volume must be reopened.
     #[error("volume {0:?} is unusable after an earlier write error; reopen it")]
     Poisoned(String),
+    /// An fsync of the volume failed earlier in this process. The kernel may
+    /// have dropped the unwritten pages (and reports the error only once),
+    /// so the page cache no longer tells what is on disk: the volume cannot
+    /// be opened again by this process.
+    #[error(
+        "volume {0:?}: an fsync failed earlier in this process, so what is on disk is unknown; \
+         check the disk and restart the server to recover the volume"
+    )]
+    FsyncFailed(String),
+    /// The volume lock is held (by a restore or a status scan) for longer
+    /// than opening waits.
+    #[error("volume {0:?} is locked by a restore or another reader; try again later")]
+    Locked(String),
+    /// A record of a ring this volume has already seen end.
+    #[error("ring {ring_id:#x} of volume {volume:?} has ended (the volume has moved on to ring {current:#x}); an older attach cannot stream into it")]
+    StaleRing {
+        /// The volume.
+        volume: String,
+        /// The ring refused.
+        ring_id: u64,
+        /// The volume's current ring.
+        current: u64,
+    },
 }
 
 impl StoreError {
@@ -117,7 +140,8 @@ impl StoreError {
             StoreError::BadVolumeName { .. } => error_code::BAD_VOLUME,
             StoreError::BadParameters(_) => error_code::PROTOCOL,
             StoreError::SizeMismatch { .. } => error_code::SIZE_MISMATCH,
-            StoreError::Busy(_) => error_code::VOLUME_BUSY,
+            StoreError::Busy(_) | StoreError::Locked(_) => error_code::VOLUME_BUSY,
+            StoreError::StaleRing { .. } => error_code::STALE_RING,
             _ => error_code::INTERNAL,
         }
     }
@@ -134,7 +158,20 @@ impl StoreError {
                 | StoreError::BadVolumeName { .. }
                 | StoreError::BadParameters(_)
                 | StoreError::SizeMismatch { .. }
+                | StoreError::StaleRing { .. }
         )
+    }
+
+    /// Whether the error is the store's own failure (I/O on the store,
+    /// corruption, a poisoned volume): an open volume that reported it
+    /// should be dropped and recovered by the next open. Errors about the
+    /// peer's input and contention (busy, locked) are not.
+    pub fn is_internal(&self) -> bool {
+        !self.is_bad_input()
+            && !matches!(
+                self,
+                StoreError::Busy(_) | StoreError::Locked(_) | StoreError::NoSuchVolume(_)
+            )
     }
 }
 

@@ -41,8 +41,13 @@ impl<'a> Target<'a> {
             let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
             match fallocate(self.file.as_raw_fd(), flags, off as i64, len as i64) {
                 Ok(()) => return Ok(()),
-                Err(Errno::EOPNOTSUPP) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) if punch_error_is_fatal(e) => return Err(e.into()),
+                Err(e) => {
+                    // Not supported here (EOPNOTSUPP, ENOSYS, EINVAL, ...):
+                    // write zeroes, and stop trying for this target.
+                    tracing::debug!("cannot punch holes ({e}); writing zeroes instead");
+                    self.sparse = false;
+                }
             }
         }
         if self.zeroes.is_empty() {
@@ -66,6 +71,12 @@ impl<'a> Target<'a> {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether a failed hole punch is an error of the storage (EIO, ENOSPC)
+/// rather than a lack of support, after which zeroes are written instead.
+fn punch_error_is_fatal(e: Errno) -> bool {
+    matches!(e, Errno::EIO | Errno::ENOSPC)
 }
 
 /// The next data region of `f` at or after `pos` and before `size`, using
@@ -165,6 +176,21 @@ mod tests {
             let a = std::fs::read(d.path().join("src")).unwrap();
             let b = std::fs::read(d.path().join("dst")).unwrap();
             assert!(a == b, "zeroed={zeroed}");
+        }
+    }
+
+    #[test]
+    fn only_io_errors_of_hole_punching_are_fatal() {
+        for e in [Errno::EIO, Errno::ENOSPC] {
+            assert!(punch_error_is_fatal(e), "{e}");
+        }
+        for e in [
+            Errno::EINVAL,
+            Errno::ENOSYS,
+            Errno::EOPNOTSUPP,
+            Errno::ENODEV,
+        ] {
+            assert!(!punch_error_is_fatal(e), "{e}");
         }
     }
 

@@ -95,7 +95,7 @@ impl Store {
     ) -> Result<Self> {
         let root = root.into();
         let vols = root.join(VOLUMES_DIR);
-        fs::create_dir_all(&vols).ctx(|| format!("creating {}", vols.display()))?;
+        segment::create_dir_all_durable(&vols).ctx(|| format!("creating {}", vols.display()))?;
         Ok(Self {
             root,
             segments,
@@ -209,6 +209,7 @@ impl Store {
             ring_id: 0,
             durable_seq: 0,
             checkpoint: start,
+            rings: Vec::new(),
             created_ns: now,
             updated_ns: now,
         };
@@ -354,6 +355,11 @@ impl Store {
             })?;
         }
         out.sync_all().ctx(octx)?;
+        if !is_blockdev {
+            // The output's directory entry (it may have been created).
+            let parent = output.parent().unwrap_or(Path::new(""));
+            segment::sync_dir(parent).ctx(|| format!("syncing {}", parent.display()))?;
+        }
         Ok(RestoreReport {
             volume: name.to_owned(),
             ring_id: target.ring_id,

@@ -153,13 +153,60 @@ impl LocalDirStore {
 
 /// fsyncs a directory, making renames and creations in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    fail_point(dir)?;
     File::open(dir)?.sync_all()
+}
+
+/// `fdatasync` of `f`, the file at `path` (for the tests' fault injection).
+pub(crate) fn sync_data(f: &File, path: &Path) -> io::Result<()> {
+    fail_point(path)?;
+    f.sync_data()
+}
+
+/// Tests make fsyncs of paths under these fail with EIO.
+#[cfg(test)]
+pub(crate) static FAIL_FSYNC_UNDER: std::sync::Mutex<Vec<PathBuf>> =
+    std::sync::Mutex::new(Vec::new());
+
+#[cfg(test)]
+fn fail_point(path: &Path) -> io::Result<()> {
+    let under = FAIL_FSYNC_UNDER.lock().unwrap_or_else(|p| p.into_inner());
+    if under.iter().any(|p| path.starts_with(p)) {
+        return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+fn fail_point(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents, fsyncing the parent of each
+/// directory created so that the creation is durable.
+pub(crate) fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new(""));
+    create_dir_all_durable(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        // Created concurrently: its creator syncs the parent.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 impl SegmentStore for LocalDirStore {
     fn put(&self, volume: &str, id: u64, local: &Path) -> io::Result<()> {
         let dir = self.dir(volume);
-        fs::create_dir_all(&dir)?;
+        create_dir_all_durable(&dir)?;
         let dst = self.path(volume, id);
         match fs::rename(local, &dst) {
             Ok(()) => {}
@@ -219,17 +266,58 @@ impl SegmentStore for LocalDirStore {
     }
 }
 
-/// Writes a new segment file with its header and makes it durable.
-pub(crate) fn create_segment(path: &Path, header: &SegmentHeader) -> io::Result<File> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    f.write_all(&header.encode())?;
-    f.sync_all()?;
+/// Why [`create_segment`] failed.
+#[derive(Debug)]
+pub(crate) struct CreateSegmentError {
+    /// An fsync failed (rather than creating, writing or renaming).
+    pub(crate) fsync: bool,
+    pub(crate) error: io::Error,
+}
+
+/// Name of the temporary file a segment is made in (not a segment name).
+pub(crate) fn segment_temp_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".tmp");
+    PathBuf::from(p)
+}
+
+/// Writes a new segment file with its header and makes it durable: the
+/// header goes into a temporary file, which is fsynced and renamed into
+/// place, and the directory is fsynced. A crash leaves either no segment or
+/// a complete header; a failure leaves no file under the segment's name,
+/// and a file left under it (by a failure after the rename) is replaced.
+pub(crate) fn create_segment(
+    path: &Path,
+    header: &SegmentHeader,
+) -> Result<File, CreateSegmentError> {
+    let io = |error| CreateSegmentError {
+        fsync: false,
+        error,
+    };
+    let sync = |error| CreateSegmentError { fsync: true, error };
+    let tmp = segment_temp_path(path);
+    let made = (|| {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(&header.encode()).map_err(io)?;
+        fail_point(&tmp).and_then(|()| f.sync_all()).map_err(sync)?;
+        fs::rename(&tmp, path).map_err(io)?;
+        Ok(f)
+    })();
+    let f = match made {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+        sync_dir(dir).map_err(sync)?;
     }
     Ok(f)
 }
@@ -279,13 +367,15 @@ impl SegmentReader {
             offset: start,
             error,
         };
+        // Reads go into the reused buffer's capacity (no zero fill).
         self.buf.clear();
-        self.buf.resize(RECORD_HEADER_LEN, 0);
-        let got = read_full(&mut self.reader, &mut self.buf).map_err(ReadStop::Io)?;
+        let got = (&mut self.reader)
+            .take(RECORD_HEADER_LEN as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(ReadStop::Io)?;
         if got == 0 {
             return Err(ReadStop::End);
         }
-        self.buf.truncate(got);
         let header = parse_header(&self.buf).map_err(invalid)?;
         let size = header.size as usize;
         if size > MAX_FRAME_PAYLOAD {
@@ -294,10 +384,13 @@ impl SegmentReader {
                 what: format!("size {size} is larger than any frame"),
             }));
         }
-        self.buf.resize(size, 0);
-        let got = read_full(&mut self.reader, &mut self.buf[RECORD_HEADER_LEN..])
-            .map_err(ReadStop::Io)?;
-        self.buf.truncate(RECORD_HEADER_LEN + got);
+        if got == RECORD_HEADER_LEN && size > RECORD_HEADER_LEN {
+            self.buf.reserve(size - RECORD_HEADER_LEN);
+            (&mut self.reader)
+                .take((size - RECORD_HEADER_LEN) as u64)
+                .read_to_end(&mut self.buf)
+                .map_err(ReadStop::Io)?;
+        }
         let rec = parse_record(&self.buf).map_err(invalid)?;
         self.offset += size as u64;
         Ok(rec)

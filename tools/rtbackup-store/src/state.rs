@@ -12,6 +12,9 @@ use crate::segment::sync_dir;
 /// Version of the store's on-disk format (Documentation/store.rst).
 pub const STORE_FORMAT_VERSION: u32 = 1;
 
+/// How many ring ids a volume remembers (the oldest are forgotten).
+pub const MAX_RINGS: usize = 4096;
+
 /// A position in a volume's journal, with the stream position it stands
 /// for: every record before it (in segment order) and none after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +61,11 @@ pub struct VolumeState {
     /// Where the image stands: every record before this position is
     /// applied to the image, none after; always a consistency point.
     pub checkpoint: Position,
+    /// Rings the volume has seen, oldest first, the current one last (at
+    /// most [`MAX_RINGS`]). A HELLO or record of any of them but the
+    /// current one is refused (`stale-ring`). Absent in older state files.
+    #[serde(default)]
+    pub rings: Vec<u64>,
     /// Creation time, `CLOCK_REALTIME` nanoseconds.
     pub created_ns: u64,
     /// Time of the last state write.

@@ -1,12 +1,15 @@
 //! A volume open for ingest: the journal appender and the image applier.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{posix_fadvise, Flock, FlockArg, PosixFadviseAdvice};
 use rtbackup_proto::{records, RecordError};
 use tracing::{debug, info, warn};
 
@@ -14,9 +17,10 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::image::Target;
 use crate::journal::{segment_start, walk, CpTracker, Event, SegmentSource};
 use crate::segment::{
-    create_segment, parse_segment_file_name, segment_file_name, SegmentHeader, SEGMENT_HEADER_LEN,
+    create_segment, parse_segment_file_name, read_segment_header, segment_file_name, sync_data,
+    sync_dir, CreateSegmentError, SegmentHeader, SEGMENT_HEADER_LEN,
 };
-use crate::state::{now_ns, Position, VolumeState};
+use crate::state::{now_ns, Position, VolumeState, MAX_RINGS};
 
 /// File names inside a volume directory.
 pub(crate) const STATE_FILE: &str = "state.json";
@@ -27,6 +31,50 @@ pub(crate) const JOURNAL_DIR: &str = "journal";
 pub(crate) const LOCK_FILE: &str = "lock";
 /// Held exclusively by the process that has the volume open for ingest.
 pub(crate) const WRITER_LOCK_FILE: &str = "writer.lock";
+
+/// How long opening a volume waits for the volume lock (held by a restore
+/// for the whole copy) before answering [`StoreError::Locked`].
+const OPEN_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// Pause between attempts to take the volume lock.
+const OPEN_LOCK_RETRY: Duration = Duration::from_millis(50);
+
+/// Volume directories (canonical) where an fsync failed in this process.
+/// After a failed fsync the kernel may have dropped the dirty pages while
+/// the page cache still shows them (and reports the error once), so nothing
+/// this process reads back can be trusted: such a volume is never reopened
+/// by this process ([`StoreError::FsyncFailed`]).
+static FSYNC_FAILED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+fn fsync_key(dir: &Path) -> PathBuf {
+    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// Whether an fsync of the volume in `dir` failed in this process.
+fn fsync_failed(dir: &Path) -> bool {
+    lock(&FSYNC_FAILED).contains(&fsync_key(dir))
+}
+
+/// Notes a failed fsync of the volume in `dir` and makes its error.
+fn fsync_error(dir: &Path, volume: &str, context: String, source: std::io::Error) -> StoreError {
+    tracing::error!(
+        volume,
+        "fsync failed ({context}: {source}): the volume is poisoned until the process restarts"
+    );
+    lock(&FSYNC_FAILED).insert(fsync_key(dir));
+    StoreError::Io { context, source }
+}
+
+/// Adds `ring` as the newest of the rings seen.
+fn note_ring(rings: &mut Vec<u64>, ring: u64) {
+    if rings.last() == Some(&ring) {
+        return;
+    }
+    rings.retain(|&r| r != ring);
+    rings.push(ring);
+    if rings.len() > MAX_RINGS {
+        rings.drain(..rings.len() - MAX_RINGS);
+    }
+}
 
 /// Tunables of an open volume.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +156,8 @@ struct Journal {
     /// Last consistency point among durable records.
     durable_cp: Position,
     poisoned: bool,
+    /// Rings seen, oldest first; the current one last.
+    rings: Vec<u64>,
 }
 
 struct ImageState {
@@ -161,6 +211,88 @@ pub(crate) fn lock_volume(dir: &Path, arg: FlockArg) -> Result<Option<Flock<File
     }
 }
 
+/// Takes the volume lock to open the volume, waiting at most
+/// [`OPEN_LOCK_WAIT`] (a restore holds it for the whole copy).
+fn lock_for_open(dir: &Path, name: &str) -> Result<Flock<File>> {
+    let deadline = Instant::now() + OPEN_LOCK_WAIT;
+    loop {
+        if let Some(l) = lock_volume(dir, FlockArg::LockExclusiveNonblock)? {
+            return Ok(l);
+        }
+        if Instant::now() >= deadline {
+            return Err(StoreError::Locked(name.to_owned()));
+        }
+        std::thread::sleep(OPEN_LOCK_RETRY);
+    }
+}
+
+/// Removes temporary segment files left by an interrupted segment creation.
+fn remove_temp_segments(src: &SegmentSource) -> Result<()> {
+    let dir = &src.journal_dir;
+    let rd = fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))?;
+    let mut removed = false;
+    for ent in rd {
+        let ent = ent.ctx(|| format!("listing {}", dir.display()))?;
+        let is_temp = ent
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(parse_segment_file_name)
+            .is_some();
+        if is_temp {
+            let p = ent.path();
+            warn!(volume = %src.volume, file = %p.display(), "removing a segment left half-made by a crash");
+            fs::remove_file(&p).ctx(|| format!("removing {}", p.display()))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes the newest local segment if a crash while it was being created
+/// left it without a valid header (stores made before segments were created
+/// by rename): only when it holds no record (at most a header's length) and
+/// an older segment exists. A longer file with a bad header is corruption
+/// and is left for the walk to report.
+fn drop_unfinished_newest_segment(src: &SegmentSource, local: &mut Vec<(u64, u64)>) -> Result<()> {
+    let Some(&(id, len)) = local.last() else {
+        return Ok(());
+    };
+    if id <= 1 || len > SEGMENT_HEADER_LEN {
+        return Ok(());
+    }
+    let path = src.local_path(id);
+    let mut f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+    let why = match read_segment_header(&mut f) {
+        Ok(h) if h.id == id => return Ok(()),
+        Ok(h) => format!("header says segment {}", h.id),
+        Err(e) => e,
+    };
+    let has_older = local.len() >= 2
+        || src
+            .store
+            .list(&src.volume)
+            .ctx(|| format!("listing sealed segments of {}", src.volume))?
+            .iter()
+            .any(|s| s.id == id - 1);
+    if !has_older {
+        return Ok(());
+    }
+    warn!(
+        volume = %src.volume,
+        segment = %path.display(),
+        bytes = len,
+        "removing the newest segment, left without a valid header by a crash while it was created (it holds no record): {why}"
+    );
+    fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+    sync_dir(&src.journal_dir).ctx(|| format!("syncing {}", src.journal_dir.display()))?;
+    local.pop();
+    Ok(())
+}
+
 /// Local segment ids in a journal directory, sorted.
 pub(crate) fn local_segments(journal_dir: &Path) -> Result<Vec<(u64, u64)>> {
     let mut ids = Vec::new();
@@ -193,6 +325,9 @@ impl Volume {
     /// point onto the image.
     pub(crate) fn open(dir: PathBuf, src: SegmentSource, opts: VolumeOptions) -> Result<Self> {
         let name = src.volume.clone();
+        if fsync_failed(&dir) {
+            return Err(StoreError::FsyncFailed(name));
+        }
         let wl = dir.join(WRITER_LOCK_FILE);
         let wf = OpenOptions::new()
             .write(true)
@@ -210,12 +345,12 @@ impl Volume {
                 })
             }
         };
-        let Some(vlock) = lock_volume(&dir, FlockArg::LockExclusive)? else {
-            return Err(StoreError::Busy(name));
-        };
+        let vlock = lock_for_open(&dir, &name)?;
         let state_path = dir.join(STATE_FILE);
         let mut state = VolumeState::load(&state_path)?;
-        let local = local_segments(&src.journal_dir)?;
+        remove_temp_segments(&src)?;
+        let mut local = local_segments(&src.journal_dir)?;
+        drop_unfinished_newest_segment(&src, &mut local)?;
         let Some(&(active_id, _)) = local.last() else {
             return Err(StoreError::Corrupt {
                 segment: src.journal_dir.display().to_string(),
@@ -239,17 +374,45 @@ impl Volume {
                 ),
             });
         }
-        let mut cps = CpTracker::new(state.checkpoint);
-        let end = walk(&src, state.checkpoint, active_id, None, |e| {
-            cps.event(&e);
-            Ok(())
-        })?;
         let active_path = src.local_path(active_id);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&active_path)
             .ctx(|| format!("opening {}", active_path.display()))?;
+        // The page cache may hold bytes of the active segment that never
+        // reached the disk (the previous process died before its fdatasync,
+        // or that fdatasync failed): make them durable before counting them
+        // as durable, with the directory entry...
+        sync_data(&file, &active_path).map_err(|e| {
+            fsync_error(&dir, &name, format!("syncing {}", active_path.display()), e)
+        })?;
+        sync_dir(&src.journal_dir).map_err(|e| {
+            fsync_error(
+                &dir,
+                &name,
+                format!("syncing {}", src.journal_dir.display()),
+                e,
+            )
+        })?;
+        // ...and have the walk below read the disk rather than the cache
+        // (only clean pages are dropped; best effort).
+        let _ = posix_fadvise(
+            file.as_raw_fd(),
+            0,
+            0,
+            PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+        let mut cps = CpTracker::new(state.checkpoint);
+        let mut rings = std::mem::take(&mut state.rings);
+        note_ring(&mut rings, state.checkpoint.ring_id);
+        let end = walk(&src, state.checkpoint, active_id, None, |e| {
+            if let Event::Boundary { next, .. } = &e {
+                note_ring(&mut rings, next.ring_id);
+            }
+            cps.event(&e);
+            Ok(())
+        })?;
         if end.end.segment != active_id {
             return Err(StoreError::Corrupt {
                 segment: src.describe(end.end.segment),
@@ -257,6 +420,7 @@ impl Volume {
                 reason: "journal walk ended before the active segment".into(),
             });
         }
+        note_ring(&mut rings, end.end.ring_id);
         if let Some(tail) = &end.tail {
             let len = file
                 .metadata()
@@ -272,8 +436,10 @@ impl Volume {
                 tail.error
             );
             file.set_len(tail.offset)
-                .and_then(|()| file.sync_all())
                 .ctx(|| format!("truncating {}", active_path.display()))?;
+            file.sync_all().map_err(|e| {
+                fsync_error(&dir, &name, format!("syncing {}", active_path.display()), e)
+            })?;
         }
         let header = src.header(active_id)?;
         let image_path = dir.join(IMAGE_FILE);
@@ -294,6 +460,7 @@ impl Volume {
         }
         state.ring_id = end.end.ring_id;
         state.durable_seq = end.end.seq;
+        state.rings = rings.clone();
         let oldest = src
             .store
             .list(&name)
@@ -315,6 +482,7 @@ impl Volume {
                 pending_cp: cps.last,
                 durable_cp: cps.last,
                 poisoned: false,
+                rings,
             }),
             image: Mutex::new(ImageState {
                 file: image,
@@ -371,6 +539,25 @@ impl Volume {
         (j.durable.ring_id, j.durable.seq)
     }
 
+    /// Refuses a ring this volume has seen end ([`StoreError::StaleRing`]):
+    /// its records would be stored after those of a newer attach.
+    pub fn check_ring(&self, ring_id: u64) -> Result<()> {
+        let j = lock(&self.journal);
+        self.check_ring_locked(&j, ring_id)
+    }
+
+    fn check_ring_locked(&self, j: &Journal, ring_id: u64) -> Result<()> {
+        let current = j.appended.ring_id;
+        if ring_id != current && j.rings.contains(&ring_id) {
+            return Err(StoreError::StaleRing {
+                volume: self.name.clone(),
+                ring_id,
+                current,
+            });
+        }
+        Ok(())
+    }
+
     /// Whether records were appended that are not durable yet.
     pub fn has_unsynced(&self) -> bool {
         let j = lock(&self.journal);
@@ -423,6 +610,13 @@ impl Volume {
                 source,
             })?;
             let seq = rec.seq();
+            if seq == 0 || seq == u64::MAX {
+                // (u64::MAX would leave no next seq.)
+                return Err(StoreError::Refused {
+                    seq,
+                    reason: "seq 0 and u64::MAX are not valid".into(),
+                });
+            }
             if rec.is_pad() {
                 return Err(StoreError::BadRecord {
                     index: count,
@@ -473,7 +667,14 @@ impl Volume {
             return Err(StoreError::Poisoned(self.name.clone()));
         }
         let new_ring = ring_id != j.appended.ring_id;
-        let expected = if new_ring { 1 } else { j.appended.seq + 1 };
+        if new_ring {
+            self.check_ring_locked(&j, ring_id)?;
+        }
+        let expected = if new_ring {
+            1
+        } else {
+            j.appended.seq.saturating_add(1)
+        };
         if first > expected {
             return Err(StoreError::SeqGap {
                 expected,
@@ -545,12 +746,14 @@ impl Volume {
     fn roll(&self, j: &mut Journal, ring_id: u64, first_seq: u64) -> Result<()> {
         let old_id = j.header.id;
         let old_path = self.src.local_path(old_id);
-        if let Err(e) = j.file.sync_data() {
+        if let Err(e) = sync_data(&j.file, &old_path) {
             j.poisoned = true;
-            return Err(StoreError::Io {
-                context: format!("syncing {}", old_path.display()),
-                source: e,
-            });
+            return Err(fsync_error(
+                &self.dir,
+                &self.name,
+                format!("syncing {}", old_path.display()),
+                e,
+            ));
         }
         j.durable = j.appended;
         j.durable_cp = j.pending_cp;
@@ -564,7 +767,27 @@ impl Volume {
             created_ns: now_ns(),
         };
         let path = self.src.local_path(header.id);
-        let file = create_segment(&path, &header).ctx(|| format!("creating {}", path.display()))?;
+        let file = match create_segment(&path, &header) {
+            Ok(f) => f,
+            Err(CreateSegmentError { fsync: true, error }) => {
+                j.poisoned = true;
+                return Err(fsync_error(
+                    &self.dir,
+                    &self.name,
+                    format!("creating {}", path.display()),
+                    error,
+                ));
+            }
+            Err(CreateSegmentError { error, .. }) => {
+                return Err(StoreError::Io {
+                    context: format!("creating {}", path.display()),
+                    source: error,
+                })
+            }
+        };
+        if ring_id != j.header.ring_id {
+            note_ring(&mut j.rings, ring_id);
+        }
         j.file = Arc::new(file);
         j.header = header;
         j.appended = segment_start(&header);
@@ -593,16 +816,18 @@ impl Volume {
             }
             (Arc::clone(&j.file), j.appended, j.pending_cp, j.header.id)
         };
-        let r = file.sync_data();
+        let r = sync_data(&file, &self.src.local_path(id));
         let mut j = lock(&self.journal);
         if let Err(e) = r {
             // After a failed fsync the page cache may have dropped the
             // data: nothing written since the last sync can be trusted.
             j.poisoned = true;
-            return Err(StoreError::Io {
-                context: format!("syncing {}", self.src.describe(id)),
-                source: e,
-            });
+            return Err(fsync_error(
+                &self.dir,
+                &self.name,
+                format!("syncing {}", self.src.describe(id)),
+                e,
+            ));
         }
         if upto.is_after(&j.durable) {
             j.durable = upto;
@@ -664,10 +889,17 @@ impl Volume {
             }
             Ok(())
         })?;
-        img.file
-            .sync_data()
-            .ctx(|| format!("syncing {}", image_path.display()))?;
+        if let Err(e) = sync_data(&img.file, &image_path) {
+            lock(&self.journal).poisoned = true;
+            return Err(fsync_error(
+                &self.dir,
+                &self.name,
+                format!("syncing {}", image_path.display()),
+                e,
+            ));
+        }
         let durable = self.durable();
+        img.state.rings = lock(&self.journal).rings.clone();
         img.state.checkpoint = target;
         img.state.ring_id = durable.0;
         img.state.durable_seq = durable.1;
@@ -737,7 +969,9 @@ pub(crate) fn create_volume_files(dir: &Path, state: &VolumeState) -> Result<()>
         created_ns: state.created_ns,
     };
     let seg = journal.join(segment_file_name(header.id));
-    create_segment(&seg, &header).ctx(|| ctx("creating", &seg))?;
+    create_segment(&seg, &header)
+        .map_err(|e| e.error)
+        .ctx(|| ctx("creating", &seg))?;
     for f in [LOCK_FILE, WRITER_LOCK_FILE] {
         let p = dir.join(f);
         File::create(&p).ctx(|| ctx("creating", &p))?;
@@ -745,4 +979,94 @@ pub(crate) fn create_volume_files(dir: &Path, state: &VolumeState) -> Result<()>
     state.store(&dir.join(STATE_FILE))?;
     crate::segment::sync_dir(dir).ctx(|| ctx("syncing", dir))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::FAIL_FSYNC_UNDER;
+    use crate::Store;
+    use rtbackup_proto::{build_record, RTB_OP_FLUSH, RTB_OP_WRITE};
+
+    fn fail_fsyncs_under(p: &Path, on: bool) {
+        let mut v = lock(&FAIL_FSYNC_UNDER);
+        if on {
+            v.push(p.to_owned());
+        } else {
+            v.retain(|x| x != p);
+        }
+    }
+
+    fn batch(from: u64) -> Vec<u8> {
+        let mut b = build_record(RTB_OP_WRITE, 0, from, 0, 512, 0, &[7; 512]);
+        b.extend(build_record(RTB_OP_FLUSH, 0, from + 1, 0, 0, 0, &[]));
+        b
+    }
+
+    #[test]
+    fn failed_sync_poisons_the_volume_for_the_process() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let vol = store.open_or_create_volume("v", 1 << 16, 512).unwrap();
+        vol.append(5, &batch(1)).unwrap();
+        vol.sync().unwrap();
+        vol.append(5, &batch(3)).unwrap();
+        let jdir = d.path().join("volumes/v/journal");
+        fail_fsync_under_guarded(&jdir, || {
+            let e = vol.sync().unwrap_err();
+            assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        });
+        // The handle refuses work, and the volume cannot be reopened by
+        // this process even though fsyncs would succeed again.
+        assert!(matches!(vol.sync(), Err(StoreError::Poisoned(_))));
+        assert!(matches!(
+            vol.append(5, &batch(5)),
+            Err(StoreError::Poisoned(_))
+        ));
+        assert_eq!(vol.durable(), (5, 2));
+        drop(vol);
+        let e = store.open_volume("v").unwrap_err();
+        assert!(matches!(e, StoreError::FsyncFailed(_)), "{e}");
+        assert!(e.is_internal());
+        assert!(e.to_string().contains("restart"), "{e}");
+    }
+
+    #[test]
+    fn open_syncs_the_active_segment_before_trusting_it() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let vol = store.open_or_create_volume("w", 1 << 16, 512).unwrap();
+        // Appended but never synced: a crashed process's page cache.
+        vol.append(9, &batch(1)).unwrap();
+        drop(vol);
+        let jdir = d.path().join("volumes/w/journal");
+        fail_fsync_under_guarded(&jdir, || {
+            let e = store.open_volume("w").unwrap_err();
+            assert!(matches!(e, StoreError::Io { .. }), "{e}");
+        });
+        assert!(matches!(
+            store.open_volume("w"),
+            Err(StoreError::FsyncFailed(_))
+        ));
+    }
+
+    #[test]
+    fn open_counts_unsynced_records_once_synced() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let vol = store.open_or_create_volume("u", 1 << 16, 512).unwrap();
+        vol.append(9, &batch(1)).unwrap();
+        drop(vol);
+        let vol = store.open_volume("u").unwrap();
+        assert_eq!(vol.durable(), (9, 2));
+    }
+
+    fn fail_fsync_under_guarded(p: &Path, f: impl FnOnce()) {
+        fail_fsyncs_under(p, true);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        fail_fsyncs_under(p, false);
+        if let Err(e) = r {
+            std::panic::resume_unwind(e);
+        }
+    }
 }

@@ -446,10 +446,171 @@ fn ring_change_is_a_consistency_point_and_segments_retire() {
     for _ in 0..20 {
         m3.push(Op::Flush, 0);
     }
+    let stale = m3.push(Op::Flush, 0);
     assert!(matches!(
-        vol.append(RING, &m3.push(Op::Flush, 0)),
-        Err(StoreError::SeqGap { .. })
+        vol.append(RING, &stale),
+        Err(StoreError::StaleRing { ring_id: RING, current, .. }) if current == RING + 1
     ));
+    assert_eq!(vol.check_ring(RING).unwrap_err().code(), "stale-ring");
+    vol.check_ring(RING + 1).unwrap();
+    vol.check_ring(RING + 2).unwrap();
+    // Also after a reopen, with the old ring's segments retired: the state
+    // file remembers it.
+    drop(vol);
+    let vol = store.open_volume("v").unwrap();
+    assert!(matches!(
+        vol.check_ring(RING),
+        Err(StoreError::StaleRing { .. })
+    ));
+    assert!(matches!(
+        vol.append(RING, &Model::new().push(Op::Flush, 0)),
+        Err(StoreError::StaleRing { .. })
+    ));
+    assert_eq!(vol.durable(), (RING + 1, 1));
+}
+
+/// A store with a volume whose journal has records 1..=2 (a write and a
+/// flush) of `RING` in segment 2 (segment 1 is the creation's, of ring 0),
+/// and a segment 3 being created by a crashed roll: `newest` is what of
+/// segment 3's file made it to disk.
+fn crashed_roll(newest: &[u8]) -> (tempfile::TempDir, Store, Model) {
+    let d = fast_tempdir();
+    let store = Store::open(d.path()).unwrap();
+    let mut m = Model::new();
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let mut b = m.push(write(0, 3, 1024), 0);
+    b.extend(m.push(Op::Flush, 0));
+    vol.append(RING, &b).unwrap();
+    vol.sync().unwrap();
+    drop(vol);
+    assert_eq!(
+        active_segment(d.path(), "v").file_name().unwrap(),
+        segment_file_name(2).as_str()
+    );
+    let jdir = d.path().join("volumes/v/journal");
+    fs::write(jdir.join(segment_file_name(3)), newest).unwrap();
+    (d, store, m)
+}
+
+#[test]
+fn unfinished_newest_segment_without_records_is_removed_at_open() {
+    let header = {
+        // A valid header of segment 2 (as a finished roll writes it).
+        let (d, store, _) = crashed_roll(&[]);
+        let vol = store.open_volume("v").unwrap();
+        vol.append(RING + 1, &Model::new().push(Op::Flush, 0))
+            .unwrap();
+        drop(vol);
+        let seg = fs::read(
+            d.path()
+                .join("volumes/v/journal")
+                .join(segment_file_name(3)),
+        )
+        .unwrap();
+        seg[..64].to_vec()
+    };
+    for (what, bytes) in [
+        ("empty", Vec::new()),
+        ("half header", header[..32].to_vec()),
+        ("zeroed header", vec![0u8; 64]),
+    ] {
+        let (d, store, mut m) = crashed_roll(&bytes);
+        let vol = store
+            .open_volume("v")
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(vol.durable(), (RING, 2), "{what}");
+        let jdir = d.path().join("volumes/v/journal");
+        assert!(!jdir.join(segment_file_name(3)).exists(), "{what}");
+        // The next roll makes segment 2 again, and the stream goes on.
+        let mut b = m.push(write(4, 9, 512), 0);
+        b.extend(m.push(Op::Flush, 0));
+        vol.append(RING, &b).unwrap();
+        vol.sync().unwrap();
+        vol.append(RING + 1, &Model::new().push(Op::Flush, 0))
+            .unwrap();
+        vol.sync().unwrap();
+        vol.apply(true).unwrap();
+        let (img, seq) = restored(&store, "v", d.path());
+        assert_eq!(seq, 1, "{what}");
+        assert!(img == m.image, "{what}");
+        drop(vol);
+        store.open_volume("v").unwrap();
+    }
+}
+
+#[test]
+fn newest_segment_with_bad_header_and_records_is_not_removed() {
+    let mut bytes = vec![0u8; 64];
+    bytes.extend(Model::new().push(Op::Flush, 0));
+    let (d, store, _) = crashed_roll(&bytes);
+    let e = store.open_volume("v").unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    let seg = d
+        .path()
+        .join("volumes/v/journal")
+        .join(segment_file_name(3));
+    assert_eq!(fs::read(seg).unwrap(), bytes);
+}
+
+#[test]
+fn leftovers_of_a_failed_roll_do_not_block_the_next_one() {
+    let (d, store, _) = crashed_roll(&[]);
+    let jdir = d.path().join("volumes/v/journal");
+    // A temporary file left by a crash inside segment creation is removed
+    // at open.
+    let tmp2 = jdir.join(format!("{}.tmp", segment_file_name(3)));
+    fs::write(&tmp2, b"partial").unwrap();
+    let vol = store.open_volume("v").unwrap();
+    assert!(!tmp2.exists());
+    // Files left under the next segment's names by a roll that failed
+    // after its rename (and a stray temporary file) are replaced.
+    fs::write(jdir.join(segment_file_name(3)), b"x").unwrap();
+    fs::write(jdir.join(format!("{}.tmp", segment_file_name(3))), b"y").unwrap();
+    let mut m = Model::new();
+    vol.append(RING + 7, &m.push(Op::Flush, 0)).unwrap();
+    vol.sync().unwrap();
+    assert_eq!(vol.durable(), (RING + 7, 1));
+    drop(vol);
+    let vol = store.open_volume("v").unwrap();
+    assert_eq!(vol.durable(), (RING + 7, 1));
+}
+
+#[test]
+fn opening_does_not_wait_for_a_long_restore() {
+    use nix::fcntl::{Flock, FlockArg};
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    drop(store.open_or_create_volume("v", SIZE, 512).unwrap());
+    let f = fs::File::open(d.path().join("volumes/v/lock")).unwrap();
+    let l = Flock::lock(f, FlockArg::LockShared).unwrap();
+    let t = std::time::Instant::now();
+    let e = store.open_volume("v").unwrap_err();
+    assert!(matches!(e, StoreError::Locked(_)), "{e}");
+    assert_eq!(e.code(), "volume-busy");
+    assert!(!e.is_internal());
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    drop(l);
+    store.open_volume("v").unwrap();
+}
+
+#[test]
+fn extreme_seqs_are_refused_without_panicking() {
+    let d = tempfile::tempdir().unwrap();
+    let store = Store::open(d.path()).unwrap();
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let mut b = Vec::new();
+    append_record(&mut b, RTB_OP_FLUSH, 0, u64::MAX, 0, 0, 0, &[]);
+    append_record(&mut b, RTB_OP_FLUSH, 0, 1, 0, 0, 0, &[]);
+    let e = vol.append(RING, &b).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Refused { seq: u64::MAX, .. }),
+        "{e}"
+    );
+    assert!(e.is_bad_input());
+    let mut b = Vec::new();
+    append_record(&mut b, RTB_OP_FLUSH, 0, u64::MAX, 0, 0, 0, &[]);
+    assert!(vol.append(RING, &b).unwrap_err().is_bad_input());
+    assert_eq!(vol.durable(), (0, 0));
 }
 
 #[test]
