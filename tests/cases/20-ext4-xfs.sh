@@ -43,7 +43,7 @@ for fs in ext4 xfs; do
     esac
     mount "$dev" $MNT
     make_tree $MNT/tree
-    fio_verify $MNT/fio.dat 32M
+    fio_verify $MNT/fio.dat 16M
     rm $MNT/fio.dat
     fstrim -v $MNT || true
     sync

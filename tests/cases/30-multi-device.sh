@@ -1,14 +1,19 @@
 #!/bin/sh
 # Several devices at once; attach/detach in a loop while another device is
-# under I/O; detach of a mounted or open device is refused with EBUSY and
-# changes nothing; rmmod is refused while a device is attached.
+# under I/O and replicating; detach of a mounted or open device is refused
+# with EBUSY and changes nothing; rmmod is refused while a device is
+# attached; the replicated device restores byte-identical at the end.
 . "$(dirname "$0")/../lib.sh"
+trap cleanup_replication EXIT
 
 load
 d0=$(disk 0); d1=$(disk 1); d2=$(disk 2)
+zero "$d0"
+start_server
 
 say "three devices attached at once"
 for d in "$d0" "$d1" "$d2"; do rtbackupctl attach "$d"; done
+start_agent 0 vol0
 [ "$(rtbackupctl status --json | jq '.devices | length')" = 3 ] || fail "status does not list 3 devices"
 rtbackupctl status
 rtbackupctl status --json | jq -e --arg d "$d1" '.devices[] | select(.device == "/dev/rtbackup1") | .lower == $d' >/dev/null ||
@@ -51,6 +56,7 @@ rm -f /tmp/bg.stop /tmp/bg.failed
     done
 ) &
 fio_pid=$!
+background $fio_pid
 n=0
 while [ $n -lt 15 ]; do
     a=$(rtbackupctl attach "$d1")
@@ -68,6 +74,9 @@ wait "$fio_pid"
 say "background fio: $(cat /tmp/bg.runs 2>/dev/null || echo 0) verified runs"
 [ -f /tmp/bg.runs ] || fail "background fio never completed a run"
 umount $MNT
+rtbackupctl sync --timeout 300 /dev/rtbackup0
+restored_equals vol0 "$d0"
+stop "$AGENT_PID_0"   # its ring file holds the module
 rtbackupctl detach rtbackup0
 [ "$(table)" = "[]" ] || fail "devices left: $(table)"
 unload
