@@ -259,13 +259,14 @@ impl Ring {
             return Err(EIO);
         }
         let size = record_size(payload_len);
+        let range = entry.range();
         let mut waited = false;
         loop {
             let mut st = self.state.lock();
             if st.detached {
                 return Err(ENXIO);
             }
-            if let Some((start, end)) = entry.range() {
+            if let Some((start, end)) = range {
                 if let Some(busy) = self.inflight.must_wait(start, end) {
                     drop(st);
                     busy.wait();
@@ -287,7 +288,7 @@ impl Ring {
                 self.waiting.fetch_sub(1, Relaxed);
                 continue;
             }
-            let token = match entry.range() {
+            let token = match range {
                 Some((start, end)) => self.inflight.claim(start, end)?,
                 None => 0,
             };

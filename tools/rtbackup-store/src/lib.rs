@@ -77,6 +77,15 @@ fn bad_name(name: &str) -> Result<()> {
     })
 }
 
+/// A volume as read-only commands see it: its segments, the shared lock
+/// that keeps image and segments still, its state and its last segment.
+type ReadSnapshot = (
+    SegmentSource,
+    Option<nix::fcntl::Flock<std::fs::File>>,
+    VolumeState,
+    u64,
+);
+
 impl Store {
     /// Opens (creating if needed) the store in `root`, with sealed segments
     /// in `root/sealed`.
@@ -237,15 +246,7 @@ impl Store {
     /// Scans a volume without changing it (safe while a server runs):
     /// its size, durable position (journal end), checkpoint and journal use.
     pub fn volume_status(&self, name: &str) -> Result<VolumeStatus> {
-        bad_name(name)?;
-        let dir = self.volume_dir(name);
-        if !dir.join(STATE_FILE).exists() {
-            return Err(StoreError::NoSuchVolume(name.to_owned()));
-        }
-        let src = self.source(name);
-        let _lock = lock_volume(&dir, FlockArg::LockShared)?;
-        let st = VolumeState::load(&dir.join(STATE_FILE))?;
-        let last = self.last_segment(&src)?;
+        let (src, _lock, st, last) = self.read_snapshot(name)?;
         let end = walk(&src, st.checkpoint, last, None, |_| Ok(()))?;
         let (segments, journal_bytes) = journal_usage(&src)?;
         Ok(VolumeStatus {
@@ -259,6 +260,22 @@ impl Store {
             journal_bytes,
             segments,
         })
+    }
+
+    /// What read-only commands start from: the volume's segments, a shared
+    /// lock that keeps the image and segments still, its state and its last
+    /// segment.
+    fn read_snapshot(&self, name: &str) -> Result<ReadSnapshot> {
+        bad_name(name)?;
+        let dir = self.volume_dir(name);
+        if !dir.join(STATE_FILE).exists() {
+            return Err(StoreError::NoSuchVolume(name.to_owned()));
+        }
+        let src = self.source(name);
+        let lock = lock_volume(&dir, FlockArg::LockShared)?;
+        let st = VolumeState::load(&dir.join(STATE_FILE))?;
+        let last = self.last_segment(&src)?;
+        Ok((src, lock, st, last))
     }
 
     fn last_segment(&self, src: &SegmentSource) -> Result<u64> {
@@ -289,15 +306,7 @@ impl Store {
     /// device of at least the volume's size (written in full). It is
     /// fsynced before this returns.
     pub fn restore(&self, name: &str, output: &Path) -> Result<RestoreReport> {
-        bad_name(name)?;
-        let dir = self.volume_dir(name);
-        if !dir.join(STATE_FILE).exists() {
-            return Err(StoreError::NoSuchVolume(name.to_owned()));
-        }
-        let src = self.source(name);
-        let _lock = lock_volume(&dir, FlockArg::LockShared)?;
-        let st = VolumeState::load(&dir.join(STATE_FILE))?;
-        let last = self.last_segment(&src)?;
+        let (src, _lock, st, last) = self.read_snapshot(name)?;
         let mut cps = CpTracker::new(st.checkpoint);
         walk(&src, st.checkpoint, last, None, |e| {
             cps.event(&e);
@@ -305,7 +314,7 @@ impl Store {
         })?;
         let target = cps.last;
 
-        let image_path = dir.join(volume::IMAGE_FILE);
+        let image_path = self.volume_dir(name).join(volume::IMAGE_FILE);
         if same_file(output, &image_path) {
             return Err(StoreError::BadParameters(format!(
                 "{} is the volume's image itself",
