@@ -3,6 +3,9 @@
 # on PATH; it narrates its steps and exits non-zero at the first failure.
 
 set -eu
+# A case ended by its time limit (SIGTERM) or ^C still runs its EXIT trap.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 TEST=$(basename "$0" .sh)
 # / is the host's, read-only; /tmp is the guest's own.
@@ -46,14 +49,20 @@ load() { modprobe rtbackup; [ -c /dev/rtbackup-control ] || fail "no /dev/rtback
 unload() { rmmod rtbackup; [ ! -e /dev/rtbackup-control ] || fail "/dev/rtbackup-control left after rmmod"; }
 
 # make_tree DIR: a tree of files of varied sizes, and a checksum list of it.
+# Every exec costs about a second under emulation, so one perl process
+# writes the whole tree.
 make_tree() {
-    mkdir -p "$1"
-    i=0
-    while [ $i -lt 40 ]; do
-        mkdir -p "$1/d$((i % 7))"
-        head -c $(( (i * 7919) % 300000 + 1 )) /dev/urandom >"$1/d$((i % 7))/f$i"
-        i=$((i + 1))
-    done
+    perl -e '
+        my $root = shift;
+        open(my $rnd, "<", "/dev/urandom") or die "urandom: $!";
+        for my $i (0 .. 39) {
+            my $dir = "$root/d" . ($i % 7);
+            mkdir $root; mkdir $dir;
+            read($rnd, my $buf, ($i * 7919) % 300000 + 1) or die "read: $!";
+            open(my $f, ">", "$dir/f$i") or die "$dir/f$i: $!";
+            print $f $buf or die "write: $!";
+            close($f) or die "close: $!";
+        }' "$1" || fail "could not write the tree in $1"
     cp -a /usr/share/doc/fio "$1/doc" 2>/dev/null || true
     (cd "$1" && find . -type f -print0 | sort -z | xargs -0 md5sum) >/tmp/$TEST.md5
 }
@@ -75,10 +84,14 @@ fio_verify() {
 STORE=/tmp/rtbstore
 PORT=7420
 
-# start_server: rtbackup-server on 127.0.0.1:$PORT with its store in $STORE.
+# start_server [ARGS...]: rtbackup-server on 127.0.0.1:$PORT with its store
+# in $STORE and ARGS (remembered: a restart without ARGS reuses them).
+SERVER_ARGS=""
 start_server() {
+    [ $# -eq 0 ] || SERVER_ARGS="$*"
     mkdir -p "$STORE"
-    rtbackup-server serve --store "$STORE" --listen 127.0.0.1:$PORT \
+    # shellcheck disable=SC2086
+    rtbackup-server serve --store "$STORE" --listen 127.0.0.1:$PORT $SERVER_ARGS \
         >>/tmp/server.log 2>&1 &
     SERVER_PID=$!
     background $!
@@ -133,17 +146,32 @@ restored_equals() {
 written() { rtbackupctl status --json rtbackup$1 | jq '.devices[0].ring.last_written_seq'; }
 
 # wait_written N COUNT: wait (up to 300 s) until the ring of /dev/rtbackupN
-# has recorded COUNT records: workloads start slowly under emulation.
+# has recorded COUNT records: workloads start slowly under emulation. Fails
+# at once if the process WRITER_PID (when set) has ended.
 wait_written() {
     i=0
     while [ "$(written "$1")" -lt "$2" ]; do
         i=$((i + 1)); [ $i -lt 300 ] || fail "rtbackup$1 did not reach $2 records"
+        [ -z "${WRITER_PID:-}" ] || kill -0 "$WRITER_PID" 2>/dev/null ||
+            fail "the writer (pid $WRITER_PID) ended before rtbackup$1 reached $2 records"
         sleep 1
     done
 }
 
 # lag N: records of /dev/rtbackupN not yet acknowledged.
 lag() { rtbackupctl status --json rtbackup$1 | jq '.devices[0].ring.lag_records'; }
+
+# replicate_device [SERVER_ARGS...]: the module loaded, the first scratch
+# disk zeroed ($d0) and attached ($dev), a server (with SERVER_ARGS) and an
+# agent streaming it as volume vol0.
+replicate_device() {
+    load
+    d0=$(disk 0)
+    zero "$d0"
+    start_server "$@"
+    dev=$(rtbackupctl attach "$d0")
+    start_agent 0 vol0
+}
 
 # cleanup_replication: stop agents and server, detach everything.
 cleanup_replication() {

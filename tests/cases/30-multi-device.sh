@@ -58,7 +58,7 @@ rm -f /tmp/bg.stop /tmp/bg.failed
 fio_pid=$!
 background $fio_pid
 n=0
-while [ $n -lt 15 ]; do
+while [ $n -lt 8 ]; do
     a=$(rtbackupctl attach "$d1")
     b=$(rtbackupctl attach "$d2")
     dd if=/dev/urandom of="$a" bs=64k count=16 oflag=direct status=none

@@ -6,12 +6,7 @@
 . "$(dirname "$0")/../lib.sh"
 trap cleanup_replication EXIT
 
-load
-d0=$(disk 0)
-zero "$d0"
-start_server
-dev=$(rtbackupctl attach "$d0")
-start_agent 0 vol0
+replicate_device
 
 say "ext4 with a file tree and fio verify through $dev"
 mkfs.ext4 -q -F "$dev"
@@ -37,7 +32,7 @@ umount "$MNT"
 rm -f /tmp/vol0.img
 
 say "raw random writes with verify straight on $dev, discards and write-zeroes"
-fio_verify "$dev" 24M
+fio_verify "$dev" 8M
 blkdiscard -o $((64 << 20)) -l $((8 << 20)) "$dev"
 blkdiscard -z -o $((80 << 20)) -l $((4 << 20)) "$dev"
 rtbackupctl sync --timeout 300 "$dev"

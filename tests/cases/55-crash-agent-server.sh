@@ -6,20 +6,18 @@
 . "$(dirname "$0")/../lib.sh"
 trap cleanup_replication EXIT
 
-load
-d0=$(disk 0)
-zero "$d0"
-start_server
-dev=$(rtbackupctl attach "$d0")
-start_agent 0 vol0
+replicate_device
 
-say "fio random writes (with overwrites) for 120 s in the background"
+say "fio random writes (with overwrites) in the background until stopped"
+# Time-based for longer than the case may last: it is stopped after the
+# crashes, however slow the machine.
 fio --name=bg --filename="$dev" --size=96M --rw=randwrite --bs=4k --ioengine=libaio \
-    --iodepth=8 --direct=1 --time_based --runtime=120 --output=/tmp/bg.out &
+    --iodepth=8 --direct=1 --time_based --runtime=3000 --output=/tmp/bg.out &
 FIO=$!
 background $FIO
+WRITER_PID=$FIO
 wait_written 0 2000
-running() { kill -0 "$FIO" 2>/dev/null || fail "fio ended before the $1"; }
+running() { kill -0 "$FIO" 2>/dev/null || { cat /tmp/bg.out; fail "fio ended before the $1"; }; }
 
 say "kill -9 the agent mid-stream (after $(written 0) records)"
 running "agent was killed"
@@ -37,7 +35,14 @@ kill9 "$SERVER_PID"
 wait_written 0 $(($(written 0) + 1000))
 running "server was restarted"
 start_server
-wait "$FIO" || { cat /tmp/bg.out; fail "fio failed"; }
+wait_written 0 $(($(written 0) + 1000))
+running "end"
+# SIGINT: fio stops its jobs and reports; its writes so far all count.
+kill -INT "$FIO"
+wait "$FIO" || true
+if grep -q "err=" /tmp/bg.out && ! grep -q "err= 0" /tmp/bg.out; then
+    cat /tmp/bg.out; fail "fio reported errors"
+fi
 
 rtbackupctl sync --timeout 300 "$dev"
 [ "$(lag 0)" = 0 ] || fail "lag is $(lag 0) after sync"

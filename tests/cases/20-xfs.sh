@@ -1,15 +1,17 @@
 #!/bin/sh
-# ext4 and xfs on /dev/rtbackupN under a real workload: a tree of files and
-# fio with verification. fsck is clean, the bytes read through the filter
-# equal the lower device, and after detach the lower device mounts with the
-# same files.
+# xfs on /dev/rtbackupN under a real workload, without an agent: a tree of
+# files and fio with verification. fsck is clean, the bytes read through the
+# filter equal the lower device, and after detach the lower device mounts
+# with the same files. (ext4 through the filter is in 50-replicate,
+# 70-history and 75-rollback; one run here keeps the suite within CI's
+# time.)
 . "$(dirname "$0")/../lib.sh"
 
 load
 d0=$(disk 0)
 mkdir -p $MNT
 
-for fs in ext4 xfs; do
+for fs in xfs; do
     say "== $fs on $d0 through the filter"
     # No agent drains the ring in this case: make it hold all the writes.
     dev=$(rtbackupctl attach --ring-size 256M "$d0")
