@@ -1,17 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The control interface: the table of attached devices and the ioctls of
-//! `/dev/rtbackup-control` that change and describe it.
+//! `/dev/rtbackup-control` that change and describe it, open a device's
+//! ring, and put marks in its record stream.
 //!
 //! Every request is validated completely before anything changes: ABI
 //! version (`EPROTO`), flags and reserved fields (`EINVAL`), NUL-terminated
-//! strings (`EINVAL`), sizes (`EINVAL`), user addresses (`EFAULT`). A request
-//! that fails leaves the table as it was.
+//! strings and mark names (`EINVAL`), sizes (`EINVAL`), user addresses
+//! (`EFAULT`). A request that fails leaves the table as it was.
 
 use crate::device::Device;
 use crate::ring::Ring;
 use crate::sys::{self, bdev::LowerDevice, disk::Disk, ringfile, ModuleRef};
-use crate::uapi::{self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbRingOpen, RtbVersion};
+use crate::uapi::{
+    self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbMark, RtbRingOpen, RtbVersion,
+};
 use core::mem::size_of;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KVec},
@@ -134,9 +137,25 @@ impl Control {
             uapi::RTB_IOC_DETACH => self.ioctl_detach(arg),
             uapi::RTB_IOC_LIST => self.ioctl_list(arg),
             uapi::RTB_IOC_RING_OPEN => return self.ioctl_ring_open(arg),
+            uapi::RTB_IOC_MARK => self.ioctl_mark(arg),
             _ => Err(ENOTTY),
         }
         .map(|()| 0)
+    }
+
+    /// The ring of device `index`; `ENXIO` unless it is attached and not
+    /// being detached. The table's lock is not held afterwards, so the
+    /// caller may sleep on the ring.
+    fn ring_of(&self, index: u32) -> Result<Arc<Ring>> {
+        let slots = self.slots.lock();
+        let attached = slots
+            .get(index as usize)
+            .and_then(Option::as_ref)
+            .ok_or(ENXIO)?;
+        if attached.device.is_detaching() {
+            return Err(ENXIO);
+        }
+        Ok(attached.device.ring().clone())
     }
 
     fn ioctl_ring_open(&self, arg: UserPtr) -> Result<isize> {
@@ -148,16 +167,7 @@ impl Control {
         if req.flags != 0 || req.pad != 0 || req.reserved.iter().any(|&r| r != 0) {
             return Err(EINVAL);
         }
-        let slots = self.slots.lock();
-        let attached = slots
-            .get(req.index as usize)
-            .and_then(Option::as_ref)
-            .ok_or(ENXIO)?;
-        if attached.device.is_detaching() {
-            return Err(ENXIO);
-        }
-        let ring = attached.device.ring().clone();
-        drop(slots);
+        let ring = self.ring_of(req.index)?;
         ring.claim_agent()?;
         match ringfile::open_fd(ring.clone()) {
             Ok(fd) => Ok(fd as isize),
@@ -166,6 +176,29 @@ impl Control {
                 Err(e)
             }
         }
+    }
+
+    /// Puts a mark in the record stream of a device and answers its `seq`.
+    /// Waits, as writers do, while the ring is full.
+    fn ioctl_mark(&self, arg: UserPtr) -> Result {
+        require_admin()?;
+        let (mut reader, mut probe) = UserSlice::new(arg, size_of::<RtbMark>()).reader_writer();
+        let mut req: RtbMark = reader.read()?;
+        check_version(req.abi_version)?;
+        if req.flags != 0 || req.seq != 0 || req.reserved.iter().any(|&r| r != 0) {
+            return Err(EINVAL);
+        }
+        let name = req.name_bytes().ok_or(EINVAL)?;
+        uapi::check_mark_name(name).map_err(|_| EINVAL)?;
+        let ring = self.ring_of(req.index)?;
+        // Fault before the mark exists, not after, if the answer cannot be
+        // written (the buffer can still be unmapped in between: then the
+        // mark stays in the stream, which is harmless).
+        probe.write(&req)?;
+        req.seq = ring.record_mark(name)?;
+        UserSlice::new(arg, size_of::<RtbMark>())
+            .writer()
+            .write(&req)
     }
 
     fn ioctl_version(&self, arg: UserPtr) -> Result {

@@ -7,9 +7,11 @@
 //! Producer (the request path, process context): [`Ring::record`] waits
 //! until the bio overlaps no write in flight and the ring has room, then,
 //! under the mutex, copies the bio's data into the ring, checksums it,
-//! writes the header and publishes the new head. Consumer (the agent, through
-//! its ring file): reads published records from its read-only mapping and
-//! moves the tail with [`Ring::ack`] once the server has them durably.
+//! writes the header and publishes the new head. [`Ring::record_mark`]
+//! (the control ioctl) waits for room alone and records a mark's name as
+//! the payload. Consumer (the agent, through its ring file): reads published
+//! records from its read-only mapping and moves the tail with [`Ring::ack`]
+//! once the server has them durably.
 //!
 //! The layout and publication protocol are described in `rust/uapi.rs`; the
 //! ordering argument in Documentation/design.rst.
@@ -22,10 +24,11 @@ use crate::sys::{
     wait::{Generation, PollQueue},
 };
 use crate::uapi::{
-    record_size, RtbRecordHeader, RtbRingAck, RtbRingHeader, RtbRingInfo, RTB_ABI_VERSION,
-    RTB_ACK_CONNECTED, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN, RTB_OP_DISCARD, RTB_OP_FLUSH,
-    RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA,
-    RTB_REC_PREFLUSH, RTB_RING_F_DETACHED, RTB_RING_IOC_ACK, RTB_RING_MAGIC, RTB_RING_PAGE,
+    check_mark_name, record_size, RtbRecordHeader, RtbRingAck, RtbRingHeader, RtbRingInfo,
+    RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN, RTB_OP_DISCARD,
+    RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN,
+    RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH, RTB_RING_F_DETACHED, RTB_RING_IOC_ACK,
+    RTB_RING_MAGIC, RTB_RING_PAGE,
 };
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -46,7 +49,8 @@ const MAX_RECORD_PAYLOAD: u64 = 32 << 20;
 /// Zeroes for the padding after a payload.
 static ZEROES: [u8; RTB_RECORD_ALIGN as usize] = [0; RTB_RECORD_ALIGN as usize];
 
-/// What the ring records for a bio.
+/// The header fields of a record, as the ring records them for a bio or a
+/// mark.
 struct Entry {
     op: u8,
     flags: u8,
@@ -107,6 +111,26 @@ impl Entry {
             self.len
         } else {
             0
+        }
+    }
+}
+
+/// Where the payload of a record comes from.
+enum Payload<'a, 'b> {
+    /// None: discards, write-zeroes, flushes.
+    Empty,
+    /// The data of a write bio, this many bytes.
+    Bio(&'a BioRef<'b>, u64),
+    /// These bytes: a mark's name.
+    Bytes(&'a [u8]),
+}
+
+impl Payload<'_, '_> {
+    fn len(&self) -> u64 {
+        match self {
+            Self::Empty => 0,
+            Self::Bio(_, len) => *len,
+            Self::Bytes(bytes) => bytes.len() as u64,
         }
     }
 }
@@ -258,8 +282,60 @@ impl Ring {
         if payload_len > u64::from(self.max_payload()) {
             return Err(EIO);
         }
-        let size = record_size(payload_len);
+        let payload = if entry.has_payload {
+            Payload::Bio(bio, payload_len)
+        } else {
+            Payload::Empty
+        };
         let range = entry.range();
+        let token = self.with_room(record_size(payload_len), range, |st, pad, size| {
+            let token = match range {
+                Some((start, end)) => self.inflight.claim(start, end)?,
+                None => 0,
+            };
+            if let Err(e) = self.write_record(st, &entry, payload, pad, size) {
+                self.inflight.release(token);
+                return Err(e);
+            }
+            Ok(token)
+        })?;
+        self.poll.wake();
+        Ok(token)
+    }
+
+    /// Records a mark named `name` (see `check_mark_name`; `EINVAL`
+    /// otherwise) after everything recorded so far. Sleeps while the ring is
+    /// full, as a writer does; `ENXIO` once the device is detached. Returns
+    /// the mark record's sequence number.
+    pub(crate) fn record_mark(&self, name: &[u8]) -> Result<u64> {
+        check_mark_name(name).map_err(|_| EINVAL)?;
+        let entry = Entry {
+            op: RTB_OP_MARK,
+            flags: 0,
+            sector: 0,
+            len: 0,
+            // The payload is the name, not data of `len` bytes.
+            has_payload: false,
+        };
+        let size = record_size(name.len() as u64);
+        let seq = self.with_room(size, None, |st, pad, size| {
+            self.write_record(st, &entry, Payload::Bytes(name), pad, size)
+        })?;
+        self.poll.wake();
+        Ok(seq)
+    }
+
+    /// Waits until the ring takes a record of `size` bytes, then runs `f`
+    /// under the mutex with the padding to write before it and `size`.
+    /// While a record's sectors `range` overlap a write in flight, or the
+    /// record (with its padding) does not fit between head and tail, drops
+    /// the mutex, sleeps and starts again. `ENXIO` once detached.
+    fn with_room<R>(
+        &self,
+        size: u64,
+        range: Option<(u64, u64)>,
+        f: impl FnOnce(&mut RingState, u64, u64) -> Result<R>,
+    ) -> Result<R> {
         let mut waited = false;
         loop {
             let mut st = self.state.lock();
@@ -288,34 +364,20 @@ impl Ring {
                 self.waiting.fetch_sub(1, Relaxed);
                 continue;
             }
-            let token = match range {
-                Some((start, end)) => self.inflight.claim(start, end)?,
-                None => 0,
-            };
-            match self.write_record(&mut st, &entry, bio, pad, size) {
-                Ok(()) => {
-                    drop(st);
-                    self.poll.wake();
-                    return Ok(token);
-                }
-                Err(e) => {
-                    drop(st);
-                    self.inflight.release(token);
-                    return Err(e);
-                }
-            }
+            return f(&mut st, pad, size);
         }
     }
 
     /// Writes (padding and) the record at the head and publishes it.
+    /// Returns its sequence number.
     fn write_record(
         &self,
         st: &mut RingState,
         entry: &Entry,
-        bio: &BioRef<'_>,
+        payload: Payload<'_, '_>,
         pad: u64,
         size: u64,
-    ) -> Result {
+    ) -> Result<u64> {
         let mut head = st.head;
         if pad > 0 {
             let filler = encode_header(RtbRecordHeader {
@@ -328,22 +390,28 @@ impl Ring {
             head += pad;
         }
         let off = head & st.mask();
-        let payload_len = entry.payload_len();
-        let mut payload_crc = 0;
-        if payload_len > 0 {
-            st.mem.copy_bio(off + HEADER_LEN, bio, payload_len)?;
-            payload_crc = st.mem.crc32c(off + HEADER_LEN, payload_len)?;
+        let payload_len = payload.len();
+        match payload {
+            Payload::Empty => {}
+            Payload::Bio(bio, len) => st.mem.copy_bio(off + HEADER_LEN, bio, len)?,
+            Payload::Bytes(bytes) => st.mem.write(off + HEADER_LEN, bytes)?,
         }
+        let payload_crc = if payload_len > 0 {
+            st.mem.crc32c(off + HEADER_LEN, payload_len)?
+        } else {
+            0
+        };
         let tail_pad = size - HEADER_LEN - payload_len;
         st.mem
             .write(off + HEADER_LEN + payload_len, &ZEROES[..tail_pad as usize])?;
+        let seq = st.head_seq;
         let header = encode_header(RtbRecordHeader {
             magic: RTB_RECORD_MAGIC,
             op: entry.op,
             flags: entry.flags,
             size: size as u32,
             payload_len: payload_len as u32,
-            seq: st.head_seq,
+            seq,
             sector: entry.sector,
             len: entry.len,
             time_ns: sys::real_time_ns(),
@@ -355,7 +423,7 @@ impl Ring {
         st.head_seq += 1;
         let (head, head_seq) = (st.head, st.head_seq);
         st.mem.publish_head(head, head_seq);
-        Ok(())
+        Ok(seq)
     }
 
     /// The bio of `token` completed at the lower device. Any context.

@@ -15,7 +15,7 @@
 //! Fields named `reserved` must be zero; later versions give them a meaning.
 
 /// The version of this ABI. Bumped on any incompatible change.
-pub const RTB_ABI_VERSION: u32 = 2;
+pub const RTB_ABI_VERSION: u32 = 3;
 
 /// The ioctl type byte ("magic") of rtbackup, free in
 /// Documentation/userspace-api/ioctl/ioctl-number.rst of Linux 6.12.
@@ -35,6 +35,9 @@ pub const RTB_PATH_MAX: usize = 256;
 
 /// Size of a name buffer, including the terminating NUL.
 pub const RTB_NAME_MAX: usize = 32;
+
+/// Longest mark name in bytes (see [`RtbMark`]).
+pub const RTB_MARK_NAME_MAX: usize = 64;
 
 /// Most devices attached at once.
 pub const RTB_MAX_DEVICES: u32 = 256;
@@ -80,6 +83,10 @@ pub const RTB_IOC_LIST: u32 = ioc(IOC_READ | IOC_WRITE, 3, core::mem::size_of::<
 /// `_IOW(0xBB, 4, struct rtb_ring_open)`: open the write-journal ring of a
 /// device; the ioctl returns the new file descriptor.
 pub const RTB_IOC_RING_OPEN: u32 = ioc(IOC_WRITE, 4, core::mem::size_of::<RtbRingOpen>());
+
+/// `_IOWR(0xBB, 5, struct rtb_mark)`: put a named mark in the record
+/// stream of a device; answers the mark record's `seq`.
+pub const RTB_IOC_MARK: u32 = ioc(IOC_READ | IOC_WRITE, 5, core::mem::size_of::<RtbMark>());
 
 /// `_IOW(0xBB, 16, struct rtb_ring_ack)`, on a ring file descriptor: the
 /// records before `tail` are durable on the backup server.
@@ -339,8 +346,9 @@ pub fn c_str_bytes(buf: &[u8]) -> Option<&[u8]> {
 // the rest.
 //
 // A record is an [`RtbRecordHeader`] and, for writes, `payload_len` bytes of
-// data, padded to `size`. The same bytes travel on the wire and are stored
-// in the server's journal (Documentation/protocol.rst).
+// data (for marks, the mark's name), padded with zeroes to `size`. The same
+// bytes travel on the wire and are stored in the server's journal
+// (Documentation/protocol.rst).
 // ---------------------------------------------------------------------------
 
 /// Size of the control page at offset 0 of a ring mapping.
@@ -372,6 +380,10 @@ pub const RTB_OP_DISCARD: u8 = 2;
 pub const RTB_OP_WRITE_ZEROES: u8 = 3;
 /// A cache flush: a consistency point; no payload, `sector` and `len` 0.
 pub const RTB_OP_FLUSH: u8 = 4;
+/// A named mark (ABI v3, [`RTB_IOC_MARK`]): the payload is the name (see
+/// [`check_mark_name`]); `flags`, `sector` and `len` are 0. It changes no
+/// data: a mark names the newest consistency point at or before it.
+pub const RTB_OP_MARK: u8 = 5;
 /// Filler up to the end of the data area; not part of the stream (`seq` 0).
 pub const RTB_OP_PAD: u8 = 0x7f;
 
@@ -446,7 +458,8 @@ pub struct RtbRecordHeader {
     /// Bytes of the record: header, payload and padding to a multiple of
     /// [`RTB_RECORD_ALIGN`].
     pub size: u32,
-    /// Bytes of payload after the header (`len` for writes, else 0).
+    /// Bytes of payload after the header (`len` for writes, the name's
+    /// length for marks, else 0).
     pub payload_len: u32,
     /// Sequence number, from 1, consecutive within a ring; 0 for padding.
     pub seq: u64,
@@ -532,6 +545,80 @@ const _: () = assert!(core::mem::size_of::<RtbRecordHeader>() == RTB_RECORD_ALIG
 const _: () = assert!(core::mem::size_of::<RtbRingOpen>() == 48);
 const _: () = assert!(core::mem::size_of::<RtbRingAck>() == 48);
 const _: () = assert!(core::mem::size_of::<RtbRingInfo>() == 128);
+
+// ---------------------------------------------------------------------------
+// Marks (ABI v3).
+//
+// `RTB_IOC_MARK` on the control device appends an [`RTB_OP_MARK`] record,
+// whose payload is the mark's name, to the ring of a device, in order with
+// the device's writes, and answers its `seq`. The mark itself changes no
+// data; the backup server resolves it to the newest consistency point at or
+// before it. `rtbackupctl mark` flushes the device (or freezes its
+// filesystem) first, so that this consistency point is the moment of the
+// mark.
+// ---------------------------------------------------------------------------
+
+/// Request of [`RTB_IOC_MARK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbMark {
+    /// In: [`RTB_ABI_VERSION`].
+    pub abi_version: u32,
+    /// In: `N` of `/dev/rtbackupN`.
+    pub index: u32,
+    /// In: no flags are defined yet; must be zero.
+    pub flags: u32,
+    /// In: bytes of `name` used, 1 to [`RTB_MARK_NAME_MAX`].
+    pub name_len: u32,
+    /// In: the name (see [`check_mark_name`]); bytes after `name_len` are
+    /// ignored.
+    pub name: [u8; RTB_MARK_NAME_MAX],
+    /// In: zero. Out: `seq` of the mark record.
+    pub seq: u64,
+    /// In: must be zero.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<RtbMark>() == 120);
+
+impl RtbMark {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        abi_version: 0,
+        index: 0,
+        flags: 0,
+        name_len: 0,
+        name: [0; RTB_MARK_NAME_MAX],
+        seq: 0,
+        reserved: [0; 4],
+    };
+
+    /// The name, or `None` when `name_len` exceeds the buffer.
+    pub fn name_bytes(&self) -> Option<&[u8]> {
+        self.name.get(..self.name_len as usize)
+    }
+}
+
+/// Checks a mark name: 1 to [`RTB_MARK_NAME_MAX`] bytes from
+/// `[A-Za-z0-9._-]`, not starting with `.` (the rule of volume names; `@`
+/// and `:` are excluded because export names are `VOLUME@mark:NAME`).
+/// Returns what is wrong.
+pub fn check_mark_name(name: &[u8]) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty");
+    }
+    if name.len() > RTB_MARK_NAME_MAX {
+        return Err("longer than 64 bytes");
+    }
+    if name.first() == Some(&b'.') {
+        return Err("starts with a dot");
+    }
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if !name.iter().all(allowed) {
+        return Err("only A-Z, a-z, 0-9, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
 
 impl RtbRingInfo {
     /// An all-zero value.

@@ -120,3 +120,7 @@ unsafe impl AsBytes for uapi::RtbDeviceInfo {}
 unsafe impl FromBytes for uapi::RtbRingOpen {}
 // SAFETY: see above.
 unsafe impl FromBytes for uapi::RtbRingAck {}
+// SAFETY: see above.
+unsafe impl FromBytes for uapi::RtbMark {}
+// SAFETY: see above.
+unsafe impl AsBytes for uapi::RtbMark {}

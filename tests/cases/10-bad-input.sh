@@ -1,7 +1,8 @@
 #!/bin/sh
 # Bad input gets a clear message and a non-zero exit, and changes nothing:
 # module not loaded, paths that are not usable block devices, a device
-# already attached, a partition in use, and raw ioctls with garbage.
+# already attached, a partition in use, marks with bad names or for a
+# wrong device or mount point, and raw ioctls with garbage.
 . "$(dirname "$0")/../lib.sh"
 
 d0=$(disk 0); d1=$(disk 1)
@@ -25,6 +26,8 @@ expect_fail 'usage|required' rtbackupctl attach
 expect_fail 'not an rtbackup device name' rtbackupctl detach sda
 expect_fail 'no such rtbackup device' rtbackupctl detach rtbackup7
 expect_fail 'no such rtbackup device' rtbackupctl status 3
+expect_fail 'no such rtbackup device' rtbackupctl mark rtbackup7 m1
+expect_fail 'not an rtbackup device name' rtbackupctl mark sda m1
 [ "$(table)" = "$before" ] || fail "device table changed"
 
 say "a device already attached, and stacking on ourselves"
@@ -42,6 +45,13 @@ if dd if=/dev/zero of="$d0" bs=4k count=1 oflag=direct status=none 2>/tmp/dd.err
 fi
 say "plain write to $d0 refused: $(cat /tmp/dd.err)"
 [ "$(table)" = "$one" ] || fail "device table changed"
+
+say "marks with bad names, or freezing a filesystem of another device, are refused"
+w=$(written 0)
+expect_fail 'invalid mark name "vol@x": only A-Z' rtbackupctl mark rtbackup0 vol@x
+expect_fail 'invalid mark name ".x": starts with a dot' rtbackupctl mark rtbackup0 .x
+expect_fail '/tmp is not on /dev/rtbackup0' rtbackupctl mark --freeze /tmp rtbackup0 m1
+[ "$(written 0)" = "$w" ] || fail "a refused mark was recorded ($w -> $(written 0) records)"
 rtbackupctl detach /dev/rtbackup0
 dd if=/dev/zero of="$d0" bs=4k count=1 oflag=direct status=none || fail "$d0 not writable after detach"
 

@@ -24,6 +24,7 @@ mod tests {
         assert_eq!(RTB_IOC_DETACH, 0x4030_bb02);
         assert_eq!(RTB_IOC_LIST, 0xc028_bb03);
         assert_eq!(RTB_IOC_RING_OPEN, 0x4030_bb04);
+        assert_eq!(RTB_IOC_MARK, 0xc078_bb05);
         assert_eq!(RTB_RING_IOC_ACK, 0x4030_bb10);
     }
 
@@ -57,6 +58,43 @@ mod tests {
         assert_eq!(record_size(1), 128);
         assert_eq!(record_size(4096), 4160);
         assert_eq!(record_size(4097), 4224);
+    }
+
+    #[test]
+    fn mark_names_follow_the_volume_name_rule() {
+        for ok in [
+            &b"a"[..],
+            b"before-upgrade",
+            b"v1.2_rc-3",
+            b"x.",
+            &[b'z'; 64],
+        ] {
+            assert_eq!(check_mark_name(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, why) in [
+            (&b""[..], "empty"),
+            (&[b'z'; 65][..], "longer"),
+            (b".hidden", "dot"),
+            (b"a@b", "allowed"),
+            (b"mark:x", "allowed"),
+            (b"a b", "allowed"),
+            (b"a/b", "allowed"),
+            (b"caf\xc3\xa9", "allowed"),
+            (b"nul\0", "allowed"),
+        ] {
+            let e = check_mark_name(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn mark_request_name_respects_name_len() {
+        let mut m = RtbMark::ZERO;
+        m.name[..3].copy_from_slice(b"abc");
+        m.name_len = 3;
+        assert_eq!(m.name_bytes(), Some(&b"abc"[..]));
+        m.name_len = RTB_MARK_NAME_MAX as u32 + 1;
+        assert_eq!(m.name_bytes(), None);
     }
 
     #[test]

@@ -6,9 +6,9 @@ use crate::ioctl;
 use crate::status::DeviceStatus;
 use nix::errno::Errno;
 use rtbackup_abi::{
-    c_str_bytes, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbRingAck, RtbRingOpen, RtbVersion,
-    RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX,
-    RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
+    c_str_bytes, check_mark_name, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbMark,
+    RtbRingAck, RtbRingOpen, RtbVersion, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_DISK_PREFIX,
+    RTB_MAX_DEVICES, RTB_PATH_MAX, RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -287,6 +287,49 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Puts a mark named `name` in the record stream of device `index`,
+    /// after every record written so far, and returns the mark record's
+    /// `seq`. The backup server resolves a mark to the newest consistency
+    /// point at or before it: flush the device first
+    /// ([`crate::flush_device`]), or freeze its filesystem
+    /// ([`crate::Frozen`]) and flush, so that this point is now. Waits,
+    /// like a writer, while the device's ring is full.
+    pub fn mark(&self, index: u32, name: &str) -> Result<u64> {
+        let mut req = mark_request(index, name)?;
+        let disk = format!("{RTB_DISK_PREFIX}{index}");
+        tracing::debug!(disk, name, "RTB_IOC_MARK");
+        // SAFETY: `req` is a valid `RtbMark` for the kernel to read and fill.
+        unsafe { ioctl::mark(self.fd(), &mut req) }.map_err(|errno| match errno {
+            Errno::ENXIO => Error::NoSuchDevice { name: disk.clone() },
+            _ => self.permission(errno, &format!("mark {disk} as '{name}'")),
+        })?;
+        Ok(req.seq)
+    }
+}
+
+/// Checks a mark name as the module does: 1 to 64 characters from
+/// `[A-Za-z0-9._-]`, not starting with a dot.
+pub fn validate_mark_name(name: &str) -> Result<()> {
+    check_mark_name(name.as_bytes()).map_err(|reason| Error::BadMarkName {
+        name: name.chars().take(80).collect(),
+        reason,
+    })
+}
+
+/// The `RTB_IOC_MARK` request for mark `name` of device `index`; the name
+/// is checked as the module checks it.
+fn mark_request(index: u32, name: &str) -> Result<RtbMark> {
+    validate_mark_name(name)?;
+    let bytes = name.as_bytes();
+    let mut req = RtbMark::ZERO;
+    req.abi_version = RTB_ABI_VERSION;
+    req.index = index;
+    req.name_len = bytes.len() as u32;
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    Ok(req)
+}
+
 /// Tells the kernel, on a ring file descriptor from [`Control::ring_open`],
 /// that the records before byte position `tail` are durable on the server
 /// (they leave the ring), and whether the agent is connected to it.
@@ -329,6 +372,37 @@ mod tests {
         assert_eq!(parse_index("99999999999999"), None);
         assert_eq!(parse_index("256"), None);
         assert_eq!(parse_index(""), None);
+    }
+
+    #[test]
+    fn mark_requests_carry_the_name_and_nothing_else() {
+        let req = mark_request(3, "before-upgrade").unwrap();
+        assert_eq!(req.abi_version, RTB_ABI_VERSION);
+        assert_eq!(req.index, 3);
+        assert_eq!(req.name_len, 14);
+        assert_eq!(&req.name[..14], b"before-upgrade");
+        assert!(req.name[14..].iter().all(|&b| b == 0));
+        assert_eq!((req.flags, req.seq, req.reserved), (0, 0, [0; 4]));
+        let longest = "x".repeat(64);
+        assert_eq!(mark_request(0, &longest).unwrap().name, [b'x'; 64]);
+    }
+
+    #[test]
+    fn bad_mark_names_are_refused_before_the_kernel() {
+        for (name, reason) in [
+            ("", "empty"),
+            (".snap", "starts with a dot"),
+            ("vol@mark", "only A-Z"),
+            ("a:b", "only A-Z"),
+            ("été", "only A-Z"),
+        ] {
+            let e = mark_request(0, name).unwrap_err();
+            assert!(matches!(e, Error::BadMarkName { .. }), "{name}: {e}");
+            assert_eq!(e.errno(), Some(Errno::EINVAL));
+            assert!(e.to_string().contains(reason), "{name}: {e}");
+        }
+        let e = mark_request(0, &"y".repeat(65)).unwrap_err();
+        assert!(e.to_string().contains("longer than 64"), "{e}");
     }
 
     #[test]

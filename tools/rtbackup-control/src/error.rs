@@ -128,6 +128,40 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// A mark name the module would refuse.
+    #[error("invalid mark name \"{name}\": {reason} (a mark name is 1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.')")]
+    BadMarkName {
+        /// The name given (at most 80 characters of it).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The directory to freeze is not on the device to mark.
+    #[error("{path} is not on {device} but on device {found}: give the mount point of the filesystem on {device}")]
+    NotOnDevice {
+        /// The directory given.
+        path: PathBuf,
+        /// `/dev/rtbackupN`.
+        device: String,
+        /// `major:minor` of the device it is on.
+        found: String,
+    },
+    /// The filesystem could not be frozen; nothing was frozen.
+    #[error("cannot freeze {path}: {errno}{}", freeze_hint(*.errno))]
+    Freeze {
+        /// The mount point.
+        path: PathBuf,
+        /// The errno of `FIFREEZE`.
+        errno: Errno,
+    },
+    /// The filesystem stayed frozen.
+    #[error("THAW FAILED: {path} is still frozen ({errno}) and writers to it hang: run 'fsfreeze --unfreeze {path}' now")]
+    Thaw {
+        /// The mount point.
+        path: PathBuf,
+        /// The errno of `FITHAW`.
+        errno: Errno,
+    },
     /// Any other system call failure.
     #[error("{op} failed: {errno}")]
     Sys {
@@ -164,6 +198,19 @@ impl Error {
             Self::BadRingSize { .. } => Some(Errno::EINVAL),
             Self::RingNoMemory { .. } => Some(Errno::ENOMEM),
             Self::RingBusy { .. } => Some(Errno::EBUSY),
+            Self::BadMarkName { .. } => Some(Errno::EINVAL),
+            Self::NotOnDevice { .. } => Some(Errno::EXDEV),
+            Self::Freeze { errno, .. } | Self::Thaw { errno, .. } => Some(*errno),
         }
+    }
+}
+
+/// What to do when `FIFREEZE` fails with `errno`.
+fn freeze_hint(errno: Errno) -> &'static str {
+    match errno {
+        Errno::EBUSY => ": it is frozen already (thaw it with 'fsfreeze --unfreeze')",
+        Errno::EOPNOTSUPP => ": its filesystem cannot be frozen; mark without --freeze",
+        Errno::EPERM | Errno::EACCES => ": freezing needs root (CAP_SYS_ADMIN)",
+        _ => "",
     }
 }

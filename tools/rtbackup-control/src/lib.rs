@@ -1,4 +1,5 @@
-//! Talk to the rtbackup kernel module through `/dev/rtbackup-control`.
+//! Talk to the rtbackup kernel module through `/dev/rtbackup-control`, and
+//! prepare the moments that marks name (flush, filesystem freeze).
 //!
 //! [`Control`] wraps the versioned ioctls of `rtbackup-abi` and turns errnos
 //! into [`Error`]s that say what is wrong and what to do. The `rtbackupctl`
@@ -7,11 +8,15 @@
 mod control;
 mod diagnose;
 mod error;
+mod freeze;
 mod ioctl;
 mod status;
 
-pub use control::{ring_ack, AttachedDevice, Control, ModuleVersion, CONTROL_PATH};
+pub use control::{
+    ring_ack, validate_mark_name, AttachedDevice, Control, ModuleVersion, CONTROL_PATH,
+};
 pub use error::{Error, Result};
+pub use freeze::{flush_device, Frozen};
 pub use status::{DeviceStatus, RingStatus, Stats};
 
 /// The ABI version these tools speak.

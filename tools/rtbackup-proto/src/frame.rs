@@ -33,6 +33,16 @@ pub mod frame_type {
     pub const ACK: u16 = 4;
     /// Either direction: JSON [`crate::ErrorMsg`]; the sender then closes.
     pub const ERROR: u16 = 5;
+    /// Client → server: a rollback request ([`super::RollbackRequest`]).
+    pub const ROLLBACK: u16 = 6;
+    /// Server → client: what a rollback will write ([`super::RollbackPlan`]).
+    pub const PLAN: u16 = 7;
+    /// Server → client: [`super::EXTENT_MAGIC`], 4 zero bytes, 8 bytes of
+    /// byte offset, then the data to write there.
+    pub const EXTENT: u16 = 8;
+    /// Server → client: the rollback's extents are all sent
+    /// ([`super::RollbackDone`]).
+    pub const DONE: u16 = 9;
 }
 
 /// `code`s of [`ErrorMsg`] the server sends.
@@ -98,6 +108,56 @@ pub struct Welcome {
     pub server_version: String,
 }
 
+/// First bytes of an EXTENT payload (so that no other frame's payload can
+/// pass for one if its type field were damaged: the CRC covers the payload).
+pub const EXTENT_MAGIC: u32 = u32::from_le_bytes(*b"RTBX");
+/// Bytes before an EXTENT's data.
+pub const EXTENT_HEADER_LEN: usize = 16;
+
+/// A client asking for what it takes to bring its device back to a past
+/// point: the byte ranges changed after it, with their contents at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u16,
+    /// Volume name.
+    pub volume: String,
+    /// Size of the client's device (must be the volume's).
+    pub size_bytes: u64,
+    /// The point, as `restore --at` takes it.
+    pub point: String,
+    /// Only the plan: no extents.
+    pub dry_run: bool,
+    /// Client host name, for logs.
+    pub client: String,
+}
+
+/// The server's answer to [`RollbackRequest`], before the extents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackPlan {
+    /// Time of the point (RFC 3339).
+    pub time: String,
+    /// Ring of the last record before the point.
+    pub ring_id: u64,
+    /// Seq of the last record before the point.
+    pub seq: u64,
+    /// Marks naming the point.
+    pub marks: Vec<String>,
+    /// Ranges changed after the point (merged).
+    pub extents: u64,
+    /// Bytes in them.
+    pub bytes: u64,
+}
+
+/// The end of a rollback's extents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackDone {
+    /// EXTENT frames sent.
+    pub frames: u64,
+    /// Data bytes sent.
+    pub bytes: u64,
+}
+
 /// An ERROR frame's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorMsg {
@@ -137,6 +197,19 @@ pub enum Frame {
     Ack(u64),
     /// ERROR.
     Error(ErrorMsg),
+    /// ROLLBACK.
+    Rollback(RollbackRequest),
+    /// PLAN.
+    Plan(RollbackPlan),
+    /// EXTENT: data to write at a byte offset.
+    Extent {
+        /// Byte offset on the device.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// DONE.
+    Done(RollbackDone),
 }
 
 impl Frame {
@@ -148,6 +221,10 @@ impl Frame {
             Frame::Records(_) => frame_type::RECORDS,
             Frame::Ack(_) => frame_type::ACK,
             Frame::Error(_) => frame_type::ERROR,
+            Frame::Rollback(_) => frame_type::ROLLBACK,
+            Frame::Plan(_) => frame_type::PLAN,
+            Frame::Extent { .. } => frame_type::EXTENT,
+            Frame::Done(_) => frame_type::DONE,
         }
     }
 
@@ -165,6 +242,10 @@ pub fn frame_type_name(t: u16) -> &'static str {
         frame_type::RECORDS => "RECORDS",
         frame_type::ACK => "ACK",
         frame_type::ERROR => "ERROR",
+        frame_type::ROLLBACK => "ROLLBACK",
+        frame_type::PLAN => "PLAN",
+        frame_type::EXTENT => "EXTENT",
+        frame_type::DONE => "DONE",
         _ => "unknown",
     }
 }
@@ -305,6 +386,27 @@ pub fn encode_frame(f: &Frame) -> Result<Vec<u8>, ProtoError> {
             &owned
         }
         Frame::Records(r) => r,
+        Frame::Rollback(r) => {
+            owned = json(serde_json::to_vec(r))?;
+            &owned
+        }
+        Frame::Plan(p) => {
+            owned = json(serde_json::to_vec(p))?;
+            &owned
+        }
+        Frame::Done(d) => {
+            owned = json(serde_json::to_vec(d))?;
+            &owned
+        }
+        Frame::Extent { offset, data } => {
+            let mut v = Vec::with_capacity(EXTENT_HEADER_LEN + data.len());
+            v.extend_from_slice(&EXTENT_MAGIC.to_le_bytes());
+            v.extend_from_slice(&[0u8; 4]);
+            v.extend_from_slice(&offset.to_le_bytes());
+            v.extend_from_slice(data);
+            owned = v;
+            &owned
+        }
     };
     if payload.len() > MAX_FRAME_PAYLOAD {
         return Err(ProtoError::TooLarge(payload.len()));
@@ -420,7 +522,7 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
         return Err(ProtoError::UnsupportedVersion(version));
     }
     let t = u16::from_le_bytes([h[6], h[7]]);
-    if !(frame_type::HELLO..=frame_type::ERROR).contains(&t) {
+    if !(frame_type::HELLO..=frame_type::DONE).contains(&t) {
         return Err(ProtoError::UnknownType(t));
     }
     let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
@@ -457,7 +559,14 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
 fn check_payload_len(t: u16, len: usize) -> Result<(), ProtoError> {
     let kind = frame_type_name(t);
     match t {
-        frame_type::HELLO | frame_type::WELCOME | frame_type::ERROR if len > MAX_JSON_PAYLOAD => {
+        frame_type::HELLO
+        | frame_type::WELCOME
+        | frame_type::ERROR
+        | frame_type::ROLLBACK
+        | frame_type::PLAN
+        | frame_type::DONE
+            if len > MAX_JSON_PAYLOAD =>
+        {
             Err(ProtoError::Malformed {
                 kind,
                 reason: format!("{len} bytes of payload, more than the {MAX_JSON_PAYLOAD} allowed"),
@@ -466,6 +575,12 @@ fn check_payload_len(t: u16, len: usize) -> Result<(), ProtoError> {
         frame_type::ACK if len != ACK_PAYLOAD_LEN => Err(ProtoError::Malformed {
             kind,
             reason: format!("{len} bytes of payload, not {ACK_PAYLOAD_LEN}"),
+        }),
+        frame_type::EXTENT if len < EXTENT_HEADER_LEN => Err(ProtoError::Malformed {
+            kind,
+            reason: format!(
+                "{len} bytes of payload, less than its {EXTENT_HEADER_LEN}-byte header"
+            ),
         }),
         _ => Ok(()),
     }
@@ -481,6 +596,29 @@ pub fn decode_frame(t: u16, payload: Vec<u8>) -> Result<Frame, ProtoError> {
         frame_type::HELLO => Frame::Hello(serde_json::from_slice(&payload).map_err(json_err)?),
         frame_type::WELCOME => Frame::Welcome(serde_json::from_slice(&payload).map_err(json_err)?),
         frame_type::ERROR => Frame::Error(serde_json::from_slice(&payload).map_err(json_err)?),
+        frame_type::ROLLBACK => {
+            Frame::Rollback(serde_json::from_slice(&payload).map_err(json_err)?)
+        }
+        frame_type::PLAN => Frame::Plan(serde_json::from_slice(&payload).map_err(json_err)?),
+        frame_type::DONE => Frame::Done(serde_json::from_slice(&payload).map_err(json_err)?),
+        frame_type::EXTENT => {
+            if payload.len() < EXTENT_HEADER_LEN {
+                return Err(malformed(format!(
+                    "{} bytes of payload, less than its {EXTENT_HEADER_LEN}-byte header",
+                    payload.len()
+                )));
+            }
+            let magic = u32::from_le_bytes([payload[0], payload[1], payload[2], payload[3]]);
+            if magic != EXTENT_MAGIC || payload[4..8] != [0u8; 4] {
+                return Err(malformed(format!("bad extent header (magic {magic:#x})")));
+            }
+            let mut o = [0u8; 8];
+            o.copy_from_slice(&payload[8..16]);
+            Frame::Extent {
+                offset: u64::from_le_bytes(o),
+                data: payload[EXTENT_HEADER_LEN..].to_vec(),
+            }
+        }
         frame_type::ACK => {
             let b: [u8; 8] = payload
                 .as_slice()
@@ -489,7 +627,7 @@ pub fn decode_frame(t: u16, payload: Vec<u8>) -> Result<Frame, ProtoError> {
             Frame::Ack(u64::from_le_bytes(b))
         }
         frame_type::RECORDS => {
-            if payload.len() % RECORD_HEADER_LEN != 0 {
+            if !payload.len().is_multiple_of(RECORD_HEADER_LEN) {
                 return Err(malformed(format!(
                     "{} bytes of payload, not a multiple of {RECORD_HEADER_LEN}",
                     payload.len()
@@ -543,6 +681,34 @@ mod tests {
             Frame::Records(Vec::new()),
             Frame::Ack(0xdead_beef_1234),
             Frame::Error(ErrorMsg::new(error_code::SEQ_GAP, "expected 5, got 7")),
+            Frame::Rollback(RollbackRequest {
+                protocol: 1,
+                volume: "db1".into(),
+                size_bytes: 1 << 30,
+                point: "mark:before-upgrade".into(),
+                dry_run: false,
+                client: "host-a".into(),
+            }),
+            Frame::Plan(RollbackPlan {
+                time: "2026-11-26T05:00:00Z".into(),
+                ring_id: 7,
+                seq: 40,
+                marks: vec!["before-upgrade".into()],
+                extents: 3,
+                bytes: 12288,
+            }),
+            Frame::Extent {
+                offset: 4096,
+                data: vec![7; 4096],
+            },
+            Frame::Extent {
+                offset: 0,
+                data: Vec::new(),
+            },
+            Frame::Done(RollbackDone {
+                frames: 2,
+                bytes: 4096,
+            }),
         ]
     }
 
@@ -720,6 +886,18 @@ mod tests {
                 server_version: "x".into()
             })),
             any::<u64>().prop_map(Frame::Ack),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100))
+                .prop_map(|(offset, data)| Frame::Extent { offset, data }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(frames, bytes)| Frame::Done(RollbackDone { frames, bytes })),
+            ("[a-z]{1,10}", ".{0,20}").prop_map(|(v, p)| Frame::Rollback(RollbackRequest {
+                protocol: 1,
+                volume: v,
+                size_bytes: 1 << 20,
+                point: p,
+                dry_run: true,
+                client: "c".into()
+            })),
             ".{0,40}".prop_map(|m| Frame::Error(ErrorMsg::new("internal", m))),
             proptest::collection::vec(any::<u8>(), 1..200).prop_map(|d| {
                 Frame::Records(build_record(RTB_OP_WRITE, 0, 1, 0, d.len() as u64, 0, &d))

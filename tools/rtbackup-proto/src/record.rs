@@ -2,8 +2,9 @@
 //! journal share, byte for byte (`RtbRecordHeader` in `rust/uapi.rs`).
 
 use rtbackup_abi::{
-    record_size, RtbRecordHeader, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_PAD, RTB_OP_WRITE,
-    RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH,
+    check_mark_name, record_size, RtbRecordHeader, RTB_MARK_NAME_MAX, RTB_OP_DISCARD, RTB_OP_FLUSH,
+    RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC,
+    RTB_REC_FUA, RTB_REC_PREFLUSH,
 };
 
 /// Bytes of a record header.
@@ -82,7 +83,8 @@ impl RecordError {
 pub struct RecordRef<'a> {
     /// The decoded header.
     pub header: RtbRecordHeader,
-    /// The payload (`header.payload_len` bytes; empty unless a write).
+    /// The payload (`header.payload_len` bytes): a write's data, a mark's
+    /// name, else empty.
     pub payload: &'a [u8],
     /// The whole record including header and padding: `header.size` bytes.
     pub bytes: &'a [u8],
@@ -114,8 +116,18 @@ impl RecordRef<'_> {
         self.header.op == RTB_OP_FLUSH
     }
 
+    /// The name of a MARK record (validated: 1 to 64 bytes of
+    /// `[A-Za-z0-9._-]`, not starting with a dot); `None` for other ops.
+    pub fn mark_name(&self) -> Option<&str> {
+        if self.header.op != RTB_OP_MARK {
+            return None;
+        }
+        std::str::from_utf8(self.payload).ok()
+    }
+
     /// The byte range `[start, end)` of the device this record affects
-    /// (empty for flushes and padding). Validation guarantees no overflow.
+    /// (empty for flushes, marks and padding). Validation guarantees no
+    /// overflow.
     pub fn byte_range(&self) -> (u64, u64) {
         let start = self.header.sector * SECTOR_SIZE;
         (start, start + self.header.len)
@@ -129,6 +141,7 @@ pub fn op_name(op: u8) -> &'static str {
         RTB_OP_DISCARD => "DISCARD",
         RTB_OP_WRITE_ZEROES => "WRITE_ZEROES",
         RTB_OP_FLUSH => "FLUSH",
+        RTB_OP_MARK => "MARK",
         RTB_OP_PAD => "PAD",
         _ => "unknown",
     }
@@ -203,11 +216,31 @@ fn check_header(h: &RtbRecordHeader) -> Result<(), RecordError> {
                 ));
             }
         }
+        RTB_OP_MARK => {
+            if h.payload_len == 0 || h.payload_len as usize > RTB_MARK_NAME_MAX {
+                return Err(invalid(
+                    seq,
+                    format!(
+                        "MARK with payload_len {} (a name of 1 to {RTB_MARK_NAME_MAX} bytes)",
+                        h.payload_len
+                    ),
+                ));
+            }
+        }
         op => return Err(invalid(seq, format!("unknown op {op}"))),
     }
     match h.op {
         RTB_OP_FLUSH if h.sector != 0 || h.len != 0 => {
             return Err(invalid(seq, "FLUSH with a non-zero sector or len"));
+        }
+        RTB_OP_MARK if h.sector != 0 || h.len != 0 || h.flags != 0 => {
+            return Err(invalid(
+                seq,
+                format!(
+                    "MARK with sector {}, len {}, flags {:#04x} (must all be 0)",
+                    h.sector, h.len, h.flags
+                ),
+            ));
         }
         RTB_OP_PAD if h.seq != 0 || h.sector != 0 || h.len != 0 || h.flags != 0 => {
             return Err(invalid(
@@ -261,9 +294,10 @@ pub fn parse_header(buf: &[u8]) -> Result<RtbRecordHeader, RecordError> {
 /// Parses and fully validates the record at the start of `buf`: magic,
 /// header checksum, `size` (a multiple of 64, large enough for the payload,
 /// within `buf`), a known op and flags, zero pad/reserved fields,
-/// `payload_len == len` for writes and 0 otherwise, the payload checksum,
-/// and zero padding after the payload (except for `RTB_OP_PAD` records,
-/// whose filler is not checked). `buf` may hold more bytes after the record.
+/// `payload_len == len` for writes, a valid name for marks and 0 otherwise,
+/// the payload checksum, and zero padding after the payload (except for
+/// `RTB_OP_PAD` records, whose filler is not checked). `buf` may hold more
+/// bytes after the record.
 pub fn parse_record(buf: &[u8]) -> Result<RecordRef<'_>, RecordError> {
     let header = parse_header(buf)?;
     let size = header.size as usize;
@@ -288,6 +322,20 @@ pub fn parse_record(buf: &[u8]) -> Result<RecordRef<'_>, RecordError> {
         if bytes[payload_end..].iter().any(|&b| b != 0) {
             return Err(RecordError::Padding { seq: header.seq });
         }
+    }
+    if header.op == RTB_OP_MARK {
+        check_mark_name(payload).map_err(|why| {
+            invalid(
+                header.seq,
+                format!(
+                    "MARK name {:?}: {why}",
+                    String::from_utf8_lossy(payload)
+                        .chars()
+                        .take(80)
+                        .collect::<String>()
+                ),
+            )
+        })?;
     }
     Ok(RecordRef {
         header,
@@ -487,6 +535,79 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_carries_its_name() {
+        let r = build_record(RTB_OP_MARK, 0, 12, 0, 0, 99, b"before-upgrade");
+        assert_eq!(r.len(), 128);
+        let rec = parse_record(&r).unwrap();
+        assert_eq!(rec.op(), RTB_OP_MARK);
+        assert_eq!(rec.mark_name(), Some("before-upgrade"));
+        assert_eq!(rec.byte_range(), (0, 0));
+        assert!(!rec.is_consistency_point_before());
+        assert!(!rec.is_consistency_point_after());
+        assert_eq!(op_name(rec.op()), "MARK");
+        let longest = [b'x'; RTB_MARK_NAME_MAX];
+        let r = build_record(RTB_OP_MARK, 0, 1, 0, 0, 0, &longest);
+        assert_eq!(parse_record(&r).unwrap().mark_name().unwrap().len(), 64);
+        // Other records have no name.
+        let w = build_record(RTB_OP_WRITE, 0, 1, 0, 4, 0, b"name");
+        assert_eq!(parse_record(&w).unwrap().mark_name(), None);
+    }
+
+    #[test]
+    fn marks_with_bad_names_are_refused() {
+        for (name, why) in [
+            (&b""[..], "payload_len 0"),
+            (&[b'x'; RTB_MARK_NAME_MAX + 1][..], "payload_len 65"),
+            (b".hidden", "starts with a dot"),
+            (b"vol@mark", "only A-Z"),
+            (b"mark:x", "only A-Z"),
+            (b"with space", "only A-Z"),
+            (b"nul\0", "only A-Z"),
+            (b"\xff\xfe", "only A-Z"),
+        ] {
+            let r = build_record(RTB_OP_MARK, 0, 5, 0, 0, 0, name);
+            let e = parse_record(&r).unwrap_err();
+            assert!(
+                matches!(e, RecordError::Invalid { seq: 5, .. }),
+                "{name:?}: {e}"
+            );
+            assert!(e.to_string().contains(why), "{name:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn marks_with_a_range_or_flags_are_refused() {
+        for (flags, sector, len) in [
+            (0, 8, 0),
+            (0, 0, 4096),
+            (RTB_REC_PREFLUSH, 0, 0),
+            (RTB_REC_FUA, 0, 0),
+        ] {
+            let r = build_record(RTB_OP_MARK, flags, 3, sector, len, 0, b"m1");
+            let e = parse_record(&r).unwrap_err();
+            assert!(
+                e.to_string().contains("MARK with sector"),
+                "{flags} {sector} {len}: {e}"
+            );
+        }
+        // A mark's header alone is checked too (the ring reads headers).
+        let r = build_record(RTB_OP_MARK, 0, 3, 1, 0, 0, b"m1");
+        assert!(parse_header(&r).is_err());
+        let r = build_record(RTB_OP_MARK, 0, 0, 0, 0, 0, b"m1");
+        assert!(parse_record(&r).unwrap_err().to_string().contains("seq 0"));
+        // Its name is covered by the payload checksum and padding check.
+        let mut r = build_record(RTB_OP_MARK, 0, 3, 0, 0, 0, b"m1");
+        r[64] = b'n';
+        assert!(matches!(
+            parse_record(&r),
+            Err(RecordError::PayloadChecksum { .. })
+        ));
+        let mut r = build_record(RTB_OP_MARK, 0, 3, 0, 0, 0, b"m1");
+        r[70] = 1;
+        assert!(matches!(parse_record(&r), Err(RecordError::Padding { .. })));
+    }
+
+    #[test]
     fn error_messages_name_the_problem() {
         let mut r = build_record(RTB_OP_WRITE, 0, 42, 0, 64, 0, &[5; 64]);
         r[100] ^= 1;
@@ -506,7 +627,8 @@ mod tests {
                 Just(RTB_OP_WRITE),
                 Just(RTB_OP_DISCARD),
                 Just(RTB_OP_WRITE_ZEROES),
-                Just(RTB_OP_FLUSH)
+                Just(RTB_OP_FLUSH),
+                Just(RTB_OP_MARK)
             ],
             0u8..4,
             1u64..1 << 40,
@@ -517,6 +639,19 @@ mod tests {
             .prop_map(|(op, flags, seq, sector, data, t)| match op {
                 RTB_OP_WRITE => build_record(op, flags, seq, sector, data.len() as u64, t, &data),
                 RTB_OP_FLUSH => build_record(op, flags, seq, 0, 0, t, &[]),
+                RTB_OP_MARK => {
+                    let name: Vec<u8> = data
+                        .iter()
+                        .take(RTB_MARK_NAME_MAX)
+                        .map(|b| b"abcXYZ019._-"[*b as usize % 12])
+                        .collect();
+                    let name = if name.is_empty() || name[0] == b'.' {
+                        b"m".to_vec()
+                    } else {
+                        name
+                    };
+                    build_record(op, 0, seq, 0, 0, t, &name)
+                }
                 _ => build_record(op, flags, seq, sector, data.len() as u64 * 512, t, &[]),
             })
     }

@@ -4,7 +4,9 @@ use crate::mem::{MemRing, PollMode};
 use crate::view::{OFF_DATA_SIZE, OFF_HEAD, OFF_MAGIC, OFF_TAIL};
 use crate::{AlignedBytes, Cursor, RingError, RingSource, RingView, Wakeup};
 use proptest::prelude::*;
-use rtbackup_abi::{record_size, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_WRITE, RTB_RING_PAGE};
+use rtbackup_abi::{
+    record_size, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_WRITE, RTB_RING_PAGE,
+};
 use std::time::Duration;
 
 const PAGE: usize = RTB_RING_PAGE as usize;
@@ -204,6 +206,60 @@ fn a_padding_record_at_the_end_of_what_is_published_is_passed() {
             seq: 16
         }
     );
+}
+
+#[test]
+fn marks_are_read_between_writes_and_after_padding() {
+    let r = ring(SMALL);
+    // 14 writes of 256 bytes, a mark of 128, a write: 128 bytes left.
+    for _ in 0..14 {
+        write(&r, 192);
+    }
+    let m1 = r.append(RTB_OP_MARK, 0, 0, 0, b"before-upgrade").unwrap();
+    write(&r, 192);
+    ack(&r, 4, true).unwrap();
+    // A 320-byte write needs padding, then a mark follows it.
+    let w = write(&r, 256);
+    let m2 = r.append(RTB_OP_MARK, 0, 0, 0, &[b'z'; 64]).unwrap();
+    assert_eq!((m1, w, m2), (15, 17, 18));
+    let v = r.view();
+    assert_eq!(v.record_at(14 * 256).unwrap().unwrap().size, 128);
+    let b = v.read_batch(v.tail_cursor(), 1 << 20).unwrap();
+    assert_eq!((b.first_seq(), b.last_seq()), (Some(5), Some(18)));
+    let recs: Vec<_> = b.iter().collect::<Result<_, _>>().unwrap();
+    let marks: Vec<_> = recs
+        .iter()
+        .filter_map(|rec| Some((rec.seq(), rec.mark_name()?.to_owned())))
+        .collect();
+    assert_eq!(
+        marks,
+        vec![(15, "before-upgrade".to_owned()), (18, "z".repeat(64))]
+    );
+    // A mark is acknowledged like any record.
+    let c = ack(&r, 18, true).unwrap();
+    assert_eq!(c.seq, 19);
+}
+
+#[test]
+fn a_mark_with_a_bad_name_is_a_bad_record() {
+    let r = ring(SMALL);
+    write(&r, 10);
+    // The header is valid (the name is only looked at with the payload).
+    r.append(RTB_OP_MARK, 0, 0, 0, b"no@at").unwrap();
+    let v = r.view();
+    let b = v.read_batch(v.tail_cursor(), 1 << 20).unwrap();
+    let mut it = b.iter();
+    assert!(it.next().unwrap().is_ok());
+    let e = it.next().unwrap().unwrap_err();
+    assert!(e.to_string().contains("MARK name \"no@at\""), "{e}");
+    // A mark with a range is refused on its header.
+    let r = ring(SMALL);
+    r.append(RTB_OP_MARK, 0, 8, 0, b"m").unwrap();
+    let v = r.view();
+    assert!(matches!(
+        v.read_batch(v.tail_cursor(), 1 << 20),
+        Err(RingError::BadRecord { pos: 0, .. })
+    ));
 }
 
 #[test]

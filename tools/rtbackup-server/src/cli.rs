@@ -2,6 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -9,7 +10,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use rtbackup_store::{LocalDirStore, Store, VolumeOptions};
+use rtbackup_store::{
+    format_time, parse_duration, LocalDirStore, PointInfo, PointSpec, Retention, Store,
+    VolumeOptions,
+};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -49,6 +53,25 @@ pub enum Command {
         /// too-many-connections) until some end.
         #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
         max_connections: usize,
+        /// Keep every restore point of this last span of time (7d, 12h,
+        /// 90min; "forever" for no limit); older history is folded into
+        /// each volume's base image.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_keep)]
+        keep: KeepTime,
+        /// Keep at most about this much journal per volume (100G, 512M),
+        /// folding the oldest history first; whichever of --keep and
+        /// --keep-size folds more wins.
+        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        keep_size: Option<u64>,
+        /// Address of the read-only NBD export of past states (export
+        /// VOLUME@POINT, e.g. db1@mark:before-upgrade), or "none". NBD has
+        /// no authentication here: keep it on loopback or a trusted network.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+        nbd_listen: String,
+        /// Keep each volume's image this far behind the stream (a delayed
+        /// replica: 1h); restores of any point are unaffected.
+        #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+        apply_delay: std::time::Duration,
     },
     /// Write the latest consistent image of a volume to a file or block
     /// device (safe while a server runs on the store).
@@ -63,7 +86,45 @@ pub enum Command {
         /// device.
         #[arg(long)]
         output: PathBuf,
+        /// Restore the newest consistency point at or before POINT: a time
+        /// (2026-11-26T05:00:00Z, "10 minutes ago"), a seq (1234 or
+        /// seq:1234), mark:NAME, or latest.
+        #[arg(long, value_name = "POINT", default_value = "latest")]
+        at: PointSpec,
         /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the restore points of a volume: the base point, every
+    /// consistency point (flush) held, and the marks.
+    Points {
+        /// Store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Volume name.
+        #[arg(long)]
+        volume: String,
+        /// Only points with a mark.
+        #[arg(long)]
+        marks: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the writes held in a volume's history (time, byte range,
+    /// length, operation): what changed, and when.
+    Log {
+        /// Store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Volume name.
+        #[arg(long)]
+        volume: String,
+        /// Only writes since POINT (a time: those submitted at or after it;
+        /// seq:N or mark:NAME: those after that point).
+        #[arg(long, value_name = "POINT")]
+        since: Option<PointSpec>,
+        /// Print JSON (one array).
         #[arg(long)]
         json: bool,
     },
@@ -100,16 +161,63 @@ pub fn main() -> ExitCode {
 
 /// `ADDR` with the default port when it has none.
 pub fn listen_addr(s: &str) -> String {
+    addr_with_port(s, DEFAULT_PORT)
+}
+
+/// Default port of the NBD export.
+pub const NBD_PORT: u16 = 10809;
+
+/// `ADDR` with `port` when it has none.
+fn addr_with_port(s: &str, port: u16) -> String {
     if s.parse::<SocketAddr>().is_ok() {
         return s.to_owned();
     }
     if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
-        return SocketAddr::new(ip, DEFAULT_PORT).to_string();
+        return SocketAddr::new(ip, port).to_string();
     }
     if s.contains(':') {
         s.to_owned()
     } else {
-        format!("{s}:{DEFAULT_PORT}")
+        format!("{s}:{port}")
+    }
+}
+
+/// `--keep`: a duration or "forever".
+#[derive(Debug, Clone, Copy)]
+pub struct KeepTime(Option<std::time::Duration>);
+
+fn parse_keep(s: &str) -> Result<KeepTime, String> {
+    if s == "forever" {
+        return Ok(KeepTime(None));
+    }
+    parse_duration(s).map(|d| KeepTime(Some(d)))
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("bad size {s:?}: {e} (e.g. 512M, 100G)"))
+}
+
+fn print_points(points: &[PointInfo]) {
+    println!(
+        "{:<32} {:>18} {:>12} {:<9} MARKS",
+        "TIME", "RING_ID", "SEQ", "KIND"
+    );
+    for p in points {
+        let kind = serde_json::to_value(p.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "{:<32} {:>#18x} {:>12} {:<9} {}",
+            p.time,
+            p.ring_id,
+            p.seq,
+            kind,
+            p.marks.join(",")
+        );
     }
 }
 
@@ -127,15 +235,35 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             listen,
             segment_mib,
             max_connections,
+            keep,
+            keep_size,
+            apply_delay,
+            nbd_listen,
         } => {
             let opts = VolumeOptions {
                 segment_bytes: segment_mib << 20,
+                retention: Retention {
+                    keep: keep.0,
+                    keep_bytes: keep_size,
+                },
+                apply_delay,
             };
             let st = Store::with_segment_store(
                 &store,
                 Arc::new(LocalDirStore::new(store.join("sealed"))),
                 opts,
             )?;
+            let nbd = match nbd_listen.as_str() {
+                "none" => None,
+                a => {
+                    let a = addr_with_port(a, NBD_PORT);
+                    Some(
+                        std::net::TcpListener::bind(&a)
+                            .with_context(|| format!("listening for NBD on {a}"))?,
+                    )
+                }
+            };
+            let nbd_store = st.clone();
             let server = Server::bind(st, &listen_addr(&listen))?.max_connections(max_connections);
             let addr = server.local_addr()?;
             let stop = Arc::new(AtomicBool::new(false));
@@ -146,9 +274,33 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             info!(%addr, store = %store.display(), "listening");
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {addr}")?;
+            let nbd_thread = match nbd {
+                Some(l) => {
+                    let nbd_addr = l.local_addr()?;
+                    info!(%nbd_addr, "NBD exports of past states");
+                    writeln!(out, "nbd on {nbd_addr}")?;
+                    let stop = Arc::clone(&stop);
+                    Some(
+                        std::thread::Builder::new()
+                            .name("nbd".into())
+                            .spawn(move || crate::nbd::run(l, nbd_store, &stop))
+                            .context("starting the NBD thread")?,
+                    )
+                }
+                None => None,
+            };
             out.flush()?;
             drop(out);
-            server.run(&stop)?;
+            let r = server.run(&stop);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(t) = nbd_thread {
+                match t.join() {
+                    Ok(Err(e)) => tracing::error!("NBD: {e:#}"),
+                    Err(_) => tracing::error!("the NBD thread panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
+            r?;
             info!("stopped");
             Ok(())
         }
@@ -156,28 +308,131 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             store,
             volume,
             output,
+            at,
             json,
         } => {
             let st = existing_store(&store)?;
             let rep = st
-                .restore(&volume, &output)
-                .with_context(|| format!("restoring volume {volume}"))?;
+                .restore_at(&volume, &output, &at)
+                .with_context(|| format!("restoring volume {volume} at {at}"))?;
             if json {
                 let mut v = serde_json::to_value(&rep)?;
                 v["output"] = output.display().to_string().into();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
+                let marks = if rep.point.marks.is_empty() {
+                    String::new()
+                } else {
+                    format!(", mark {}", rep.point.marks.join(","))
+                };
                 println!(
-                    "restored volume {} (ring {:#x}, seq {}) to {}: {} bytes, {} of data, {} journal records replayed",
+                    "restored volume {} as of {} (ring {:#x}, seq {}{marks}) to {}: {} bytes, {} of data, {} journal records replayed{}",
                     rep.volume,
+                    rep.point.time,
                     rep.ring_id,
                     rep.seq,
                     output.display(),
                     rep.bytes,
                     rep.data_bytes,
-                    rep.replayed_records
+                    rep.replayed_records,
+                    if rep.from_base { " onto the base image" } else { "" }
                 );
             }
+            Ok(())
+        }
+        Command::Points {
+            store,
+            volume,
+            marks,
+            json,
+        } => {
+            let st = existing_store(&store)?;
+            let mut points = st
+                .points(&volume)
+                .with_context(|| format!("listing the points of volume {volume}"))?;
+            if marks {
+                points.retain(|p| !p.marks.is_empty());
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&points)?);
+            } else {
+                print_points(&points);
+            }
+            Ok(())
+        }
+        Command::Log {
+            store,
+            volume,
+            since,
+            json,
+        } => {
+            let st = existing_store(&store)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut first = true;
+            if json {
+                write!(out, "[")?;
+            } else {
+                writeln!(
+                    out,
+                    "{:<32} {:>18} {:>12} {:<12} {:>25} {:>12}",
+                    "TIME", "RING_ID", "SEQ", "OP", "SECTORS", "BYTES"
+                )?;
+            }
+            let mut failed: Option<std::io::Error> = None;
+            st.log(&volume, since.as_ref(), |r| {
+                let res = if json {
+                    let v = serde_json::json!({
+                        "time": format_time(r.time_ns),
+                        "time_ns": r.time_ns,
+                        "ring_id": r.ring_id,
+                        "seq": r.seq,
+                        "op": rtbackup_proto::op_name(r.op),
+                        "fua": r.flags & rtbackup_proto::RTB_REC_FUA != 0,
+                        "preflush": r.flags & rtbackup_proto::RTB_REC_PREFLUSH != 0,
+                        "start": r.start,
+                        "length": r.len,
+                        "sector": r.start / 512,
+                        "sectors": r.len.div_ceil(512),
+                    });
+                    let sep = if first { "\n" } else { ",\n" };
+                    write!(out, "{sep}  {v}")
+                } else {
+                    writeln!(
+                        out,
+                        "{:<32} {:>#18x} {:>12} {:<12} {:>25} {:>12}",
+                        format_time(r.time_ns),
+                        r.ring_id,
+                        r.seq,
+                        rtbackup_proto::op_name(r.op),
+                        if r.len == 0 {
+                            "-".to_owned()
+                        } else {
+                            format!("{}+{}", r.start / 512, r.len.div_ceil(512))
+                        },
+                        r.len
+                    )
+                };
+                first = false;
+                match res {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(e) => {
+                        failed = Some(e);
+                        ControlFlow::Break(())
+                    }
+                }
+            })
+            .with_context(|| format!("listing the writes of volume {volume}"))?;
+            if let Some(e) = failed {
+                // A closed pipe (`| head`) just ends the listing.
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e).context("writing the log");
+            }
+            if json {
+                writeln!(out, "{}]", if first { "" } else { "\n" })?;
+            }
+            out.flush()?;
             Ok(())
         }
         Command::Status { store, json } => {

@@ -1,8 +1,10 @@
 //! The rtbackup backup server: receives record streams from agents
-//! (Documentation/protocol.rst) into a store (`rtbackup-store`), and
-//! restores volumes from it.
+//! (Documentation/protocol.rst) into a store (`rtbackup-store`), restores
+//! volumes from it, and exports past states over NBD.
 
 pub mod cli;
+pub mod nbd;
+mod rollback;
 pub mod server;
 
 pub use server::{Server, SERVER_VERSION};

@@ -18,7 +18,7 @@ use rtbackup_proto::{
     error_code, frame_type, read_frame, read_frame_raw, validate_volume_name, write_frame,
     ErrorMsg, Frame, Hello, ProtoError, Welcome, PROTOCOL_VERSION,
 };
-use rtbackup_store::{ApplyOutcome, Store, StoreError, Volume};
+use rtbackup_store::{ApplyOutcome, CompactOutcome, Store, StoreError, Volume};
 use tracing::{debug, error, info, warn};
 
 /// Version reported in WELCOME.
@@ -280,7 +280,7 @@ enum End {
 }
 
 /// An error of a session: what to tell the peer and log.
-struct SessionError {
+pub(crate) struct SessionError {
     code: &'static str,
     message: String,
     /// Tell the peer (false when the connection is already broken).
@@ -313,7 +313,7 @@ impl From<StoreError> for SessionError {
     }
 }
 
-fn session_error(code: &'static str, message: impl Into<String>) -> SessionError {
+pub(crate) fn session_error(code: &'static str, message: impl Into<String>) -> SessionError {
     SessionError {
         code,
         message: message.into(),
@@ -380,10 +380,15 @@ fn session(
     // codec): nothing large is allocated for a peer before its handshake.
     let hello = match read_frame(&mut &conn) {
         Ok(Frame::Hello(h)) => h,
+        Ok(Frame::Rollback(req)) => {
+            volume_name.clone_from(&req.volume);
+            crate::rollback::serve_rollback(&shared.store, &req, writer, peer)?;
+            return Ok(End::Closed);
+        }
         Ok(f) => {
             return Err(session_error(
                 error_code::PROTOCOL,
-                format!("expected HELLO, got {}", f.name()),
+                format!("expected HELLO or ROLLBACK, got {}", f.name()),
             ))
         }
         Err(ProtoError::Closed) => return Ok(End::Closed),
@@ -720,8 +725,9 @@ impl Applier {
         self.cv.notify_one();
     }
 
-    /// Applies when asked, and retries every [`APPLY_RETRY`] while a
-    /// restore defers it. Makes a last attempt when stopped.
+    /// Applies when asked and at least every [`APPLY_RETRY`] (a restore may
+    /// have deferred it; retention and the apply delay move with the
+    /// clock), then folds one step of history past retention. Makes a last attempt when stopped.
     fn run(&self, vol: &Volume) {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(vol)));
         if r.is_err() {
@@ -733,26 +739,27 @@ impl Applier {
     }
 
     fn run_inner(&self, vol: &Volume) {
-        // A restarted server may have durable records to apply.
-        let mut retry = true;
+        // A restarted server may have durable records to apply: go at once.
+        let mut busy = true;
         loop {
             let stop = {
                 let mut st = lock(&self.state);
-                while !st.wanted && !st.stop {
-                    let (g, t) = self
+                if !busy && !st.wanted && !st.stop {
+                    // Also wake now and then: retention and the apply delay
+                    // move with the clock.
+                    let (g, _) = self
                         .cv
                         .wait_timeout(st, APPLY_RETRY)
                         .unwrap_or_else(|p| p.into_inner());
                     st = g;
-                    if t.timed_out() && retry {
-                        break;
-                    }
                 }
                 st.wanted = false;
                 st.stop
             };
-            retry = match vol.apply(false) {
-                Ok(ApplyOutcome::Deferred) => true,
+            // Deferred by a restore: the next round (at most a second
+            // away) tries again.
+            busy = match vol.apply(false) {
+                Ok(ApplyOutcome::Deferred) => false,
                 Ok(ApplyOutcome::Applied {
                     checkpoint,
                     records,
@@ -775,6 +782,29 @@ impl Applier {
             };
             if stop {
                 return;
+            }
+            // One bounded step of folding old history per round, so that
+            // applying new records is never held up for long.
+            match vol.compact() {
+                Ok(CompactOutcome::Folded {
+                    base,
+                    records,
+                    more,
+                }) => {
+                    debug!(
+                        volume = vol.name(),
+                        seq = base.seq,
+                        records,
+                        "history folded into the base image"
+                    );
+                    busy |= more;
+                }
+                Ok(CompactOutcome::Deferred) | Ok(CompactOutcome::UpToDate) => {}
+                Err(e) => error!(volume = vol.name(), "cannot fold old history: {e}"),
+            }
+            if busy {
+                // More to fold: a short pause for the other threads.
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }

@@ -22,12 +22,15 @@ const SIZE: u64 = 1 << 20;
 struct ServerProc {
     child: Child,
     addr: String,
+    nbd: String,
     store: PathBuf,
 }
 
 impl ServerProc {
+    /// A server keeping all history: test records carry timestamps near
+    /// 1970, which any time-based retention would fold at once.
     fn start(store: &Path) -> Self {
-        Self::start_with(store, &[])
+        Self::start_with(store, &["--keep", "forever"])
     }
 
     fn start_with(store: &Path, extra: &[&str]) -> Self {
@@ -40,23 +43,31 @@ impl ServerProc {
             .args(["--log-level", "debug", "serve", "--store"])
             .arg(store)
             .args(["--listen", "127.0.0.1:0", "--segment-mib", "1"])
+            .args(["--nbd-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let nbd = line
+            .trim()
+            .strip_prefix("nbd on ")
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+            .to_owned();
         Self {
             child,
             addr,
+            nbd,
             store: store.to_owned(),
         }
     }
@@ -673,4 +684,301 @@ fn connections_over_the_limit_are_refused() {
             Err(e) => panic!("{e:?}"),
         }
     }
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn cli_json(args: &[&str], store: &Path) -> Result<serde_json::Value, String> {
+    let o = Command::new(BIN)
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--json")
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout))))
+}
+
+/// The history commands through the real binary: points, restore --at a
+/// mark, a seq and a time, the audit log; then retention by time folding
+/// the old points while the server runs.
+#[test]
+fn points_restore_at_log_and_retention() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start_with(&store, &["--keep", "3s"]);
+    let t0 = now_ns();
+    let mut recs = Vec::new();
+    let mut rec = |op, flags, sector, len, payload: &[u8]| {
+        let seq = recs.len() as u64 + 1;
+        let mut r = Vec::new();
+        append_record(
+            &mut r,
+            op,
+            flags,
+            seq,
+            sector,
+            len,
+            t0 + seq * 1000,
+            payload,
+        );
+        recs.push(r);
+    };
+    rec(RTB_OP_WRITE, 0, 0, 512, &[0xa1; 512]);
+    rec(RTB_OP_FLUSH, 0, 0, 0, &[]);
+    rec(rtbackup_proto::RTB_OP_MARK, 0, 0, 0, b"before-upgrade");
+    rec(RTB_OP_WRITE, 0, 0, 512, &[0xb2; 512]);
+    rec(RTB_OP_FLUSH, 0, 0, 0, &[]);
+    let (mut c, _) = Client::connect(&srv.addr, &hello("h", SIZE, 0x77)).unwrap();
+    c.send(&recs).unwrap();
+    assert_eq!(c.wait_ack(5), 5);
+
+    let points = cli_json(&["points", "--volume", "h"], &store).unwrap();
+    let seqs: Vec<_> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["seq"].clone())
+        .collect();
+    assert_eq!(seqs, [0, 2, 5], "{points}");
+    assert_eq!(points[1]["marks"][0], "before-upgrade", "{points}");
+    assert_eq!(points[1]["kind"], "flush");
+
+    let out = d.path().join("at.img");
+    let restore_at = |at: &str| {
+        cli_json(
+            &[
+                "restore",
+                "--volume",
+                "h",
+                "--output",
+                out.to_str().unwrap(),
+                "--at",
+                at,
+            ],
+            &store,
+        )
+    };
+    let rep = restore_at("mark:before-upgrade").unwrap();
+    assert_eq!(rep["seq"], 2, "{rep}");
+    assert_eq!(rep["point"]["marks"][0], "before-upgrade");
+    assert_eq!(fs::read(&out).unwrap()[..512], [0xa1; 512]);
+    assert_eq!(restore_at("seq:4").unwrap()["seq"], 2);
+    assert_eq!(restore_at("latest").unwrap()["seq"], 5);
+    assert_eq!(fs::read(&out).unwrap()[..512], [0xb2; 512]);
+    let when = points[1]["time"].as_str().unwrap().to_owned();
+    assert_eq!(restore_at(&when).unwrap()["seq"], 2);
+    for (bad, why) in [
+        ("mark:nope", "no mark"),
+        ("yesterday-ish", "cannot read"),
+        ("1990-01-01T00:00:00Z", "before the oldest restore point"),
+    ] {
+        let e = restore_at(bad).unwrap_err();
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+
+    // The same states over NBD, read by qemu-img; writes are refused.
+    let nbd_read = |export: &str| {
+        let img = d.path().join("nbd.img");
+        let o = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw"])
+            .arg(format!("nbd://{}/{export}", srv.nbd))
+            .arg(&img)
+            .output()
+            .expect("qemu-img (qemu-utils; make deps installs it)");
+        assert!(
+            o.status.success(),
+            "{export}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            srv.log()
+        );
+        fs::read(&img).unwrap()
+    };
+    restore_at("mark:before-upgrade").unwrap();
+    assert!(nbd_read("h@mark:before-upgrade") == fs::read(&out).unwrap());
+    restore_at("latest").unwrap();
+    assert!(nbd_read("h") == fs::read(&out).unwrap());
+    assert!(nbd_read("h@latest") == fs::read(&out).unwrap());
+    let o = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x55 0 512"])
+        .arg(format!("nbd://{}/h", srv.nbd))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !text.contains("wrote 512"),
+        "write over NBD succeeded: {text}"
+    );
+    assert!(
+        text.to_lowercase().contains("read-only") || text.contains("ermission"),
+        "write over NBD: {text}"
+    );
+    let o = Command::new("qemu-img")
+        .args(["info"])
+        .arg(format!("nbd://{}/h@mark:nope", srv.nbd))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "unknown mark exported");
+
+    let log = cli_json(
+        &["log", "--volume", "h", "--since", "mark:before-upgrade"],
+        &store,
+    )
+    .unwrap();
+    let ops: Vec<_> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["op"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ops, ["MARK", "WRITE", "FLUSH"], "{log}");
+    assert_eq!(log[1]["length"], 512);
+
+    // Past the retention time, the server folds the old points into the
+    // base image; the latest state stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = cli_json(&["points", "--volume", "h"], &store).unwrap();
+        if p.as_array().unwrap().len() == 1 {
+            assert_eq!(p[0]["seq"], 5, "{p}");
+            assert_eq!(p[0]["kind"], "base");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing folded: {p}\n{}",
+            srv.log()
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    assert!(restore_at("mark:before-upgrade")
+        .unwrap_err()
+        .contains("no mark"));
+    assert_eq!(restore_at("latest").unwrap()["seq"], 5);
+    assert_eq!(fs::read(&out).unwrap()[..512], [0xb2; 512]);
+}
+
+/// A rollback through the real server: a device in the newest state gets
+/// back the bytes of a mark by writing only the ranges changed since.
+#[test]
+fn rollback_writes_back_only_what_changed() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+    let t0 = now_ns();
+    let mut recs = Vec::new();
+    let mut model = vec![0u8; SIZE as usize];
+    let mut at_mark = Vec::new();
+    let mut push = |op, sector: u64, len: u64, payload: &[u8], model: &mut Vec<u8>| {
+        let seq = recs.len() as u64 + 1;
+        let mut r = Vec::new();
+        append_record(&mut r, op, 0, seq, sector, len, t0 + seq, payload);
+        recs.push(r);
+        let s = (sector * 512) as usize;
+        match op {
+            RTB_OP_WRITE => model[s..s + payload.len()].copy_from_slice(payload),
+            RTB_OP_DISCARD => model[s..s + len as usize].fill(0),
+            _ => {}
+        }
+    };
+    // A filled disk, marked; then an "attack" on a few places.
+    for i in 0..64u64 {
+        push(
+            RTB_OP_WRITE,
+            i * 32,
+            16384,
+            &[i as u8 + 1; 16384],
+            &mut model,
+        );
+    }
+    push(RTB_OP_FLUSH, 0, 0, &[], &mut model);
+    at_mark.extend_from_slice(&model);
+    push(rtbackup_proto::RTB_OP_MARK, 0, 0, b"clean", &mut model);
+    push(RTB_OP_WRITE, 100, 4096, &[0xee; 4096], &mut model);
+    push(RTB_OP_WRITE, 1000, 8192, &[0xdd; 8192], &mut model);
+    push(RTB_OP_DISCARD, 40, 1024, &[], &mut model);
+    push(RTB_OP_WRITE, 101, 1024, &[0xcc; 1024], &mut model);
+    push(RTB_OP_FLUSH, 0, 0, &[], &mut model);
+    let n = recs.len() as u64;
+    let (mut c, _) = Client::connect(&srv.addr, &hello("victim", SIZE, 0x99)).unwrap();
+    c.send(&recs).unwrap();
+    assert_eq!(c.wait_ack(n), n);
+
+    let dev = d.path().join("device.img");
+    fs::write(&dev, &model).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .unwrap();
+    let req = |point: &str, dry_run| rtbackup_rollback::Request {
+        server: srv.addr.clone(),
+        volume: "victim".into(),
+        point: point.into(),
+        dry_run,
+        size_bytes: SIZE,
+        client: "test".into(),
+    };
+    // A dry run plans without sending data.
+    let plan = rtbackup_rollback::run(&req("mark:clean", true), &f, |_, _| {}).unwrap();
+    assert_eq!(plan.plan.marks, ["clean"]);
+    assert_eq!(plan.plan.seq, 65);
+    // Ranges: [100*512, +4096) and [101*512, +1024) merge; [1000*512,
+    // +8192); [40*512, +1024).
+    assert_eq!(plan.plan.extents, 3, "{plan:?}");
+    assert_eq!(plan.plan.bytes, 4096 + 8192 + 1024);
+    assert_eq!(plan.bytes_written, 0);
+    assert!(fs::read(&dev).unwrap() == model);
+
+    let mut calls = 0;
+    let out = rtbackup_rollback::run(&req("mark:clean", false), &f, |done, total| {
+        assert!(done <= total);
+        calls += 1;
+    })
+    .unwrap();
+    assert_eq!(out.bytes_written, 4096 + 8192 + 1024);
+    assert!(calls >= 2);
+    assert!(
+        fs::read(&dev).unwrap() == at_mark,
+        "device differs from the mark"
+    );
+
+    // Refusals: unknown volume or mark, wrong size.
+    for (r, code) in [
+        (
+            rtbackup_rollback::Request {
+                volume: "nope".into(),
+                ..req("latest", false)
+            },
+            "bad-volume",
+        ),
+        (req("mark:nope", false), "bad-volume"),
+        (
+            rtbackup_rollback::Request {
+                size_bytes: SIZE * 2,
+                ..req("latest", false)
+            },
+            "size-mismatch",
+        ),
+        (req("not a point", false), "protocol"),
+    ] {
+        match rtbackup_rollback::run(&r, &f, |_, _| {}) {
+            Err(rtbackup_rollback::RollbackError::Refused { code: c, .. }) => assert_eq!(c, code),
+            other => panic!("{r:?}: {other:?}"),
+        }
+    }
+    assert!(fs::read(&dev).unwrap() == at_mark);
 }

@@ -66,6 +66,21 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// The history index failed (it is rebuilt from the journal when
+    /// damaged).
+    #[error("history index {path}: {context}: {source}")]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// No restore point matches what was asked.
+    #[error("no such restore point: {0}")]
+    NoSuchPoint(String),
     /// A state file or other metadata is unreadable.
     #[error("bad state file {path}: {reason}")]
     BadState {

@@ -7,13 +7,17 @@
 //! a [`SegmentStore`] ([`LocalDirStore`] today; an object store later).
 
 mod error;
+mod history;
 mod image;
+mod index;
 mod journal;
+mod point;
 mod segment;
 mod state;
 mod volume;
 
 use std::fs::{self, File, OpenOptions};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,18 +27,26 @@ use rtbackup_proto::validate_volume_name;
 use serde::Serialize;
 
 pub use error::{Result, StoreError};
+pub use history::{format_time, parse_duration, PointInfo, PointSpec};
+pub use index::{PointKind, RecordRow};
+pub use point::PointReader;
 pub use segment::{
     parse_segment_file_name, segment_file_name, LocalDirStore, SegmentHeader, SegmentInfo,
     SegmentStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 pub use state::{Position, VolumeState, STORE_FORMAT_VERSION};
-pub use volume::{AppendOutcome, ApplyOutcome, Volume, VolumeOptions, VolumeStatus};
+pub use volume::{
+    AppendOutcome, ApplyOutcome, CompactOutcome, Retention, Volume, VolumeOptions, VolumeStatus,
+};
 
 use error::IoContext;
+use history::HistoryView;
 use image::{sparse_copy, Target};
-use journal::{walk, CpTracker, Event, SegmentSource};
+use index::{Index, PointRow};
+use journal::{walk, Event, SegmentSource};
 use volume::{
-    create_volume_files, journal_usage, local_segments, lock_volume, JOURNAL_DIR, STATE_FILE,
+    create_volume_files, journal_usage, local_segments, lock_volume, BASE_FILE, INDEX_FILE,
+    JOURNAL_DIR, STATE_FILE,
 };
 
 /// Directory of the volumes in a store.
@@ -57,6 +69,11 @@ pub struct RestoreReport {
     pub data_bytes: u64,
     /// Journal records replayed on top of the image.
     pub replayed_records: u64,
+    /// The consistency point restored.
+    pub point: PointInfo,
+    /// Whether the copy started from the base image (an older point) rather
+    /// than the current image.
+    pub from_base: bool,
 }
 
 /// A store directory.
@@ -175,7 +192,7 @@ impl Store {
                 "block size {block_size} is not a power of two from 512 to 65536"
             )));
         }
-        if size_bytes == 0 || size_bytes % u64::from(block_size) != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) {
             return Err(StoreError::BadParameters(format!(
                 "size {size_bytes} is not a positive multiple of the block size {block_size}"
             )));
@@ -218,7 +235,11 @@ impl Store {
             ring_id: 0,
             durable_seq: 0,
             checkpoint: start,
+            base: Some(start),
+            base_time_ns: now,
             rings: Vec::new(),
+            folding: None,
+            folding_time_ns: 0,
             created_ns: now,
             updated_ns: now,
         };
@@ -306,16 +327,33 @@ impl Store {
     /// device of at least the volume's size (written in full). It is
     /// fsynced before this returns.
     pub fn restore(&self, name: &str, output: &Path) -> Result<RestoreReport> {
-        let (src, _lock, st, last) = self.read_snapshot(name)?;
-        let mut cps = CpTracker::new(st.checkpoint);
-        walk(&src, st.checkpoint, last, None, |e| {
-            cps.event(&e);
-            Ok(())
-        })?;
-        let target = cps.last;
+        self.restore_at(name, output, &PointSpec::Latest)
+    }
 
-        let image_path = self.volume_dir(name).join(volume::IMAGE_FILE);
-        if same_file(output, &image_path) {
+    /// Writes the state of volume `name` at the newest consistency point at
+    /// or before `at` (see [`PointSpec`]) to `output`, like
+    /// [`Store::restore`]. A point at or after the image's checkpoint is
+    /// the image plus the journal up to it; an older one, the base image
+    /// plus the journal from the base point. Points older than the base
+    /// point (folded by retention) are gone.
+    pub fn restore_at(&self, name: &str, output: &Path, at: &PointSpec) -> Result<RestoreReport> {
+        let (src, _lock, st, last) = self.read_snapshot(name)?;
+        let view = self.history_view(name, &src, &st, last)?;
+        let point = view.resolve(at)?;
+        let target = point.pos;
+        let info = view.info(&point)?;
+        let from_base = st.checkpoint.is_after(&target) && !st.checkpoint.same_state(&target);
+        let (from, image_path) = if from_base {
+            (st.base(), self.volume_dir(name).join(BASE_FILE))
+        } else {
+            (
+                st.checkpoint,
+                self.volume_dir(name).join(volume::IMAGE_FILE),
+            )
+        };
+        if same_file(output, &image_path)
+            || same_file(output, &self.volume_dir(name).join(volume::IMAGE_FILE))
+        {
             return Err(StoreError::BadParameters(format!(
                 "{} is the volume's image itself",
                 output.display()
@@ -353,8 +391,8 @@ impl Store {
         let mut data_bytes = sparse_copy(&image, st.size_bytes, &mut t, !is_blockdev)
             .ctx(|| format!("copying {} to {}", image_path.display(), output.display()))?;
         let mut replayed = 0u64;
-        if target.is_after(&st.checkpoint) {
-            walk(&src, st.checkpoint, target.segment, Some(target), |e| {
+        if target.is_after(&from) {
+            walk(&src, from, target.segment, Some(target), |e| {
                 if let Event::Record { rec, .. } = e {
                     t.apply(rec).ctx(octx)?;
                     data_bytes += rec.payload.len() as u64;
@@ -376,6 +414,95 @@ impl Store {
             bytes: st.size_bytes,
             data_bytes,
             replayed_records: replayed,
+            point: info,
+            from_base,
+        })
+    }
+
+    /// The history of a volume for read-only commands: the index and the
+    /// journal after it.
+    fn history_view(
+        &self,
+        name: &str,
+        src: &SegmentSource,
+        st: &VolumeState,
+        last: u64,
+    ) -> Result<HistoryView> {
+        let (pos, time_ns) = st.oldest_point();
+        let base = PointRow {
+            pos,
+            time_ns,
+            kind: PointKind::Base,
+        };
+        let index = Index::open_ro(&self.volume_dir(name).join(INDEX_FILE))?;
+        HistoryView::open(src, base, index, last)
+    }
+
+    /// The restore points of volume `name`, oldest first: the base point,
+    /// then every consistency point of the journal, with their marks.
+    pub fn points(&self, name: &str) -> Result<Vec<PointInfo>> {
+        let (src, _lock, st, last) = self.read_snapshot(name)?;
+        self.history_view(name, &src, &st, last)?.points()
+    }
+
+    /// Opens volume `name` for reading as of the point `at` names (see
+    /// [`PointReader`]); the point is fixed now ("latest" is the newest
+    /// point at this moment).
+    pub fn open_point(&self, name: &str, at: &PointSpec) -> Result<PointReader> {
+        let (src, _lock, st, last) = self.read_snapshot(name)?;
+        if st.base.is_none() {
+            return Err(StoreError::BadParameters(format!(
+                "volume {name} is in store format 1: let the server open it once to upgrade it"
+            )));
+        }
+        let view = self.history_view(name, &src, &st, last)?;
+        let p = view.resolve(at)?;
+        let info = view.info(&p)?;
+        Ok(PointReader::new(
+            self.volume_dir(name),
+            src,
+            view,
+            info,
+            p.pos,
+            &st,
+        ))
+    }
+
+    /// Finds the restore point `at` names, without restoring.
+    pub fn find_point(&self, name: &str, at: &PointSpec) -> Result<PointInfo> {
+        let (src, _lock, st, last) = self.read_snapshot(name)?;
+        let view = self.history_view(name, &src, &st, last)?;
+        let p = view.resolve(at)?;
+        view.info(&p)
+    }
+
+    /// The journal records of volume `name` (the audit log), oldest first,
+    /// from `since` on: with a time, the records submitted at or after it;
+    /// with a seq or a mark, the records after that point. `None`: the
+    /// whole history held. `f` may stop the listing.
+    pub fn log(
+        &self,
+        name: &str,
+        since: Option<&PointSpec>,
+        mut f: impl FnMut(&RecordRow) -> ControlFlow<()>,
+    ) -> Result<()> {
+        let (src, _lock, st, last) = self.read_snapshot(name)?;
+        let view = self.history_view(name, &src, &st, last)?;
+        let (from, min_time) = match since {
+            None => (st.base(), 0),
+            Some(PointSpec::Time(t)) => {
+                let from = view
+                    .resolve(&PointSpec::Time(*t))
+                    .map_or(st.base(), |p| p.pos);
+                (from, *t)
+            }
+            Some(spec) => (view.resolve(spec)?.pos, 0),
+        };
+        view.records_from(from, |r| {
+            if r.time_ns < min_time {
+                return ControlFlow::Continue(());
+            }
+            f(r)
         })
     }
 }

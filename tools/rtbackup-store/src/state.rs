@@ -10,7 +10,8 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::segment::sync_dir;
 
 /// Version of the store's on-disk format (Documentation/store.rst).
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Format 1 (no base image, no history) is read and upgraded.
+pub const STORE_FORMAT_VERSION: u32 = 2;
 
 /// How many ring ids a volume remembers (the oldest are forgotten).
 pub const MAX_RINGS: usize = 4096;
@@ -39,6 +40,14 @@ impl Position {
     pub fn same_place(&self, other: &Position) -> bool {
         (self.segment, self.offset) == (other.segment, other.offset)
     }
+
+    /// Whether `self` and `other` stand for the same state of the stream:
+    /// the same place, or the end of one segment and the start of the next
+    /// of the same ring (a ring's records never reappear after another's,
+    /// so ring and seq name one place in the stream).
+    pub fn same_state(&self, other: &Position) -> bool {
+        self.same_place(other) || (self.ring_id == other.ring_id && self.seq == other.seq)
+    }
 }
 
 /// Contents of `state.json`.
@@ -61,6 +70,24 @@ pub struct VolumeState {
     /// Where the image stands: every record before this position is
     /// applied to the image, none after; always a consistency point.
     pub checkpoint: Position,
+    /// Where the base image stands, the oldest state held (format 2;
+    /// `None` in format 1, where it is the checkpoint): a consistency point
+    /// at or before the checkpoint. The journal is held from here on.
+    #[serde(default)]
+    pub base: Option<Position>,
+    /// Time of the base point (the protected host's clock).
+    #[serde(default)]
+    pub base_time_ns: u64,
+    /// A fold of history into the base image in progress up to this point:
+    /// the base image may already hold records up to it, so no point
+    /// before it can be restored. Set (durably) before the fold starts,
+    /// cleared when `base` moves to it; a fold interrupted by a crash is
+    /// finished when the volume is opened again.
+    #[serde(default)]
+    pub folding: Option<Position>,
+    /// Time of the `folding` point.
+    #[serde(default)]
+    pub folding_time_ns: u64,
     /// Rings the volume has seen, oldest first, the current one last (at
     /// most [`MAX_RINGS`]). A HELLO or record of any of them but the
     /// current one is refused (`stale-ring`). Absent in older state files.
@@ -73,6 +100,21 @@ pub struct VolumeState {
 }
 
 impl VolumeState {
+    /// Where the base image stands (the checkpoint in format 1).
+    pub fn base(&self) -> Position {
+        self.base.unwrap_or(self.checkpoint)
+    }
+
+    /// The oldest point that can be restored, and its time: the base
+    /// point, or the end of a fold in progress.
+    pub fn oldest_point(&self) -> (Position, u64) {
+        match self.folding {
+            Some(f) => (f, self.folding_time_ns),
+            None if self.base.is_some() => (self.base(), self.base_time_ns),
+            None => (self.checkpoint, self.updated_ns),
+        }
+    }
+
     /// Reads and checks a state file.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = fs::read(path).ctx(|| format!("reading {}", path.display()))?;
@@ -83,7 +125,7 @@ impl VolumeState {
         let v: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         match v.get("format").and_then(|f| f.as_u64()) {
-            Some(f) if f == u64::from(STORE_FORMAT_VERSION) => {}
+            Some(f) if f == u64::from(STORE_FORMAT_VERSION) || f == 1 => {}
             Some(f) => {
                 return Err(bad(format!(
                     "store format {f} is not supported (this build reads {STORE_FORMAT_VERSION})"

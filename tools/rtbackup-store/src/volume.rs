@@ -14,7 +14,9 @@ use rtbackup_proto::{records, RecordError};
 use tracing::{debug, info, warn};
 
 use crate::error::{IoContext, Result, StoreError};
-use crate::image::Target;
+use crate::history::scan;
+use crate::image::{sparse_copy, Target};
+use crate::index::{Index, PointKind, PointRow, Rows};
 use crate::journal::{segment_start, walk, CpTracker, Event, SegmentSource};
 use crate::segment::{
     create_segment, parse_segment_file_name, read_segment_header, segment_file_name, sync_data,
@@ -25,6 +27,10 @@ use crate::state::{now_ns, Position, VolumeState, MAX_RINGS};
 /// File names inside a volume directory.
 pub(crate) const STATE_FILE: &str = "state.json";
 pub(crate) const IMAGE_FILE: &str = "image";
+/// The volume at the base point, the oldest state held.
+pub(crate) const BASE_FILE: &str = "base";
+/// The history index (SQLite).
+pub(crate) const INDEX_FILE: &str = "index.sqlite";
 pub(crate) const JOURNAL_DIR: &str = "journal";
 /// Held (shared or exclusive) by whoever reads or changes the image, the
 /// checkpoint or the set of segments the checkpoint needs.
@@ -76,20 +82,70 @@ fn note_ring(rings: &mut Vec<u64>, ring: u64) {
     }
 }
 
+/// How much history a volume keeps; older history is folded into the
+/// base image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep every consistency point of this last span of time (`None`:
+    /// no time limit).
+    pub keep: Option<Duration>,
+    /// Keep at most about this many bytes of journal (`None`: no limit).
+    /// Whole segments are dropped, so the journal may exceed it by one
+    /// segment.
+    pub keep_bytes: Option<u64>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            keep: Some(Duration::from_secs(24 * 3600)),
+            keep_bytes: None,
+        }
+    }
+}
+
 /// Tunables of an open volume.
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeOptions {
     /// A new segment is started when a batch would make the active one
     /// larger than this.
     pub segment_bytes: u64,
+    /// History kept.
+    pub retention: Retention,
+    /// The image trails the journal by this long (a delayed replica).
+    pub apply_delay: Duration,
 }
 
 impl Default for VolumeOptions {
     fn default() -> Self {
         Self {
             segment_bytes: 256 << 20,
+            retention: Retention::default(),
+            apply_delay: Duration::ZERO,
         }
     }
+}
+
+/// Journal bytes a compaction folds into the base image in one step, so
+/// that restores and the image's apply wait at most one step.
+const FOLD_STEP_BYTES: u64 = 64 << 20;
+
+/// What [`Volume::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactOutcome {
+    /// The base image stands where retention wants it.
+    UpToDate,
+    /// The base image was advanced to this point.
+    Folded {
+        /// The new base point.
+        base: Position,
+        /// Records folded.
+        records: u64,
+        /// Whether more history is to be folded.
+        more: bool,
+    },
+    /// Somebody (a restore) holds the volume lock; try later.
+    Deferred,
 }
 
 /// What [`Volume::append`] did with a batch.
@@ -162,6 +218,8 @@ struct Journal {
 
 struct ImageState {
     file: File,
+    /// The base image.
+    base: File,
     state: VolumeState,
     /// Lowest segment id that may still exist.
     oldest_segment: u64,
@@ -178,7 +236,9 @@ pub struct Volume {
     opts: VolumeOptions,
     src: SegmentSource,
     journal: Mutex<Journal>,
+    /// Lock order: `image` before `index`; `journal` alone.
     image: Mutex<ImageState>,
+    index: Mutex<Index>,
     _writer: Flock<File>,
 }
 
@@ -461,6 +521,8 @@ impl Volume {
         state.ring_id = end.end.ring_id;
         state.durable_seq = end.end.seq;
         state.rings = rings.clone();
+        let base = open_base(&dir, &name, &image, &mut state)?;
+        let index = open_index(&dir, &src, &state, end.end)?;
         let oldest = src
             .store
             .list(&name)
@@ -486,20 +548,35 @@ impl Volume {
             }),
             image: Mutex::new(ImageState {
                 file: image,
+                base,
                 state,
                 oldest_segment: oldest,
             }),
+            index: Mutex::new(index),
             _writer: writer,
         };
         {
+            let target = vol.image_target(cps.last)?;
             let mut img = lock(&vol.image);
-            let out = vol.apply_locked(&mut img, cps.last, active_id)?;
+            let out = vol.apply_locked(&mut img, target, active_id)?;
             if let ApplyOutcome::Applied {
                 checkpoint,
                 records,
             } = out
             {
                 info!(volume = %name, seq = checkpoint.seq, records, "replayed journal onto the image");
+            }
+            if let Some(to) = img.state.folding {
+                let time_ns = img.state.folding_time_ns;
+                info!(volume = %name, seq = to.seq, "finishing a fold of history interrupted by a crash");
+                vol.fold(
+                    &mut img,
+                    PointRow {
+                        pos: to,
+                        time_ns,
+                        kind: PointKind::Base,
+                    },
+                )?;
             }
         }
         drop(vlock);
@@ -844,10 +921,16 @@ impl Volume {
     /// false, returns [`ApplyOutcome::Deferred`] instead of waiting for a
     /// restore that holds the volume lock.
     pub fn apply(&self, wait: bool) -> Result<ApplyOutcome> {
-        let (target, active) = {
+        let (durable, durable_cp, active) = {
             let j = lock(&self.journal);
-            (j.durable_cp, j.header.id)
+            (j.durable, j.durable_cp, j.header.id)
         };
+        // The index is derived data: failing to update it must not stop
+        // the image (it is caught up again next time, or rebuilt at open).
+        if let Err(e) = self.catch_up_index(durable) {
+            warn!(volume = %self.name, "cannot update the history index: {e}");
+        }
+        let target = self.image_target(durable_cp)?;
         let mut img = lock(&self.image);
         if !target.is_after(&img.state.checkpoint) {
             return Ok(ApplyOutcome::UpToDate);
@@ -873,31 +956,7 @@ impl Volume {
         if !target.is_after(&from) {
             return Ok(ApplyOutcome::UpToDate);
         }
-        let image_path = self.dir.join(IMAGE_FILE);
-        let mut t = Target::new(&img.file, true);
-        let mut n = 0u64;
-        walk(&self.src, from, target.segment, Some(target), |e| {
-            if let Event::Record { rec, .. } = e {
-                t.apply(rec).ctx(|| {
-                    format!(
-                        "applying record seq {} to {}",
-                        rec.seq(),
-                        image_path.display()
-                    )
-                })?;
-                n += 1;
-            }
-            Ok(())
-        })?;
-        if let Err(e) = sync_data(&img.file, &image_path) {
-            lock(&self.journal).poisoned = true;
-            return Err(fsync_error(
-                &self.dir,
-                &self.name,
-                format!("syncing {}", image_path.display()),
-                e,
-            ));
-        }
+        let n = self.replay_onto(&img.file, IMAGE_FILE, from, target)?;
         let durable = self.durable();
         img.state.rings = lock(&self.journal).rings.clone();
         img.state.checkpoint = target;
@@ -912,13 +971,208 @@ impl Volume {
         })
     }
 
-    /// Deletes sealed segments whose records are all applied to the image
-    /// (those before the checkpoint's segment). History and retention
-    /// policies belong here. Called with the volume lock held, so a restore
-    /// never sees a segment it needs vanish. Failures are logged: a segment
-    /// left behind is retried next time.
+    /// Applies the journal's records from `from` to `to` onto `file` (the
+    /// image or the base image, called `name` in the volume directory) and
+    /// fdatasyncs it; a failed fsync poisons the volume. Returns the number
+    /// of records applied.
+    fn replay_onto(&self, file: &File, name: &str, from: Position, to: Position) -> Result<u64> {
+        let path = self.dir.join(name);
+        let mut t = Target::new(file, true);
+        let mut n = 0u64;
+        walk(&self.src, from, to.segment, Some(to), |e| {
+            if let Event::Record { rec, .. } = e {
+                t.apply(rec)
+                    .ctx(|| format!("applying record seq {} to {}", rec.seq(), path.display()))?;
+                n += 1;
+            }
+            Ok(())
+        })?;
+        if let Err(e) = sync_data(file, &path) {
+            lock(&self.journal).poisoned = true;
+            return Err(fsync_error(
+                &self.dir,
+                &self.name,
+                format!("syncing {}", path.display()),
+                e,
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Indexes the durable records not indexed yet, up to `durable`.
+    fn catch_up_index(&self, durable: Position) -> Result<()> {
+        let mut ix = lock(&self.index);
+        catch_up(&mut ix, &self.src, durable)
+    }
+
+    /// Where the image should stand: the last durable consistency point,
+    /// or with an apply delay the newest point at least that old.
+    fn image_target(&self, durable_cp: Position) -> Result<Position> {
+        if self.opts.apply_delay.is_zero() {
+            return Ok(durable_cp);
+        }
+        let horizon = now_ns().saturating_sub(self.opts.apply_delay.as_nanos() as u64);
+        let p = lock(&self.index).point_at_time(horizon)?;
+        Ok(match p {
+            Some(p) if !p.pos.is_after(&durable_cp) => p.pos,
+            Some(_) => durable_cp,
+            // Nothing old enough: stay (the checkpoint is never after it).
+            None => Position {
+                segment: 0,
+                offset: 0,
+                ring_id: 0,
+                seq: 0,
+            },
+        })
+    }
+
+    /// The point the base image should advance to under the retention
+    /// policy, if any.
+    fn retention_target(&self) -> Result<Option<PointRow>> {
+        let r = self.opts.retention;
+        let ix = lock(&self.index);
+        let mut target: Option<PointRow> = None;
+        if let Some(keep) = r.keep {
+            let horizon = now_ns().saturating_sub(keep.as_nanos() as u64);
+            target = ix.point_at_time(horizon)?;
+        }
+        if let Some(cap) = r.keep_bytes {
+            let mut segs = local_segments(&self.src.journal_dir)?;
+            segs.extend(
+                self.src
+                    .store
+                    .list(&self.name)
+                    .ctx(|| format!("listing sealed segments of {}", self.name))?
+                    .iter()
+                    .map(|s| (s.id, s.size)),
+            );
+            segs.sort_unstable();
+            segs.dedup_by_key(|s| s.0);
+            // The oldest segment to keep: the newer ones fit in the cap.
+            let mut total = 0u64;
+            let mut keep_from = None;
+            for &(id, size) in segs.iter().rev() {
+                total = total.saturating_add(size);
+                if total > cap {
+                    break;
+                }
+                keep_from = Some(id);
+            }
+            let first = keep_from.or(segs.last().map(|s| s.0));
+            if let Some(first) = first {
+                let start = Position {
+                    segment: first,
+                    offset: 0,
+                    ring_id: 0,
+                    seq: 0,
+                };
+                if let Some(p) = ix.first_point_after(start)? {
+                    if target.is_none_or(|t| p.pos.is_after(&t.pos)) {
+                        target = Some(p);
+                    }
+                }
+            }
+        }
+        Ok(target)
+    }
+
+    /// Folds history older than the retention policy allows into the base
+    /// image, one bounded step per call (at most about [`FOLD_STEP_BYTES`]
+    /// of journal): applies the records from the base point to a later
+    /// point onto the base image, fsyncs it, records the new base point in
+    /// the state file, then deletes the segments and index rows no longer
+    /// needed. A crash at any moment leaves the old base point recorded
+    /// and the base image possibly ahead of it, which replaying from the
+    /// base point (idempotent) makes right; nothing inside the window is
+    /// lost. The base never passes the image's checkpoint.
+    pub fn compact(&self) -> Result<CompactOutcome> {
+        let Some(want) = self.retention_target()? else {
+            return Ok(CompactOutcome::UpToDate);
+        };
+        let mut img = lock(&self.image);
+        let base = img.state.base();
+        let cp = img.state.checkpoint;
+        let target = if want.pos.is_after(&cp) {
+            match lock(&self.index).point_at_or_before(cp)? {
+                Some(p) => p,
+                None => return Ok(CompactOutcome::UpToDate),
+            }
+        } else {
+            want
+        };
+        if !target.pos.is_after(&base) {
+            return Ok(CompactOutcome::UpToDate);
+        }
+        let step = {
+            let ix = lock(&self.index);
+            let bound = Position {
+                segment: base.segment,
+                offset: base.offset.saturating_add(FOLD_STEP_BYTES),
+                ring_id: 0,
+                seq: 0,
+            };
+            let near = if target.pos.is_after(&bound) {
+                ix.point_at_or_before(bound)?
+                    .filter(|p| p.pos.is_after(&base))
+                    .or(ix.first_point_after(base)?)
+            } else {
+                Some(target)
+            };
+            match near {
+                Some(p) if !p.pos.is_after(&target.pos) => p,
+                _ => target,
+            }
+        };
+        let Some(_vlock) = lock_volume(&self.dir, FlockArg::LockExclusiveNonblock)? else {
+            return Ok(CompactOutcome::Deferred);
+        };
+        let n = self.fold(&mut img, step)?;
+        Ok(CompactOutcome::Folded {
+            base: step.pos,
+            records: n,
+            more: target.pos.is_after(&step.pos),
+        })
+    }
+
+    /// Folds the journal from the base point to `to` into the base image
+    /// (with the volume lock held). Records the fold's end durably first:
+    /// from then on, points before it are not restorable (the base image
+    /// may hold later records), and a crash leaves it for
+    /// [`Volume::open`] to finish.
+    fn fold(&self, img: &mut ImageState, to: PointRow) -> Result<u64> {
+        let base = img.state.base();
+        if img.state.folding.map(|f| f.same_place(&to.pos)) != Some(true) {
+            img.state.folding = Some(to.pos);
+            img.state.folding_time_ns = to.time_ns;
+            img.state.updated_ns = now_ns();
+            img.state.store(&self.dir.join(STATE_FILE))?;
+        }
+        let n = self.replay_onto(&img.base, BASE_FILE, base, to.pos)?;
+        img.state.base = Some(to.pos);
+        img.state.base_time_ns = to.time_ns;
+        img.state.folding = None;
+        img.state.folding_time_ns = 0;
+        img.state.updated_ns = now_ns();
+        img.state.store(&self.dir.join(STATE_FILE))?;
+        let active = lock(&self.journal).header.id;
+        self.retire_applied_segments(img, active);
+        lock(&self.index).trim_before(to.pos)?;
+        debug!(volume = %self.name, seq = to.pos.seq, records = n, "folded history into the base image");
+        Ok(n)
+    }
+
+    /// Deletes sealed segments that neither the image nor the base image
+    /// needs any more (those before the segment of the older of the two
+    /// points). Called with the volume lock held, so a restore never sees
+    /// a segment it needs vanish. Failures are logged: a segment left
+    /// behind is retried next time.
     fn retire_applied_segments(&self, img: &mut ImageState, active: u64) {
-        let upto = img.state.checkpoint.segment.min(active);
+        let upto = img
+            .state
+            .checkpoint
+            .segment
+            .min(img.state.base().segment)
+            .min(active);
         while img.oldest_segment < upto {
             let id = img.oldest_segment;
             if let Err(e) = self.src.store.delete(&self.name, id) {
@@ -936,6 +1190,108 @@ impl Volume {
             img.oldest_segment += 1;
         }
     }
+}
+
+/// Opens the base image, creating it for a volume of store format 1 (which
+/// kept no history): a copy of the image, with the base point at the
+/// checkpoint. Writes the state in the current format.
+fn open_base(dir: &Path, name: &str, image: &File, state: &mut VolumeState) -> Result<File> {
+    let path = dir.join(BASE_FILE);
+    if state.base.is_some() {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        let len = f
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
+        if len != state.size_bytes {
+            return Err(StoreError::BadState {
+                path,
+                reason: format!(
+                    "base image has {len} bytes, the volume {}",
+                    state.size_bytes
+                ),
+            });
+        }
+        return Ok(f);
+    }
+    info!(
+        volume = name,
+        "upgrading the volume to store format {}: copying the image to the base image",
+        crate::STORE_FORMAT_VERSION
+    );
+    let tmp = dir.join(format!("{BASE_FILE}.tmp"));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .ctx(|| format!("creating {}", tmp.display()))?;
+    f.set_len(state.size_bytes)
+        .ctx(|| format!("sizing {}", tmp.display()))?;
+    let mut t = Target::new(&f, true);
+    sparse_copy(image, state.size_bytes, &mut t, true)
+        .ctx(|| format!("copying the image to {}", tmp.display()))?;
+    sync_data(&f, &tmp)
+        .map_err(|e| fsync_error(dir, name, format!("syncing {}", tmp.display()), e))?;
+    fs::rename(&tmp, &path).ctx(|| format!("renaming {} into place", tmp.display()))?;
+    sync_dir(dir).map_err(|e| fsync_error(dir, name, format!("syncing {}", dir.display()), e))?;
+    state.base = Some(state.checkpoint);
+    state.base_time_ns = now_ns();
+    state.format = crate::STORE_FORMAT_VERSION;
+    state.store(&dir.join(STATE_FILE))?;
+    Ok(f)
+}
+
+/// Opens the history index, rebuilt if missing or damaged, trimmed to the
+/// journal (which ends at `end` after recovery) and to the base point, and
+/// caught up with the journal.
+fn open_index(
+    dir: &Path,
+    src: &SegmentSource,
+    state: &VolumeState,
+    end: Position,
+) -> Result<Index> {
+    let (mut ix, fresh) = Index::open_rw(&dir.join(INDEX_FILE))?;
+    let base = state.base();
+    let usable = !fresh && ix.indexed()?.is_some_and(|i| !base.is_after(&i));
+    if !usable {
+        if !fresh {
+            warn!(volume = %src.volume, "the history index is behind the base point; rebuilding it");
+        }
+        ix.clear()?;
+        let rows = Rows {
+            points: vec![PointRow {
+                pos: base,
+                time_ns: state.base_time_ns,
+                kind: PointKind::Base,
+            }],
+            ..Rows::default()
+        };
+        ix.add(&rows, base)?;
+    }
+    ix.trim_after(end)?;
+    ix.trim_before(base)?;
+    catch_up(&mut ix, src, end)?;
+    Ok(ix)
+}
+
+/// Indexes the journal from where `ix` stands up to `upto`.
+fn catch_up(ix: &mut Index, src: &SegmentSource, upto: Position) -> Result<()> {
+    let Some(from) = ix.indexed()? else {
+        return Ok(());
+    };
+    if !upto.is_after(&from) {
+        return Ok(());
+    }
+    let last_point = ix.last_point()?.map_or(from, |p| p.pos);
+    let last_time = ix.last_record_time()?;
+    let (rows, end) = scan(src, from, upto.segment, Some(upto), last_point, last_time)?;
+    ix.add(&rows, end)
 }
 
 /// Number and bytes of a volume's segments (local and sealed).
@@ -957,11 +1313,13 @@ pub(crate) fn create_volume_files(dir: &Path, state: &VolumeState) -> Result<()>
     let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
     let journal = dir.join(JOURNAL_DIR);
     fs::create_dir_all(&journal).ctx(|| ctx("creating", &journal))?;
-    let image = dir.join(IMAGE_FILE);
-    let f = File::create(&image).ctx(|| ctx("creating", &image))?;
-    f.set_len(state.size_bytes)
-        .and_then(|()| f.sync_all())
-        .ctx(|| ctx("sizing", &image))?;
+    for name in [IMAGE_FILE, BASE_FILE] {
+        let image = dir.join(name);
+        let f = File::create(&image).ctx(|| ctx("creating", &image))?;
+        f.set_len(state.size_bytes)
+            .and_then(|()| f.sync_all())
+            .ctx(|| ctx("sizing", &image))?;
+    }
     let header = SegmentHeader {
         id: state.checkpoint.segment,
         ring_id: state.checkpoint.ring_id,

@@ -1,125 +1,19 @@
 //! Behaviour of the store through its public API, against a model image
 //! computed independently here.
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use common::*;
 use proptest::prelude::*;
-use rtbackup_proto::{
-    append_record, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
-    RTB_REC_PREFLUSH,
-};
+use rtbackup_proto::{append_record, RTB_OP_FLUSH, RTB_OP_WRITE, RTB_REC_PREFLUSH};
 use rtbackup_store::{
-    segment_file_name, ApplyOutcome, LocalDirStore, Store, StoreError, VolumeOptions,
+    segment_file_name, ApplyOutcome, CompactOutcome, LocalDirStore, Retention, Store, StoreError,
+    VolumeOptions,
 };
-
-const SIZE: u64 = 64 * 1024;
-const RING: u64 = 0xabcdef;
-
-/// One operation of a test stream.
-#[derive(Debug, Clone)]
-enum Op {
-    Write { sector: u64, data: Vec<u8> },
-    Discard { sector: u64, len: u64 },
-    Zeroes { sector: u64, len: u64 },
-    Flush,
-}
-
-/// A stream of records with its model: the device state after each record
-/// and at each consistency point.
-struct Model {
-    ops: Vec<(Op, u8)>,
-    image: Vec<u8>,
-    /// Model image at the last consistency point, and its seq.
-    at_cp: (Vec<u8>, u64),
-}
-
-impl Model {
-    fn new() -> Self {
-        Self {
-            ops: Vec::new(),
-            image: vec![0; SIZE as usize],
-            at_cp: (vec![0; SIZE as usize], 0),
-        }
-    }
-
-    /// Adds an op, returns its record.
-    fn push(&mut self, op: Op, flags: u8) -> Vec<u8> {
-        let seq = self.ops.len() as u64 + 1;
-        if flags & RTB_REC_PREFLUSH != 0 {
-            self.at_cp = (self.image.clone(), seq - 1);
-        }
-        let mut rec = Vec::new();
-        match &op {
-            Op::Write { sector, data } => {
-                let s = (*sector * 512) as usize;
-                self.image[s..s + data.len()].copy_from_slice(data);
-                append_record(
-                    &mut rec,
-                    RTB_OP_WRITE,
-                    flags,
-                    seq,
-                    *sector,
-                    data.len() as u64,
-                    seq,
-                    data,
-                );
-            }
-            Op::Discard { sector, len } | Op::Zeroes { sector, len } => {
-                let s = (*sector * 512) as usize;
-                self.image[s..s + *len as usize].fill(0);
-                let code = if matches!(op, Op::Discard { .. }) {
-                    RTB_OP_DISCARD
-                } else {
-                    RTB_OP_WRITE_ZEROES
-                };
-                append_record(&mut rec, code, flags, seq, *sector, *len, seq, &[]);
-            }
-            Op::Flush => {
-                append_record(&mut rec, RTB_OP_FLUSH, flags, seq, 0, 0, seq, &[]);
-            }
-        }
-        if matches!(op, Op::Flush) {
-            self.at_cp = (self.image.clone(), seq);
-        }
-        self.ops.push((op, flags));
-        rec
-    }
-}
-
-fn restored(store: &Store, vol: &str, dir: &Path) -> (Vec<u8>, u64) {
-    let out = dir.join("restored.img");
-    let rep = store.restore(vol, &out).unwrap();
-    assert_eq!(rep.bytes, SIZE);
-    (fs::read(&out).unwrap(), rep.seq)
-}
-
-fn active_segment(root: &Path, vol: &str) -> PathBuf {
-    let jdir = root.join("volumes").join(vol).join("journal");
-    let mut segs: Vec<_> = fs::read_dir(&jdir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    segs.sort();
-    segs.pop().unwrap()
-}
-
-/// A temporary directory on tmpfs when there is one (fsync is free there),
-/// for tests that create many stores.
-fn fast_tempdir() -> tempfile::TempDir {
-    match tempfile::tempdir_in("/dev/shm") {
-        Ok(d) => d,
-        Err(_) => tempfile::tempdir().unwrap(),
-    }
-}
-
-fn write(sector: u64, byte: u8, len: usize) -> Op {
-    Op::Write {
-        sector,
-        data: vec![byte; len],
-    }
-}
 
 #[test]
 fn append_reopen_and_consistency_points() {
@@ -373,6 +267,7 @@ fn corruption_in_a_sealed_segment_is_an_error() {
     let d = tempfile::tempdir().unwrap();
     let opts = VolumeOptions {
         segment_bytes: 2048,
+        ..VolumeOptions::default()
     };
     let store = Store::with_segment_store(
         d.path(),
@@ -403,8 +298,14 @@ fn corruption_in_a_sealed_segment_is_an_error() {
 #[test]
 fn ring_change_is_a_consistency_point_and_segments_retire() {
     let d = tempfile::tempdir().unwrap();
+    // No history: every segment applied to the image may go.
     let opts = VolumeOptions {
         segment_bytes: 4096,
+        retention: Retention {
+            keep: Some(Duration::ZERO),
+            keep_bytes: None,
+        },
+        ..VolumeOptions::default()
     };
     let store = Store::with_segment_store(
         d.path(),
@@ -438,6 +339,7 @@ fn ring_change_is_a_consistency_point_and_segments_retire() {
     let (img, seq) = restored(&store, "v", d.path());
     assert_eq!(seq, 20);
     assert!(img == old);
+    while let CompactOutcome::Folded { .. } = vol.compact().unwrap() {}
     let st = store.volume_status("v").unwrap();
     assert!(st.segments <= 2, "{st:?}");
     assert_eq!((st.ring_id, st.durable_seq), (RING + 1, 1));
@@ -668,7 +570,7 @@ proptest! {
         let store = Store::with_segment_store(
             d.path(),
             Arc::new(LocalDirStore::new(d.path().join("sealed"))),
-            VolumeOptions { segment_bytes: seg },
+            VolumeOptions { segment_bytes: seg, ..VolumeOptions::default() },
         ).unwrap();
         let mut m = Model::new();
         let recs: Vec<Vec<u8>> = ops.iter().map(|(op, f)| m.push(op.clone(), *f)).collect();

@@ -21,6 +21,8 @@ fn without_the_module_every_command_says_modprobe() {
         &["status"][..],
         &["attach", "/dev/null"],
         &["detach", "rtbackup0"],
+        &["mark", "rtbackup0", "before-upgrade"],
+        &["mark", "--freeze", "/", "rtbackup0", "m1"],
     ] {
         let o = rtbackupctl(args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
@@ -34,9 +36,33 @@ fn without_the_module_every_command_says_modprobe() {
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [&["attach"][..], &["frobnicate"], &["status", "--bogus"]] {
+    for args in [
+        &["attach"][..],
+        &["frobnicate"],
+        &["status", "--bogus"],
+        &["mark", "rtbackup0"],
+        &["mark", "rtbackup0", "m1", "--freeze"],
+    ] {
         let o = rtbackupctl(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn bad_mark_names_are_usage_errors() {
+    for (name, why) in [
+        ("vol@x", "only A-Z"),
+        (".x", "starts with a dot"),
+        ("", "empty"),
+        (&"x".repeat(65), "longer than 64"),
+    ] {
+        let o = rtbackupctl(&["mark", "rtbackup0", name]);
+        assert_eq!(o.status.code(), Some(2), "{name:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("invalid mark name") && err.contains(why),
+            "{name:?}: {err}"
+        );
     }
 }
 

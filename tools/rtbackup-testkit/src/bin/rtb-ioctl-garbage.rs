@@ -61,8 +61,8 @@ fn map(fd: i32, len: usize, prot: i32, offset: i64) -> i32 {
     0
 }
 
-/// (index, lower path) of every attached device.
-fn table(fd: i32) -> Vec<(u32, Vec<u8>, u32)> {
+/// The attached devices' entries.
+fn infos(fd: i32) -> Vec<RtbDeviceInfo> {
     let mut infos = vec![RtbDeviceInfo::ZERO; RTB_MAX_DEVICES as usize];
     let mut req = RtbList::ZERO;
     req.abi_version = RTB_ABI_VERSION;
@@ -70,7 +70,21 @@ fn table(fd: i32) -> Vec<(u32, Vec<u8>, u32)> {
     req.devices = infos.as_mut_ptr() as u64;
     let e = raw(fd, RTB_IOC_LIST, (&raw mut req).cast());
     assert_eq!(e, 0, "RTB_IOC_LIST failed: errno {e}");
-    infos[..req.count as usize]
+    infos.truncate(req.count as usize);
+    infos
+}
+
+/// The ring's `head_seq` of device `index`.
+fn head_seq(fd: i32, index: u32) -> u64 {
+    infos(fd)
+        .iter()
+        .find(|i| i.index == index)
+        .map_or(0, |i| i.ring.head_seq)
+}
+
+/// (index, lower path, state) of every attached device.
+fn table(fd: i32) -> Vec<(u32, Vec<u8>, u32)> {
+    infos(fd)
         .iter()
         .map(|i| {
             (
@@ -87,6 +101,87 @@ fn attach_req(path: &[u8]) -> RtbAttach {
     a.abi_version = RTB_ABI_VERSION;
     a.lower_path[..path.len()].copy_from_slice(path);
     a
+}
+
+fn mark_req(index: u32, name: &[u8]) -> RtbMark {
+    let mut m = RtbMark::ZERO;
+    m.abi_version = RTB_ABI_VERSION;
+    m.index = index;
+    m.name_len = name.len() as u32;
+    m.name[..name.len()].copy_from_slice(name);
+    m
+}
+
+/// A small xorshift generator: reproducible garbage without dependencies.
+struct Garbage(u64);
+
+impl Garbage {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A mark request with random fields, biased towards plausible ones
+    /// so that each check of the module is reached.
+    fn mark(&mut self, attached: Option<u32>) -> RtbMark {
+        let mut m = RtbMark::ZERO;
+        let r = self.next();
+        m.abi_version = if r & 3 == 0 {
+            r as u32
+        } else {
+            RTB_ABI_VERSION
+        };
+        m.index = match (r >> 2) & 3 {
+            0 => self.next() as u32,
+            1 => attached.unwrap_or(RTB_MAX_DEVICES - 1),
+            _ => RTB_MAX_DEVICES - 1,
+        };
+        const CHARS: &[u8] = b"abc.-_XYZ09@: /\0\xff";
+        m.flags = if (r >> 4) & 7 == 0 {
+            self.next() as u32
+        } else {
+            0
+        };
+        m.name_len = match (r >> 7) & 3 {
+            0 => self.next() as u32,
+            _ => (self.next() % (RTB_MARK_NAME_MAX as u64 + 2)) as u32,
+        };
+        for b in m.name.iter_mut() {
+            *b = if (r >> 9) & 1 == 0 {
+                self.next() as u8
+            } else {
+                CHARS[(self.next() % CHARS.len() as u64) as usize]
+            };
+        }
+        if (r >> 10) & 7 == 0 {
+            m.seq = self.next();
+        }
+        if (r >> 13) & 7 == 0 {
+            m.reserved[(self.next() % 4) as usize] = self.next() | 1;
+        }
+        m
+    }
+}
+
+/// The errno the module must answer `m` with (0: recorded), `attached`
+/// being the one attached device, if any.
+fn mark_errno(m: &RtbMark, attached: Option<u32>) -> i32 {
+    if m.abi_version != RTB_ABI_VERSION {
+        return libc::EPROTO;
+    }
+    if m.flags != 0 || m.seq != 0 || m.reserved.iter().any(|&r| r != 0) {
+        return libc::EINVAL;
+    }
+    let name_ok = matches!(m.name_bytes(), Some(n) if check_mark_name(n).is_ok());
+    if !name_ok {
+        return libc::EINVAL;
+    }
+    if Some(m.index) != attached {
+        return libc::ENXIO;
+    }
+    0
 }
 
 fn main() {
@@ -294,6 +389,146 @@ fn main() {
         raw(fd, RTB_IOC_RING_OPEN, bad_ptr),
         libc::EFAULT,
     );
+
+    // Marks: every malformed request is refused before anything is
+    // recorded, whatever the device.
+    let not_attached = RTB_MAX_DEVICES - 1;
+    let attached = before.first().map(|d| d.0);
+    let target = attached.unwrap_or(not_attached);
+    let seq_before = attached.map(|i| head_seq(fd, i));
+    check(
+        "mark, mis-sized structure",
+        raw(fd, ioc(IOC_READ | IOC_WRITE, 5, 112), bad_ptr),
+        libc::ENOTTY,
+    );
+    check(
+        "mark from an unmapped address",
+        raw(fd, RTB_IOC_MARK, bad_ptr),
+        libc::EFAULT,
+    );
+    let mut m = mark_req(not_attached, b"m1");
+    check(
+        "mark, index not attached",
+        raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+        libc::ENXIO,
+    );
+    let mut m = mark_req(u32::MAX, b"m1");
+    check(
+        "mark, huge index",
+        raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+        libc::ENXIO,
+    );
+    let mut m = mark_req(target, b"m1");
+    m.abi_version = 2;
+    check(
+        "mark, ABI version 2",
+        raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+        libc::EPROTO,
+    );
+    let mut m = mark_req(target, b"m1");
+    m.flags = 1;
+    check(
+        "mark, unknown flags",
+        raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+        libc::EINVAL,
+    );
+    let mut m = mark_req(target, b"m1");
+    m.reserved[3] = 1;
+    check(
+        "mark, reserved field set",
+        raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+        libc::EINVAL,
+    );
+    let mut m = mark_req(target, b"m1");
+    m.seq = 7;
+    check(
+        "mark, seq set on input",
+        raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+        libc::EINVAL,
+    );
+    for (name, bytes, len) in [
+        ("mark, empty name", &b""[..], None),
+        ("mark, name_len 65", &[b'x'; 64][..], Some(65)),
+        ("mark, name_len u32::MAX", &b"m1"[..], Some(u32::MAX)),
+        ("mark, name starting with a dot", b".m1", None),
+        ("mark, name with '@'", b"vol@m1", None),
+        ("mark, name with ':'", b"mark:m1", None),
+        ("mark, name with a NUL", b"m\x001", None),
+        ("mark, name with a space", b"m 1", None),
+        ("mark, name with a byte above 127", b"m\xe91", None),
+    ] {
+        let mut m = mark_req(target, bytes);
+        if let Some(len) = len {
+            m.name_len = len;
+        }
+        check(
+            name,
+            raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+            libc::EINVAL,
+        );
+    }
+    let mut rng = Garbage(0x9e37_79b9_7f4a_7c15);
+    let (mut wrong, mut recorded) = (0, 0);
+    for _ in 0..2000 {
+        let mut m = rng.mark(attached);
+        let want = mark_errno(&m, attached);
+        let e = raw(fd, RTB_IOC_MARK, (&raw mut m).cast());
+        if e != want || (e == 0 && m.seq == 0) {
+            if wrong < 5 {
+                println!("mark of {m:?}: errno {e}, want {want}");
+            }
+            wrong += 1;
+        }
+        recorded += u64::from(e == 0);
+    }
+    check("2000 random mark requests get the right errno", wrong, 0);
+    println!("({recorded} of them were valid marks and recorded)");
+    if let (Some(index), Some(seq)) = (attached, seq_before) {
+        let seq = seq + recorded;
+        check(
+            "no malformed mark was recorded",
+            i32::from(head_seq(fd, index) != seq),
+            0,
+        );
+        // An answer that cannot be written: refused before the mark exists.
+        // SAFETY: a fresh anonymous page; made read-only after the request
+        // is written to it, then unmapped.
+        unsafe {
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(page, libc::MAP_FAILED);
+            page.cast::<RtbMark>().write(mark_req(index, b"m1"));
+            libc::mprotect(page, 4096, libc::PROT_READ);
+            check(
+                "mark into a read-only request",
+                raw(fd, RTB_IOC_MARK, page),
+                libc::EFAULT,
+            );
+            libc::munmap(page, 4096);
+        }
+        check(
+            "a refused answer recorded nothing",
+            i32::from(head_seq(fd, index) != seq),
+            0,
+        );
+        let mut m = mark_req(index, b"garbage-test.1");
+        check(
+            "valid mark of an attached device",
+            raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+            0,
+        );
+        check(
+            "the mark got the next seq",
+            i32::from(m.seq != seq || head_seq(fd, index) != seq + 1),
+            0,
+        );
+    }
 
     // With a device attached: its ring file refuses everything but a valid
     // acknowledgement, and a second agent.

@@ -2,6 +2,8 @@
 
 mod attach;
 mod detach;
+mod mark;
+mod rollback;
 mod status;
 mod sync;
 mod version;
@@ -25,6 +27,8 @@ pub(crate) struct Cli {
 enum Command {
     Attach(attach::Args),
     Detach(detach::Args),
+    Mark(mark::Args),
+    Rollback(rollback::Args),
     Status(status::Args),
     Sync(sync::Args),
     Version(version::Args),
@@ -36,6 +40,8 @@ impl Cli {
         match self.command {
             Command::Attach(a) => a.run(&open()?),
             Command::Detach(a) => a.run(&open()?),
+            Command::Mark(a) => a.run(&open()?),
+            Command::Rollback(a) => a.run(&open()?),
             Command::Status(a) => a.run(&open()?),
             Command::Sync(a) => a.run(&open()?),
             Command::Version(a) => a.run(&self.control),

@@ -28,61 +28,62 @@ struct Synced {
     waited_ms: u64,
 }
 
+/// Flushes `device` (a resolved `/dev/rtbackupN`) and waits until the
+/// server holds durably every record written before the flush; returns the
+/// seq of the last of them. `timeout` 0 waits forever.
+pub(crate) fn flush_and_wait(control: &Control, device: &str, timeout: u64) -> anyhow::Result<u64> {
+    let start = Instant::now();
+    // fsync of the block device writes back its page cache and sends a
+    // flush, which the ring records after every write it covers.
+    let file = File::open(device).with_context(|| format!("open {device}"))?;
+    file.sync_all().with_context(|| format!("flush {device}"))?;
+    drop(file);
+    let after = control.resolve(device)?;
+    let target = after.ring.last_written_seq;
+    let ring_id = after.ring.ring_id;
+    let deadline = (timeout > 0).then(|| start + Duration::from_secs(timeout));
+    let mut warned = false;
+    loop {
+        let now = control.resolve(device)?;
+        if now.ring.ring_id != ring_id {
+            bail!("{device} was detached and attached again while waiting");
+        }
+        if now.ring.last_acked_seq >= target {
+            return Ok(target);
+        }
+        if !now.ring.agent_attached && !warned {
+            eprintln!(
+                "rtbackupctl: {device}: no rtbackup-agent is running for this device; waiting"
+            );
+            warned = true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            bail!(
+                "timed out after {timeout} s: {} record(s), {} byte(s) of {device} not yet on the server \
+                 (agent: {}); is rtbackup-agent running and connected?",
+                target.saturating_sub(now.ring.last_acked_seq),
+                now.ring.used_bytes,
+                if now.ring.agent_connected {
+                    "connected"
+                } else if now.ring.agent_attached {
+                    "not connected to the server"
+                } else {
+                    "not running"
+                }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Args {
     pub(crate) fn run(self, control: &Control) -> anyhow::Result<()> {
         let start = Instant::now();
         let dev = control.resolve(&self.device)?;
-        // fsync of the block device writes back its page cache and sends a
-        // flush, which the ring records after every write it covers.
-        let file = File::open(&dev.device).with_context(|| format!("open {}", dev.device))?;
-        file.sync_all()
-            .with_context(|| format!("flush {}", dev.device))?;
-        drop(file);
-        let after = control.resolve(&dev.device)?;
-        let target = after.ring.last_written_seq;
-        let ring_id = after.ring.ring_id;
-        let deadline = (self.timeout > 0).then(|| start + Duration::from_secs(self.timeout));
-        let mut warned = false;
-        loop {
-            let now = control.resolve(&dev.device)?;
-            if now.ring.ring_id != ring_id {
-                bail!(
-                    "{} was detached and attached again while waiting",
-                    dev.device
-                );
-            }
-            if now.ring.last_acked_seq >= target {
-                break;
-            }
-            if !now.ring.agent_attached && !warned {
-                eprintln!(
-                    "rtbackupctl: {}: no rtbackup-agent is running for this device; waiting",
-                    dev.device
-                );
-                warned = true;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                bail!(
-                    "timed out after {} s: {} record(s), {} byte(s) of {} not yet on the server \
-                     (agent: {}); is rtbackup-agent running and connected?",
-                    self.timeout,
-                    target.saturating_sub(now.ring.last_acked_seq),
-                    now.ring.used_bytes,
-                    dev.device,
-                    if now.ring.agent_connected {
-                        "connected"
-                    } else if now.ring.agent_attached {
-                        "not connected to the server"
-                    } else {
-                        "not running"
-                    }
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let seq = flush_and_wait(control, &dev.device, self.timeout)?;
         let out = Synced {
             device: dev.device.clone(),
-            seq: target,
+            seq,
             waited_ms: start.elapsed().as_millis() as u64,
         };
         if self.json {

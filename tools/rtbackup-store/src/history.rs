@@ -1,0 +1,542 @@
+//! History of a volume: the consistency points, marks and records from the
+//! base checkpoint to the end of the journal, and how a restore point given
+//! by a user (a time, a seq, a mark) is found among them.
+
+use std::fmt;
+use std::ops::ControlFlow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Result, StoreError};
+use crate::index::{Index, MarkRow, PointKind, PointRow, RecordRow, Rows};
+use crate::journal::{walk, Event, SegmentSource};
+use crate::state::{now_ns, Position};
+
+/// A restore point as a user names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointSpec {
+    /// The newest consistency point.
+    Latest,
+    /// The newest consistency point at or before this time (ns since the
+    /// epoch, the protected host's clock).
+    Time(u64),
+    /// The newest consistency point at or before the end of the newest
+    /// record with this seq.
+    Seq(u64),
+    /// The consistency point of the newest mark with this name.
+    Mark(String),
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 (UTC), with as many
+/// fractional digits as needed to read back the same instant.
+pub fn format_time(ns: u64) -> String {
+    let secs = (ns / 1_000_000_000) as i64;
+    let nanos = (ns % 1_000_000_000) as u32;
+    match chrono::DateTime::from_timestamp(secs, nanos) {
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        None => format!("{ns}ns"),
+    }
+}
+
+impl FromStr for PointSpec {
+    type Err = String;
+
+    /// `latest`, `now`, a seq (`1234` or `seq:1234`), a mark
+    /// (`mark:NAME`), an RFC 3339 time (`2026-11-26T05:00:00Z`,
+    /// `2026-11-26T06:00:00+01:00`, `2026-11-26 05:00:00` in UTC) or a
+    /// time relative to now (`10 minutes ago`, `1h30m ago`).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("an empty point: give a time, a seq or mark:NAME".into());
+        }
+        if s == "latest" {
+            return Ok(PointSpec::Latest);
+        }
+        if s == "now" {
+            return Ok(PointSpec::Time(now_ns()));
+        }
+        if let Some(n) = s
+            .strip_prefix("seq:")
+            .or(s.bytes().all(|b| b.is_ascii_digit()).then_some(s))
+        {
+            return n
+                .parse::<u64>()
+                .map(PointSpec::Seq)
+                .map_err(|e| format!("bad seq {n:?}: {e}"));
+        }
+        if let Some(name) = s.strip_prefix("mark:") {
+            rtbackup_proto::validate_volume_name(name)
+                .map_err(|e| format!("bad mark name {name:?}: {e}"))?;
+            return Ok(PointSpec::Mark(name.to_owned()));
+        }
+        if let Some(ago) = s.strip_suffix(" ago") {
+            let d = humantime::parse_duration(ago.trim())
+                .map_err(|e| format!("bad duration {ago:?} in {s:?}: {e}"))?;
+            let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            return Ok(PointSpec::Time(now_ns().saturating_sub(ns)));
+        }
+        let t = chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .or_else(|_| {
+                chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+                    .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+                    .map(|t| t.and_utc())
+            })
+            .map_err(|_| {
+                format!(
+                    "cannot read {s:?} as a point: expected latest, a time (2026-11-26T05:00:00Z, \
+                     \"10 minutes ago\"), a seq (1234 or seq:1234) or mark:NAME"
+                )
+            })?;
+        let ns = t
+            .timestamp_nanos_opt()
+            .filter(|&n| n >= 0)
+            .ok_or_else(|| format!("time {s:?} is out of range"))?;
+        Ok(PointSpec::Time(ns as u64))
+    }
+}
+
+impl fmt::Display for PointSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PointSpec::Latest => write!(f, "latest"),
+            PointSpec::Time(ns) => write!(f, "{}", format_time(*ns)),
+            PointSpec::Seq(n) => write!(f, "seq:{n}"),
+            PointSpec::Mark(m) => write!(f, "mark:{m}"),
+        }
+    }
+}
+
+/// Parses a retention or delay duration (`7d`, `12h`, `90min`, `0`).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+/// Turns journal walk events into index rows.
+pub(crate) struct Scanner {
+    last_point: Position,
+    last_time: Option<u64>,
+    /// The end of the previous segment, when the walk just crossed into a
+    /// segment of the same ring: the same place in the stream as the new
+    /// segment's start, where points are recorded.
+    crossed: Option<Position>,
+    pub(crate) rows: Rows,
+}
+
+impl Scanner {
+    /// A scan continuing after the point `last_point` and a record of time
+    /// `last_time`.
+    pub(crate) fn new(last_point: Position, last_time: Option<u64>) -> Self {
+        Self {
+            last_point,
+            last_time,
+            crossed: None,
+            rows: Rows::default(),
+        }
+    }
+
+    fn point(&mut self, pos: Position, time_ns: u64, kind: PointKind) {
+        if self.last_point.same_place(&pos) {
+            return;
+        }
+        self.rows.points.push(PointRow { pos, time_ns, kind });
+        self.last_point = pos;
+    }
+
+    pub(crate) fn event(&mut self, e: &Event<'_, '_>) {
+        match e {
+            Event::Record { rec, start, end } => {
+                let h = &rec.header;
+                if rec.is_consistency_point_before() {
+                    // A point is recorded at one journal position even
+                    // where a segment boundary gives it two, so that the
+                    // point after record N is always at or before N's end.
+                    let at = self.crossed.unwrap_or(*start);
+                    self.point(at, h.time_ns, PointKind::Preflush);
+                }
+                self.crossed = None;
+                let (first, _) = rec.byte_range();
+                self.rows.records.push(RecordRow {
+                    segment: start.segment,
+                    offset: start.offset,
+                    size: rec.bytes.len() as u64,
+                    ring_id: end.ring_id,
+                    seq: h.seq,
+                    time_ns: h.time_ns,
+                    op: h.op,
+                    flags: h.flags,
+                    start: first,
+                    len: h.len,
+                });
+                if let Some(name) = rec.mark_name() {
+                    self.rows.marks.push(MarkRow {
+                        segment: start.segment,
+                        offset: start.offset,
+                        name: name.to_owned(),
+                        ring_id: end.ring_id,
+                        seq: h.seq,
+                        time_ns: h.time_ns,
+                        point: self.last_point,
+                    });
+                }
+                if rec.is_consistency_point_after() {
+                    self.point(*end, h.time_ns, PointKind::Flush);
+                }
+                self.last_time = Some(h.time_ns);
+            }
+            Event::Boundary { prev_end, next } => {
+                if next.ring_id != prev_end.ring_id {
+                    let t = self.last_time.unwrap_or(next.created_ns);
+                    self.point(*prev_end, t, PointKind::RingEnd);
+                    self.crossed = None;
+                } else {
+                    self.crossed = Some(*prev_end);
+                }
+            }
+        }
+    }
+}
+
+/// Scans the journal from `from` (through segment `last`, or up to
+/// `until`) into rows, continuing after `last_point`.
+pub(crate) fn scan(
+    src: &SegmentSource,
+    from: Position,
+    last: u64,
+    until: Option<Position>,
+    last_point: Position,
+    last_time: Option<u64>,
+) -> Result<(Rows, Position)> {
+    let mut sc = Scanner::new(last_point, last_time);
+    let end = walk(src, from, last, until, |e| {
+        sc.event(&e);
+        Ok(())
+    })?;
+    Ok((sc.rows, end.end))
+}
+
+/// A consistency point as `points` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PointInfo {
+    /// When the volume was in this state (the protected host's clock).
+    pub time: String,
+    /// The same, ns since the epoch.
+    pub time_ns: u64,
+    /// Ring of the last record before the point.
+    pub ring_id: u64,
+    /// Seq of the last record before the point (0: none of this ring).
+    pub seq: u64,
+    /// Why it is a consistency point.
+    pub kind: PointKind,
+    /// Marks naming this point.
+    pub marks: Vec<String>,
+    /// Journal position (segment, offset).
+    pub segment: u64,
+    /// Byte offset in the segment.
+    pub offset: u64,
+}
+
+impl PointInfo {
+    pub(crate) fn new(p: &PointRow, marks: Vec<String>) -> Self {
+        Self {
+            time: format_time(p.time_ns),
+            time_ns: p.time_ns,
+            ring_id: p.pos.ring_id,
+            seq: p.pos.seq,
+            kind: p.kind,
+            marks,
+            segment: p.pos.segment,
+            offset: p.pos.offset,
+        }
+    }
+}
+
+/// The history of a volume as read-only commands see it: the index (if
+/// usable) plus the journal after what it holds, scanned now.
+pub(crate) struct HistoryView {
+    pub(crate) base: PointRow,
+    pub(crate) index: Option<Index>,
+    /// Rows of the journal after the index's end (or after the base).
+    pub(crate) tail: Rows,
+    /// Where the tail starts.
+    pub(crate) tail_from: Position,
+}
+
+impl HistoryView {
+    /// Builds the view of a volume whose base image stands at `base`.
+    pub(crate) fn open(
+        src: &SegmentSource,
+        base: PointRow,
+        index: Option<Index>,
+        last_segment: u64,
+    ) -> Result<Self> {
+        let mut from = base.pos;
+        let mut last_point = base.pos;
+        let mut last_time = None;
+        let mut index = index;
+        if let Some(ix) = &index {
+            match ix.indexed()? {
+                Some(i) if !base.pos.is_after(&i) => {
+                    from = i;
+                    last_point = ix.last_point()?.map_or(base.pos, |p| p.pos);
+                    last_time = ix.last_record_time()?;
+                }
+                // Behind the base (a compaction trims it next): unusable.
+                _ => index = None,
+            }
+        }
+        let (tail, _) = scan(src, from, last_segment, None, last_point, last_time)?;
+        Ok(Self {
+            base,
+            index,
+            tail,
+            tail_from: from,
+        })
+    }
+
+    /// Every point, oldest first, with the names of the marks on each.
+    pub(crate) fn points(&self) -> Result<Vec<PointInfo>> {
+        let mut points = vec![self.base];
+        let mut marks = Vec::new();
+        if let Some(ix) = &self.index {
+            points.extend(
+                ix.points(self.base.pos)?
+                    .into_iter()
+                    .filter(|p| p.pos.is_after(&self.base.pos)),
+            );
+            marks.extend(ix.marks(self.base.pos)?);
+        }
+        points.extend(self.tail.points.iter().copied());
+        marks.extend(self.tail.marks.iter().cloned());
+        points.dedup_by(|a, b| a.pos.same_place(&b.pos));
+        let mut out = Vec::with_capacity(points.len());
+        let mut mi = marks.iter().peekable();
+        for p in &points {
+            // Marks are in journal order, and so are the points they name.
+            let mut names = Vec::new();
+            while let Some(m) = mi.peek() {
+                if m.point.is_after(&p.pos) {
+                    break;
+                }
+                if m.point.same_place(&p.pos) {
+                    names.push(m.name.clone());
+                }
+                mi.next();
+            }
+            out.push(PointInfo::new(p, names));
+        }
+        Ok(out)
+    }
+
+    /// The point `p` as shown to users, with the names of its marks.
+    pub(crate) fn info(&self, p: &PointRow) -> Result<PointInfo> {
+        let mut names = match &self.index {
+            Some(ix) => ix.marks_at(p.pos)?,
+            None => Vec::new(),
+        };
+        names.extend(
+            self.tail
+                .marks
+                .iter()
+                .filter(|m| m.point.same_place(&p.pos))
+                .map(|m| m.name.clone()),
+        );
+        names.dedup();
+        Ok(PointInfo::new(p, names))
+    }
+
+    fn newest_point(&self) -> Result<PointRow> {
+        if let Some(p) = self.tail.points.last() {
+            return Ok(*p);
+        }
+        if let Some(ix) = &self.index {
+            if let Some(p) = ix.last_point()? {
+                if !self.base.pos.is_after(&p.pos) {
+                    return Ok(p);
+                }
+            }
+        }
+        Ok(self.base)
+    }
+
+    fn point_at_or_before(&self, pos: Position) -> Result<PointRow> {
+        if let Some(p) = self
+            .tail
+            .points
+            .iter()
+            .rev()
+            .find(|p| !p.pos.is_after(&pos))
+        {
+            return Ok(*p);
+        }
+        if let Some(ix) = &self.index {
+            if let Some(p) = ix.point_at_or_before(pos)? {
+                if !self.base.pos.is_after(&p.pos) {
+                    return Ok(p);
+                }
+            }
+        }
+        Ok(self.base)
+    }
+
+    /// Finds the point `spec` names, with the marks on it.
+    pub(crate) fn resolve(&self, spec: &PointSpec) -> Result<PointRow> {
+        let oldest = || format_time(self.base.time_ns);
+        match spec {
+            PointSpec::Latest => self.newest_point(),
+            PointSpec::Time(t) => {
+                if let Some(p) = self.tail.points.iter().rev().find(|p| p.time_ns <= *t) {
+                    return Ok(*p);
+                }
+                if let Some(ix) = &self.index {
+                    if let Some(p) = ix.point_at_time(*t)? {
+                        if !self.base.pos.is_after(&p.pos) {
+                            return Ok(p);
+                        }
+                    }
+                }
+                if self.base.time_ns <= *t {
+                    return Ok(self.base);
+                }
+                Err(StoreError::NoSuchPoint(format!(
+                    "{} is before the oldest restore point held ({})",
+                    format_time(*t),
+                    oldest()
+                )))
+            }
+            PointSpec::Seq(n) => {
+                let rec = match self.tail.records.iter().rev().find(|r| r.seq == *n) {
+                    Some(r) => Some(*r),
+                    None => match &self.index {
+                        Some(ix) => ix
+                            .record_with_seq(*n)?
+                            .filter(|r| !self.base.pos.is_after(&r.end())),
+                        None => None,
+                    },
+                };
+                match rec {
+                    Some(r) => self.point_at_or_before(r.end()),
+                    // The record that ends at the base point (folded).
+                    None if self.base.pos.seq == *n => Ok(self.base),
+                    None => Err(StoreError::NoSuchPoint(format!(
+                        "no record with seq {n} in the history held (it starts at {})",
+                        oldest()
+                    ))),
+                }
+            }
+            PointSpec::Mark(name) => {
+                let m = match self.tail.marks.iter().rev().find(|m| &m.name == name) {
+                    Some(m) => Some(m.clone()),
+                    None => match &self.index {
+                        Some(ix) => ix
+                            .mark_named(name)?
+                            .filter(|m| !self.base.pos.is_after(&m.point)),
+                        None => None,
+                    },
+                };
+                match m {
+                    Some(m) => self.point_at_or_before(m.point),
+                    None => Err(StoreError::NoSuchPoint(format!(
+                        "no mark {name:?} in the history held (it starts at {})",
+                        oldest()
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Every record from `from` on, oldest first.
+    pub(crate) fn records_from(
+        &self,
+        from: Position,
+        mut f: impl FnMut(&RecordRow) -> ControlFlow<()>,
+    ) -> Result<()> {
+        if let Some(ix) = &self.index {
+            let mut stopped = false;
+            ix.records_from(from, |r| {
+                if stopped || r.end().is_after(&self.tail_from) {
+                    return Ok(());
+                }
+                stopped = f(&r).is_break();
+                Ok(())
+            })?;
+            if stopped {
+                return Ok(());
+            }
+        }
+        for r in &self.tail.records {
+            let at = Position {
+                segment: r.segment,
+                offset: r.offset,
+                ring_id: r.ring_id,
+                seq: r.seq,
+            };
+            if !from.is_after(&at) && f(r).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_specs_parse() {
+        let p = |s: &str| s.parse::<PointSpec>();
+        assert_eq!(p("latest"), Ok(PointSpec::Latest));
+        assert_eq!(p("1234"), Ok(PointSpec::Seq(1234)));
+        assert_eq!(p("seq:7"), Ok(PointSpec::Seq(7)));
+        assert_eq!(
+            p("mark:before-upgrade"),
+            Ok(PointSpec::Mark("before-upgrade".into()))
+        );
+        let t = 1_764_133_200_000_000_000; // 2025-11-26T05:00:00Z
+        assert_eq!(p("2025-11-26T05:00:00Z"), Ok(PointSpec::Time(t)));
+        assert_eq!(p("2025-11-26T06:00:00+01:00"), Ok(PointSpec::Time(t)));
+        assert_eq!(p("2025-11-26 05:00:00"), Ok(PointSpec::Time(t)));
+        assert_eq!(
+            p("2025-11-26T05:00:00.5Z"),
+            Ok(PointSpec::Time(t + 500_000_000))
+        );
+        let before = now_ns();
+        let Ok(PointSpec::Time(ago)) = p("10 minutes ago") else {
+            panic!("relative time");
+        };
+        let ten = 600_000_000_000;
+        assert!(ago + ten >= before && ago + ten <= now_ns());
+        for bad in [
+            "",
+            "seq:",
+            "seq:x",
+            "mark:",
+            "mark:a@b",
+            "mark:.x",
+            "tomorrow",
+            "5 parsecs ago",
+            "99999999999999999999999",
+        ] {
+            assert!(p(bad).is_err(), "{bad:?}");
+        }
+        // What is shown reads back as the same point.
+        for t in [t, t + 1, t + 123_456_789] {
+            assert_eq!(p(&PointSpec::Time(t).to_string()), Ok(PointSpec::Time(t)));
+        }
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("90min"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

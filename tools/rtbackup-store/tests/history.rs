@@ -1,0 +1,420 @@
+//! History: restore points by seq, time and mark, listing, the audit log,
+//! retention folding history into the base image (also across a crash),
+//! the index rebuilt from the journal, and the delayed image.
+
+mod common;
+
+use std::fs;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use rtbackup_proto::RTB_REC_PREFLUSH;
+use rtbackup_store::{
+    CompactOutcome, LocalDirStore, PointKind, PointSpec, Retention, Store, StoreError,
+    VolumeOptions,
+};
+
+fn store_with(dir: &Path, opts: VolumeOptions) -> Store {
+    Store::with_segment_store(dir, Arc::new(LocalDirStore::new(dir.join("sealed"))), opts).unwrap()
+}
+
+fn opts(segment_bytes: u64, keep: Option<Duration>, keep_bytes: Option<u64>) -> VolumeOptions {
+    VolumeOptions {
+        segment_bytes,
+        retention: Retention { keep, keep_bytes },
+        ..VolumeOptions::default()
+    }
+}
+
+fn restore_at(store: &Store, dir: &Path, at: &PointSpec) -> Result<(Vec<u8>, u64), StoreError> {
+    let out = dir.join("at.img");
+    let rep = store.restore_at("v", &out, at)?;
+    Ok((fs::read(&out).unwrap(), rep.seq))
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A retention time that keeps the points from about `time_of(seq)` on.
+fn keep_from(seq: u64) -> Duration {
+    Duration::from_nanos(now_ns() - time_of(seq) - 500_000_000)
+}
+
+/// write A, flush, mark m1, write B (preflush), flush, mark m2, write C.
+fn marked_stream(m: &mut Model) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend(m.push(write(0, 0xa1, 1024), 0));
+    b.extend(m.push(Op::Flush, 0));
+    b.extend(m.push(Op::Mark("m1".into()), 0));
+    b.extend(m.push(write(1, 0xb2, 512), RTB_REC_PREFLUSH));
+    b.extend(m.push(Op::Flush, 0));
+    b.extend(m.push(Op::Mark("m2".into()), 0));
+    b.extend(m.push(write(4, 0xc3, 512), 0));
+    b
+}
+
+#[test]
+fn marks_times_and_seqs_name_the_right_points() {
+    let d = tempfile::tempdir().unwrap();
+    let store = store_with(d.path(), VolumeOptions::default());
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let mut m = Model::new();
+    vol.append(RING, &marked_stream(&mut m)).unwrap();
+    vol.sync().unwrap();
+    vol.apply(true).unwrap();
+    // Model points: after 2 (flush), before 4 (= after 3), after 5.
+    let img = |seq: u64| {
+        m.points
+            .iter()
+            .rev()
+            .find(|p| p.0 == seq)
+            .map(|p| p.2.clone())
+            .unwrap()
+    };
+    let check = |at: PointSpec, seq: u64| {
+        let (bytes, got) = restore_at(&store, d.path(), &at).unwrap();
+        assert_eq!(got, seq, "{at}");
+        assert!(bytes == img(seq), "{at}: image differs from the model");
+    };
+    check(PointSpec::Mark("m1".into()), 2);
+    check(PointSpec::Mark("m2".into()), 5);
+    check(PointSpec::Latest, 5);
+    check(PointSpec::Seq(2), 2);
+    check(PointSpec::Seq(4), 3);
+    check(PointSpec::Seq(7), 5);
+    check(PointSpec::Time(time_of(2)), 2);
+    // The point before record 4 (PREFLUSH) has record 4's time.
+    check(PointSpec::Time(time_of(4) - 1), 2);
+    check(PointSpec::Time(time_of(4)), 3);
+    check(PointSpec::Time(time_of(9)), 5);
+    let (zero, seq) = restore_at(&store, d.path(), &PointSpec::Seq(1)).unwrap();
+    assert_eq!(seq, 0);
+    assert!(zero.iter().all(|&b| b == 0));
+    for bad in [PointSpec::Mark("nope".into()), PointSpec::Seq(99)] {
+        let e = restore_at(&store, d.path(), &bad).unwrap_err();
+        assert!(matches!(e, StoreError::NoSuchPoint(_)), "{e}");
+    }
+    // Before the volume existed and before any record.
+    let e = restore_at(&store, d.path(), &PointSpec::Time(T0 - 1)).unwrap_err();
+    assert!(
+        e.to_string().contains("before the oldest restore point"),
+        "{e}"
+    );
+
+    let points = store.points("v").unwrap();
+    let summary: Vec<_> = points
+        .iter()
+        .map(|p| (p.seq, p.kind, p.marks.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, PointKind::Base, vec![]),
+            (2, PointKind::Flush, vec!["m1".to_string()]),
+            (3, PointKind::Preflush, vec![]),
+            (5, PointKind::Flush, vec!["m2".to_string()]),
+        ]
+    );
+    let found = store
+        .find_point("v", &PointSpec::Mark("m2".into()))
+        .unwrap();
+    assert_eq!((found.seq, found.time_ns), (5, time_of(5)));
+
+    let mut log = Vec::new();
+    store
+        .log("v", None, |r| {
+            log.push((r.seq, r.op, r.start, r.len));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(log.len(), 7);
+    assert_eq!(log[0], (1, rtbackup_proto::RTB_OP_WRITE, 0, 1024));
+    assert_eq!(log[6], (7, rtbackup_proto::RTB_OP_WRITE, 4 * 512, 512));
+    let mut since = Vec::new();
+    store
+        .log("v", Some(&PointSpec::Mark("m1".into())), |r| {
+            since.push(r.seq);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(since, vec![3, 4, 5, 6, 7]);
+    let mut first = Vec::new();
+    store
+        .log("v", Some(&PointSpec::Time(time_of(4))), |r| {
+            first.push(r.seq);
+            ControlFlow::Break(())
+        })
+        .unwrap();
+    assert_eq!(first, vec![4]);
+
+    // The same answers with the server stopped and the index gone: read
+    // from the journal alone.
+    drop(vol);
+    fs::remove_file(d.path().join("volumes/v/index.sqlite")).unwrap();
+    assert_eq!(store.points("v").unwrap(), points);
+    check(PointSpec::Mark("m1".into()), 2);
+    // Reopening rebuilds it.
+    let vol = store.open_volume("v").unwrap();
+    assert!(d.path().join("volumes/v/index.sqlite").exists());
+    assert_eq!(store.points("v").unwrap(), points);
+    drop(vol);
+    // A damaged index is rebuilt too.
+    fs::write(d.path().join("volumes/v/index.sqlite"), b"garbage").unwrap();
+    let vol = store.open_volume("v").unwrap();
+    assert_eq!(store.points("v").unwrap(), points);
+
+    // Reads at a point, with the index and (server stopped, index gone)
+    // without it.
+    let read_all = |at: &PointSpec| {
+        let r = store.open_point("v", at).unwrap();
+        let mut buf = vec![0u8; SIZE as usize];
+        r.read_at(&mut buf, 0).unwrap();
+        (r.point().seq, buf)
+    };
+    assert_eq!(read_all(&PointSpec::Mark("m1".into())), (2, img(2)));
+    assert_eq!(read_all(&PointSpec::Latest), (5, img(5)));
+    drop(vol);
+    fs::remove_file(d.path().join("volumes/v/index.sqlite")).unwrap();
+    assert_eq!(read_all(&PointSpec::Mark("m1".into())), (2, img(2)));
+    let r = store.open_point("v", &PointSpec::Latest).unwrap();
+    let mut buf = vec![0u8; 512];
+    assert!(r.read_at(&mut buf, SIZE - 511).is_err());
+    assert!(r.read_at(&mut buf, u64::MAX - 10).is_err());
+}
+
+/// A stream of `n` rounds: a few writes, then a flush; returns the model.
+fn rounds(vol: &rtbackup_store::Volume, n: u64) -> Model {
+    let mut m = Model::new();
+    for i in 0..n {
+        let mut b = Vec::new();
+        b.extend(m.push(write((i * 3) % 120, i as u8 + 1, 1024), 0));
+        b.extend(m.push(write((i * 7 + 1) % 120, i as u8 + 100, 512), 0));
+        b.extend(m.push(Op::Flush, 0));
+        vol.append(RING, &b).unwrap();
+        vol.sync().unwrap();
+        vol.apply(true).unwrap();
+    }
+    m
+}
+
+fn fold_all(vol: &rtbackup_store::Volume) -> u64 {
+    let mut steps = 0;
+    while let CompactOutcome::Folded { .. } = vol.compact().unwrap() {
+        steps += 1;
+    }
+    steps
+}
+
+#[test]
+fn retention_by_time_folds_old_history_and_keeps_the_window() {
+    let d = tempfile::tempdir().unwrap();
+    // Keep from about round 20 (flush seq 60) on.
+    let store = store_with(d.path(), opts(4096, Some(keep_from(60)), None));
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let m = rounds(&vol, 30);
+    let before = store.volume_status("v").unwrap().segments;
+    let old = store.open_point("v", &PointSpec::Seq(3)).unwrap();
+    let mut buf = vec![0u8; 4096];
+    old.read_at(&mut buf, 0).unwrap();
+    assert!(fold_all(&vol) > 0);
+    // A reader of a point folded away meanwhile gets an error, not data.
+    let e = old.read_at(&mut buf, 0).unwrap_err();
+    assert!(e.to_string().contains("folded"), "{e}");
+    let points = store.points("v").unwrap();
+    assert_eq!((points[0].seq, points[0].kind), (60, PointKind::Base));
+    assert_eq!(points.len(), 11, "{points:?}");
+    // Every point in the window restores exactly; older ones are gone.
+    for (seq, _, img) in &m.points {
+        let r = restore_at(&store, d.path(), &PointSpec::Seq(*seq));
+        if *seq >= 60 {
+            let (bytes, got) = r.unwrap();
+            assert_eq!(got, *seq);
+            assert!(&bytes == img, "seq {seq}");
+        } else {
+            assert!(matches!(r, Err(StoreError::NoSuchPoint(_))), "seq {seq}");
+        }
+    }
+    let after = store.volume_status("v").unwrap().segments;
+    assert!(after < before, "segments {before} -> {after}");
+    // Reopened, the same.
+    drop(vol);
+    let vol = store.open_volume("v").unwrap();
+    assert_eq!(store.points("v").unwrap(), points);
+    assert_eq!(vol.compact().unwrap(), CompactOutcome::UpToDate);
+}
+
+#[test]
+fn retention_by_size_drops_whole_old_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let store = store_with(d.path(), opts(4096, None, Some(3 * 4096)));
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let m = rounds(&vol, 40);
+    fold_all(&vol);
+    let st = store.volume_status("v").unwrap();
+    assert!(st.journal_bytes <= 4 * 4096, "{st:?}");
+    let points = store.points("v").unwrap();
+    let oldest = points[0].seq;
+    assert!(oldest > 0 && points.len() > 3, "{points:?}");
+    for (seq, _, img) in m.points.iter().filter(|p| p.0 >= oldest) {
+        let (bytes, _) = restore_at(&store, d.path(), &PointSpec::Seq(*seq)).unwrap();
+        assert!(&bytes == img, "seq {seq}");
+    }
+    let (latest, _) = restore_at(&store, d.path(), &PointSpec::Latest).unwrap();
+    assert!(latest == m.image);
+}
+
+#[test]
+fn a_fold_interrupted_by_a_crash_is_finished_and_nothing_older_restores_meanwhile() {
+    let d = tempfile::tempdir().unwrap();
+    let store = store_with(d.path(), opts(4096, None, None));
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let m = rounds(&vol, 12);
+    drop(vol);
+    // What a crash in the middle of folding up to seq 18 leaves: the fold
+    // recorded in the state file, and the base image holding records up to
+    // seq 18 (here all of them) while the base point is still the start.
+    let (at18, _) = restore_at(&store, d.path(), &PointSpec::Seq(18)).unwrap();
+    let vdir = d.path().join("volumes/v");
+    fs::write(vdir.join("base"), &at18).unwrap();
+    let p18 = store.find_point("v", &PointSpec::Seq(18)).unwrap();
+    let state_path = vdir.join("state.json");
+    let mut st: serde_json::Value =
+        serde_json::from_slice(&fs::read(&state_path).unwrap()).unwrap();
+    st["folding"] = serde_json::json!({
+        "segment": p18.segment, "offset": p18.offset, "ring_id": p18.ring_id, "seq": p18.seq
+    });
+    st["folding_time_ns"] = p18.time_ns.into();
+    fs::write(&state_path, serde_json::to_vec(&st).unwrap()).unwrap();
+    // Points before it are refused, never restored wrong.
+    for seq in [0, 3, 15] {
+        let r = restore_at(&store, d.path(), &PointSpec::Seq(seq));
+        assert!(
+            matches!(r, Err(StoreError::NoSuchPoint(_))),
+            "seq {seq}: {r:?}"
+        );
+    }
+    let check_window = |store: &Store| {
+        for (seq, _, img) in m.points.iter().filter(|p| p.0 >= 18) {
+            let (bytes, _) = restore_at(store, d.path(), &PointSpec::Seq(*seq)).unwrap();
+            assert!(&bytes == img, "seq {seq}");
+        }
+    };
+    check_window(&store);
+    // Opening finishes the fold.
+    let _vol = store.open_volume("v").unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&fs::read(&state_path).unwrap()).unwrap();
+    assert!(st["folding"].is_null(), "{st}");
+    assert_eq!(st["base"]["seq"], 18);
+    check_window(&store);
+    assert_eq!(store.points("v").unwrap()[0].seq, 18);
+}
+
+#[test]
+fn the_delayed_image_trails_the_stream() {
+    let d = tempfile::tempdir().unwrap();
+    let mut o = opts(1 << 20, None, None);
+    o.apply_delay = keep_from(15);
+    let store = store_with(d.path(), o);
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let m = rounds(&vol, 10);
+    let st = store.volume_status("v").unwrap();
+    assert_eq!(st.applied_seq, 15, "{st:?}");
+    assert_eq!(st.durable_seq, 30);
+    let (latest, seq) = restore_at(&store, d.path(), &PointSpec::Latest).unwrap();
+    assert_eq!(seq, 30);
+    assert!(latest == m.image);
+}
+
+fn arb_op() -> impl Strategy<Value = (Op, u8)> {
+    prop_oneof![
+        (0u64..100, any::<u8>(), 1usize..4).prop_map(|(s, b, n)| (write(s, b, n * 512), 0)),
+        (0u64..100, any::<u8>()).prop_map(|(s, b)| (write(s, b, 512), RTB_REC_PREFLUSH)),
+        Just((Op::Flush, 0)),
+        (0u8..4).prop_map(|i| (Op::Mark(format!("mark-{i}")), 0)),
+        (0u64..100, 1u64..8).prop_map(|(s, n)| (
+            Op::Discard {
+                sector: s,
+                len: n * 512
+            },
+            0
+        )),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Every consistency point of a random stream restores to the model's
+    /// image at that point, by seq and by mark, whatever the segment size,
+    /// the commits and a retention fold on the way.
+    #[test]
+    fn every_point_restores_to_its_state(
+        ops in proptest::collection::vec(arb_op(), 1..50),
+        cuts in proptest::collection::vec(1usize..6, 1..20),
+        seg in 1024u64..8192,
+        fold_at in 0u64..50,
+        chunk in 1usize..20000,
+    ) {
+        let d = fast_tempdir();
+        let store = store_with(d.path(), opts(seg, None, None));
+        let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+        let mut m = Model::new();
+        let recs: Vec<Vec<u8>> = ops.iter().map(|(op, f)| m.push(op.clone(), *f)).collect();
+        let mut i = 0;
+        for c in cuts.iter().cycle() {
+            if i >= recs.len() { break; }
+            let end = (i + c).min(recs.len());
+            vol.append(RING, &recs[i..end].concat()).unwrap();
+            vol.sync().unwrap();
+            vol.apply(true).unwrap();
+            i = end;
+        }
+        drop(vol);
+        // Fold up to the newest point at or before seq `fold_at` with a
+        // store that keeps only from there.
+        let oldest = store.find_point("v", &PointSpec::Seq(fold_at)).map(|p| p.seq).unwrap_or(0);
+        let keep = keep_from(oldest.max(1)) ;
+        let folding = store_with(d.path(), opts(seg, Some(keep), None));
+        let vol = folding.open_volume("v").unwrap();
+        fold_all(&vol);
+        let base = store.points("v").unwrap()[0].seq;
+        prop_assert!(base <= oldest.max(1));
+        for (seq, _, img) in m.points.iter().filter(|p| p.0 >= base) {
+            let (bytes, got) = restore_at(&store, d.path(), &PointSpec::Seq(*seq)).unwrap();
+            prop_assert_eq!(got, *seq);
+            prop_assert!(&bytes == img, "seq {}", seq);
+            // Read in place, in pieces of odd sizes, as NBD clients do.
+            let r = store.open_point("v", &PointSpec::Seq(*seq)).unwrap();
+            prop_assert_eq!(r.point().seq, *seq);
+            let mut at = 0usize;
+            let mut n = chunk;
+            while at < img.len() {
+                let len = n.min(img.len() - at);
+                let mut buf = vec![0xeeu8; len];
+                r.read_at(&mut buf, at as u64).unwrap();
+                prop_assert!(buf[..] == img[at..at + len], "seq {} bytes {}..{}", seq, at, at + len);
+                at += len;
+                n = n * 3 % 7919 + 512;
+            }
+        }
+        for (name, seq) in &m.marks {
+            let newest = m.marks.iter().rev().find(|(n, _)| n == name).map(|x| x.1);
+            if Some(*seq) != newest || *seq < base { continue; }
+            let (bytes, got) = restore_at(&store, d.path(), &PointSpec::Mark(name.clone())).unwrap();
+            prop_assert_eq!(got, *seq);
+            let img = &m.points.iter().rev().find(|p| p.0 == *seq).map(|p| p.2.clone())
+                .unwrap_or_else(|| vec![0; SIZE as usize]);
+            prop_assert!(&bytes == img, "mark {}", name);
+        }
+        let (latest, _) = restore_at(&store, d.path(), &PointSpec::Latest).unwrap();
+        prop_assert!(latest == m.at_cp.0);
+    }
+}
