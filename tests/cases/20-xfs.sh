@@ -8,7 +8,8 @@
 . "$(dirname "$0")/../lib.sh"
 
 load
-d0=$(disk 0)
+# The third disk: the one large enough for mkfs.xfs (300 MiB).
+d0=$(disk 2)
 mkdir -p $MNT
 
 for fs in xfs; do

@@ -16,26 +16,26 @@ fio --name=bg --filename="$dev" --size=96M --rw=randwrite --bs=4k --ioengine=lib
 FIO=$!
 background $FIO
 WRITER_PID=$FIO
-wait_written 0 2000
+wait_written 0 1000
 running() { kill -0 "$FIO" 2>/dev/null || { cat /tmp/bg.out; fail "fio ended before the $1"; }; }
 
 say "kill -9 the agent mid-stream (after $(written 0) records)"
 running "agent was killed"
 kill9 "$AGENT_PID_0"
-wait_written 0 $(($(written 0) + 1000))
+wait_written 0 $(($(written 0) + 500))
 before=$(lag 0)
 [ "$before" -gt 0 ] || fail "no records waiting in the ring while the agent is down"
 say "$before records wait in the ring; restart the agent"
 start_agent 0 vol0
-wait_written 0 $(($(written 0) + 2000))
+wait_written 0 $(($(written 0) + 500))
 
 say "kill -9 the server mid-stream (after $(written 0) records)"
 running "server was killed"
 kill9 "$SERVER_PID"
-wait_written 0 $(($(written 0) + 1000))
+wait_written 0 $(($(written 0) + 500))
 running "server was restarted"
 start_server
-wait_written 0 $(($(written 0) + 1000))
+wait_written 0 $(($(written 0) + 500))
 running "end"
 # SIGINT: fio stops its jobs and reports; its writes so far all count.
 kill -INT "$FIO"

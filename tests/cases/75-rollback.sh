@@ -39,7 +39,7 @@ cat /tmp/rollback.json
 written=$(jq .bytes_written /tmp/rollback.json)
 size=$(jq .device_bytes /tmp/rollback.json)
 [ "$written" -gt 0 ] || fail "the rollback wrote nothing"
-[ "$written" -lt $((size / 20)) ] || fail "the rollback wrote $written bytes of $size: more than the damage"
+[ "$written" -lt $((size / 10)) ] || fail "the rollback wrote $written bytes of $size: more than the damage"
 jq -e '.marks == ["clean"]' /tmp/rollback.json >/dev/null || fail "the rollback did not use mark clean"
 say "rollback wrote $written of $size bytes"
 

@@ -108,17 +108,26 @@ pub fn run(listener: TcpListener, store: Store, stop: &AtomicBool) -> anyhow::Re
                         .name(format!("nbd-{peer}"))
                         .spawn(move || {
                             let peer = peer.to_string();
-                            let r = conn.try_clone().map(|w| {
-                                let rw = ReadWrite {
-                                    r: BufReader::with_capacity(NBD_BUF, conn),
-                                    w: BufWriter::with_capacity(NBD_BUF, w),
-                                };
-                                rtbackup_nbd::serve(rw, exports.as_ref(), &peer)
-                            });
+                            let closer = conn.try_clone();
+                            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                conn.try_clone().map(|w| {
+                                    let rw = ReadWrite {
+                                        r: BufReader::with_capacity(NBD_BUF, conn),
+                                        w: BufWriter::with_capacity(NBD_BUF, w),
+                                    };
+                                    rtbackup_nbd::serve(rw, exports.as_ref(), &peer)
+                                })
+                            }));
                             match r {
-                                Ok(Ok(_)) => info!(%peer, "NBD connection closed"),
-                                Ok(Err(e)) => warn!(%peer, "NBD connection ended: {e}"),
-                                Err(e) => error!(%peer, "NBD connection: {e}"),
+                                Ok(Ok(Ok(_))) => info!(%peer, "NBD connection closed"),
+                                Ok(Ok(Err(e))) => warn!(%peer, "NBD connection ended: {e}"),
+                                Ok(Err(e)) => error!(%peer, "NBD connection: {e}"),
+                                Err(_) => error!(%peer, "NBD connection thread panicked"),
+                            }
+                            // The listener keeps a clone for shutdown: close
+                            // the socket now, so the client sees the end.
+                            if let Ok(c) = closer {
+                                let _ = c.shutdown(Shutdown::Both);
                             }
                         });
                     match t {
