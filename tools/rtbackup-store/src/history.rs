@@ -471,13 +471,7 @@ impl HistoryView {
             }
         }
         for r in &self.tail.records {
-            let at = Position {
-                segment: r.segment,
-                offset: r.offset,
-                ring_id: r.ring_id,
-                seq: r.seq,
-            };
-            if !from.is_after(&at) && f(r).is_break() {
+            if !from.is_after(&r.start()) && f(r).is_break() {
                 break;
             }
         }

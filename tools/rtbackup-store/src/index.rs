@@ -112,6 +112,16 @@ pub struct RecordRow {
 }
 
 impl RecordRow {
+    /// The position before the record.
+    pub fn start(&self) -> Position {
+        Position {
+            segment: self.segment,
+            offset: self.offset,
+            ring_id: self.ring_id,
+            seq: self.seq,
+        }
+    }
+
     /// The position after the record.
     pub fn end(&self) -> Position {
         Position {
@@ -414,21 +424,8 @@ impl Index {
                 ])
                 .map_err(wrap)?;
             }
-            let mut meta = tx
-                .prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES (?1, ?2)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                )
-                .map_err(wrap)?;
-            for (k, v) in [
-                ("indexed_segment", end.segment),
-                ("indexed_offset", end.offset),
-                ("indexed_ring", end.ring_id),
-                ("indexed_seq", end.seq),
-            ] {
-                meta.execute(params![k, to_i(v)]).map_err(wrap)?;
-            }
         }
+        set_indexed(&tx, end).map_err(wrap)?;
         tx.commit().map_err(wrap)
     }
 
@@ -462,18 +459,7 @@ impl Index {
         tx.execute("DELETE FROM points WHERE (segment, offset) > (?1, ?2)", at)
             .map_err(wrap)?;
         if indexed.is_some_and(|i| i.is_after(&end)) {
-            for (k, v) in [
-                ("indexed_segment", end.segment),
-                ("indexed_offset", end.offset),
-                ("indexed_ring", end.ring_id),
-                ("indexed_seq", end.seq),
-            ] {
-                tx.execute(
-                    "UPDATE meta SET value = ?2 WHERE key = ?1",
-                    params![k, to_i(v)],
-                )
-                .map_err(wrap)?;
-            }
+            set_indexed(&tx, end).map_err(wrap)?;
         }
         tx.commit().map_err(wrap)
     }
@@ -779,6 +765,23 @@ impl Index {
             .map(|o| o.map(to_u))
             .map_err(|e| self.err("finding the last record", e))
     }
+}
+
+/// Records in `tx` that the index holds the journal up to `end`.
+fn set_indexed(tx: &rusqlite::Transaction<'_>, end: Position) -> rusqlite::Result<()> {
+    let mut meta = tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?;
+    for (k, v) in [
+        ("indexed_segment", end.segment),
+        ("indexed_offset", end.offset),
+        ("indexed_ring", end.ring_id),
+        ("indexed_seq", end.seq),
+    ] {
+        meta.execute(params![k, to_i(v)])?;
+    }
+    Ok(())
 }
 
 /// Rows produced by scanning part of the journal.

@@ -167,12 +167,7 @@ impl PointReader {
         let mut uncovered = vec![(offset, end)];
         // Newest first: the journal after the index, then the index.
         let before_pos = |r: &RecordRow| {
-            let at = Position {
-                segment: r.segment,
-                offset: r.offset,
-                ring_id: r.ring_id,
-                seq: r.seq,
-            };
+            let at = r.start();
             !from.is_after(&at) && self.pos.is_after(&at)
         };
         let overlaps = |r: &RecordRow| r.len > 0 && r.start < end && r.start + r.len > offset;
