@@ -3,6 +3,7 @@
 //! volumes from it, and exports past states over NBD.
 
 pub mod cli;
+mod maintenance;
 pub mod nbd;
 mod rollback;
 pub mod server;

@@ -1,5 +1,6 @@
 //! The TCP server: one thread per connection, one committer per connection
-//! doing group commits.
+//! doing group commits; every open volume has a maintenance thread
+//! (`maintenance.rs`).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -18,7 +19,9 @@ use rtbackup_proto::{
     error_code, frame_type, read_frame, read_frame_raw, validate_volume_name, write_frame,
     ErrorMsg, Frame, Hello, ProtoError, Welcome, PROTOCOL_VERSION,
 };
-use rtbackup_store::{ApplyOutcome, CompactOutcome, Store, StoreError, Volume};
+use rtbackup_store::{Store, StoreError, Volume};
+
+use crate::maintenance::{Maintained, Waker};
 use tracing::{debug, error, info, warn};
 
 /// Version reported in WELCOME.
@@ -28,8 +31,6 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Buffer for reading frames from a socket.
 const SOCKET_BUF: usize = 1 << 20;
-/// How often an idle committer retries a deferred apply.
-const APPLY_RETRY: Duration = Duration::from_secs(1);
 /// TCP keepalive: idle time before the first probe, interval between
 /// probes, and probes unanswered before the connection is dropped. With
 /// [`USER_TIMEOUT`] they end half-open connections (a client host that
@@ -68,8 +69,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// State shared by the connections.
 struct Shared {
     store: Store,
-    /// Volumes open for ingest, kept open between connections.
-    volumes: Mutex<HashMap<String, Arc<Volume>>>,
+    /// Volumes open for ingest with their maintenance threads: every
+    /// volume of the store from the start, kept open between connections.
+    volumes: Mutex<HashMap<String, Maintained>>,
     /// Volumes a connection is streaming now: ring and connection id.
     busy: Mutex<HashMap<String, Busy>>,
     /// Sockets of live connections, to end their reads on shutdown.
@@ -138,11 +140,12 @@ impl Server {
             Err((_, e)) => return Err(e).context(format!("locking {}", lock_path.display())),
         };
         let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+        let volumes = open_volumes(&store)?;
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
                 store,
-                volumes: Mutex::new(HashMap::new()),
+                volumes: Mutex::new(volumes),
                 busy: Mutex::new(HashMap::new()),
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
@@ -227,8 +230,31 @@ impl Server {
         for t in threads {
             let _ = t.join();
         }
+        // Each maintenance thread makes a last apply and ends.
+        let volumes: Vec<Maintained> = lock(&self.shared.volumes).drain().map(|(_, m)| m).collect();
+        drop(volumes);
         Ok(())
     }
+}
+
+/// Opens (recovering) every volume of the store and starts its maintenance
+/// thread, so that retention and a delayed image advance even for a volume
+/// whose agent never connects again. A volume that cannot be opened is
+/// reported and left closed; its agent's next connection tries again and
+/// gets the error.
+fn open_volumes(store: &Store) -> anyhow::Result<HashMap<String, Maintained>> {
+    let mut out = HashMap::new();
+    for name in store.volumes()? {
+        match store.open_volume(&name) {
+            Ok(v) => {
+                let m = Maintained::start(v)
+                    .with_context(|| format!("starting the maintenance thread of {name}"))?;
+                out.insert(name, m);
+            }
+            Err(e) => error!(volume = name, "cannot open the volume: {e}"),
+        }
+    }
+    Ok(out)
 }
 
 /// Refuses a connection over the limit: ERROR `too-many-connections`,
@@ -345,25 +371,34 @@ fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr, id: u64) {
     let _ = lock(&writer).shutdown(Shutdown::Both);
 }
 
-/// Gets the open volume or opens (creating) it.
-fn get_volume(shared: &Shared, hello: &Hello) -> Result<Arc<Volume>, StoreError> {
-    if let Some(v) = lock(&shared.volumes).get(&hello.volume) {
+/// Gets the open volume or opens (creating) it, with its maintenance
+/// thread's waker.
+fn get_volume(shared: &Shared, hello: &Hello) -> Result<(Arc<Volume>, Arc<Waker>), SessionError> {
+    if let Some(m) = lock(&shared.volumes).get(&hello.volume) {
+        let v = &m.volume;
         if v.size_bytes() != hello.size_bytes {
             return Err(StoreError::SizeMismatch {
                 volume: hello.volume.clone(),
                 stored: v.size_bytes(),
                 requested: hello.size_bytes,
-            });
+            }
+            .into());
         }
-        return Ok(Arc::clone(v));
+        return Ok((Arc::clone(v), Arc::clone(&m.waker)));
     }
-    let v = Arc::new(shared.store.open_or_create_volume(
-        &hello.volume,
-        hello.size_bytes,
-        hello.block_size,
-    )?);
-    lock(&shared.volumes).insert(hello.volume.clone(), Arc::clone(&v));
-    Ok(v)
+    let v =
+        shared
+            .store
+            .open_or_create_volume(&hello.volume, hello.size_bytes, hello.block_size)?;
+    let m = Maintained::start(v).map_err(|e| {
+        session_error(
+            error_code::INTERNAL,
+            format!("cannot start the volume's maintenance thread: {e}"),
+        )
+    })?;
+    let out = (Arc::clone(&m.volume), Arc::clone(&m.waker));
+    lock(&shared.volumes).insert(hello.volume.clone(), m);
+    Ok(out)
 }
 
 fn session(
@@ -437,7 +472,7 @@ fn session(
             volume: hello.volume.clone(),
         }
     };
-    let vol = get_volume(shared, &hello)?;
+    let (vol, waker) = get_volume(shared, &hello)?;
     vol.check_ring(hello.ring_id)?;
     let durable_seq = vol.durable_seq_for(hello.ring_id);
     info!(
@@ -462,14 +497,12 @@ fn session(
     let mut reader = BufReader::with_capacity(SOCKET_BUF, conn);
 
     let commit = Committer::new();
-    let applier = Applier::new();
     let result = thread::scope(|s| {
-        let (c, a, v) = (&commit, &applier, &vol);
-        // Stops both threads however this closure ends (a panic included),
+        let (c, w, v) = (&commit, &*waker, &vol);
+        // Stops the committer however this closure ends (a panic included),
         // so that the scope's join cannot wait forever.
-        let _stop = StopOnDrop(&commit, &applier);
-        let committer = s.spawn(move || c.run(v, hello.ring_id, writer, peer, a));
-        s.spawn(move || a.run(v));
+        let _stop = StopOnDrop(&commit);
+        let committer = s.spawn(move || c.run(v, hello.ring_id, writer, peer, w));
         let r = receive(&mut reader, &vol, hello.ring_id, &commit);
         commit.stop();
         let cr = committer.join().unwrap_or_else(|_| {
@@ -478,7 +511,6 @@ fn session(
                 "committer thread panicked",
             ))
         });
-        applier.stop();
         match (r, cr) {
             // A failing committer ends the reads; its error is the cause.
             (_, Err(e)) => Err(e),
@@ -492,8 +524,10 @@ fn session(
     if let Err(e) = &result {
         if e.evict {
             // The volume may be poisoned (a failed write or fsync): the
-            // next connection reopens and recovers it.
-            lock(&shared.volumes).remove(&hello.volume);
+            // next connection reopens and recovers it. Dropped outside the
+            // lock: the maintenance thread is joined.
+            let m = lock(&shared.volumes).remove(&hello.volume);
+            drop(m);
         }
     }
     result
@@ -521,13 +555,12 @@ mod tests {
     }
 }
 
-/// Stops the committer and the applier when dropped.
-struct StopOnDrop<'a>(&'a Committer, &'a Applier);
+/// Stops the committer when dropped.
+struct StopOnDrop<'a>(&'a Committer);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.stop();
-        self.1.stop();
     }
 }
 
@@ -627,10 +660,10 @@ impl Committer {
         ring_id: u64,
         writer: &Mutex<TcpStream>,
         peer: SocketAddr,
-        applier: &Applier,
+        waker: &Waker,
     ) -> Result<(), SessionError> {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.run_inner(vol, ring_id, writer, peer, applier)
+            self.run_inner(vol, ring_id, writer, peer, waker)
         }))
         .unwrap_or_else(|_| {
             Err(session_error(
@@ -652,7 +685,7 @@ impl Committer {
         ring_id: u64,
         writer: &Mutex<TcpStream>,
         peer: SocketAddr,
-        applier: &Applier,
+        waker: &Waker,
     ) -> Result<(), SessionError> {
         let mut acked = vol.durable_seq_for(ring_id);
         // The connection cannot take ACKs any more (a write failed or timed
@@ -686,125 +719,9 @@ impl Committer {
                     }
                 }
             }
-            applier.want();
+            waker.want();
             if stop && !vol.has_unsynced() {
                 return Ok(());
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct ApplyState {
-    wanted: bool,
-    stop: bool,
-}
-
-/// Advances the image after commits, on its own thread so that applying
-/// never delays the next group commit and its ACK.
-struct Applier {
-    state: Mutex<ApplyState>,
-    cv: Condvar,
-}
-
-impl Applier {
-    fn new() -> Self {
-        Self {
-            state: Mutex::new(ApplyState::default()),
-            cv: Condvar::new(),
-        }
-    }
-
-    fn want(&self) {
-        lock(&self.state).wanted = true;
-        self.cv.notify_one();
-    }
-
-    fn stop(&self) {
-        lock(&self.state).stop = true;
-        self.cv.notify_one();
-    }
-
-    /// Applies when asked and at least every [`APPLY_RETRY`] (a restore may
-    /// have deferred it; retention and the apply delay move with the
-    /// clock), then folds one step of history past retention. Makes a last attempt when stopped.
-    fn run(&self, vol: &Volume) {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_inner(vol)));
-        if r.is_err() {
-            error!(
-                volume = vol.name(),
-                "applier thread panicked; the image advances on the next connection"
-            );
-        }
-    }
-
-    fn run_inner(&self, vol: &Volume) {
-        // A restarted server may have durable records to apply: go at once.
-        let mut busy = true;
-        loop {
-            let stop = {
-                let mut st = lock(&self.state);
-                if !busy && !st.wanted && !st.stop {
-                    // Also wake now and then: retention and the apply delay
-                    // move with the clock.
-                    let (g, _) = self
-                        .cv
-                        .wait_timeout(st, APPLY_RETRY)
-                        .unwrap_or_else(|p| p.into_inner());
-                    st = g;
-                }
-                st.wanted = false;
-                st.stop
-            };
-            // Deferred by a restore: the next round (at most a second
-            // away) tries again.
-            busy = match vol.apply(false) {
-                Ok(ApplyOutcome::Deferred) => false,
-                Ok(ApplyOutcome::Applied {
-                    checkpoint,
-                    records,
-                }) => {
-                    debug!(
-                        volume = vol.name(),
-                        seq = checkpoint.seq,
-                        records,
-                        "image advanced"
-                    );
-                    false
-                }
-                Ok(ApplyOutcome::UpToDate) => false,
-                Err(e) => {
-                    // Ingest goes on (the journal holds the records); the
-                    // next commit tries again.
-                    error!(volume = vol.name(), "cannot advance the image: {e}");
-                    false
-                }
-            };
-            if stop {
-                return;
-            }
-            // One bounded step of folding old history per round, so that
-            // applying new records is never held up for long.
-            match vol.compact() {
-                Ok(CompactOutcome::Folded {
-                    base,
-                    records,
-                    more,
-                }) => {
-                    debug!(
-                        volume = vol.name(),
-                        seq = base.seq,
-                        records,
-                        "history folded into the base image"
-                    );
-                    busy |= more;
-                }
-                Ok(CompactOutcome::Deferred) | Ok(CompactOutcome::UpToDate) => {}
-                Err(e) => error!(volume = vol.name(), "cannot fold old history: {e}"),
-            }
-            if busy {
-                // More to fold: a short pause for the other threads.
-                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }

@@ -96,6 +96,8 @@ struct Stream {
     image: Vec<u8>,
     at_cp: Vec<u8>,
     rng: u64,
+    /// Added to each record's seq to make its timestamp.
+    t0: u64,
 }
 
 impl Stream {
@@ -105,6 +107,15 @@ impl Stream {
             image: vec![0; SIZE as usize],
             at_cp: vec![0; SIZE as usize],
             rng: seed | 1,
+            t0: 0,
+        }
+    }
+
+    /// A stream whose records are timestamped from now on.
+    fn now(seed: u64) -> Self {
+        Self {
+            t0: now_ns(),
+            ..Self::new(seed)
         }
     }
 
@@ -132,7 +143,7 @@ impl Stream {
             seq,
             sector,
             data.len() as u64,
-            seq,
+            self.t0 + seq,
             data,
         ));
     }
@@ -142,14 +153,14 @@ impl Stream {
         self.image[s..s + len as usize].fill(0);
         let seq = self.seq();
         self.recs
-            .push(build_record(op, 0, seq, sector, len, seq, &[]));
+            .push(build_record(op, 0, seq, sector, len, self.t0 + seq, &[]));
     }
 
     fn flush(&mut self) {
         self.at_cp = self.image.clone();
         let seq = self.seq();
         self.recs
-            .push(build_record(RTB_OP_FLUSH, 0, seq, 0, 0, seq, &[]));
+            .push(build_record(RTB_OP_FLUSH, 0, seq, 0, 0, self.t0 + seq, &[]));
     }
 
     /// Adds `n` random records; the last is a flush.
@@ -869,6 +880,66 @@ fn points_restore_at_log_and_retention() {
         .contains("no mark"));
     assert_eq!(restore_at("latest").unwrap()["seq"], 5);
     assert_eq!(fs::read(&out).unwrap()[..512], [0xb2; 512]);
+}
+
+/// Waits up to 30 s for `cond` on the volume's status or points.
+fn wait_for(what: &str, srv: &ServerProc, mut cond: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match cond() {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => panic!("{what}: {e}\n{}", srv.log()),
+            Err(_) => thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// The delayed image and retention move with the clock on the server's own
+/// maintenance thread: with no agent connected (the agent went away, or the
+/// server was restarted and the client never came back).
+#[test]
+fn delayed_image_and_retention_advance_with_no_agent_connected() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let mut model = Stream::now(5);
+    model.random(40);
+    let last = model.recs.len() as u64;
+    {
+        let srv = ServerProc::start_with(&store, &["--keep", "forever", "--apply-delay", "3s"]);
+        let (mut c, _) = Client::connect(&srv.addr, &hello("quiet", SIZE, 0x51)).unwrap();
+        c.send(&model.recs).unwrap();
+        assert_eq!(c.wait_ack(last), last);
+        drop(c);
+        let st = status(&store, "quiet");
+        assert!(
+            st["applied_seq"].as_u64().unwrap() < last,
+            "the image did not wait for the delay: {st}"
+        );
+        wait_for("delayed image with no agent", &srv, || {
+            let st = status(&store, "quiet");
+            if st["applied_seq"] == last {
+                Ok(())
+            } else {
+                Err(format!("image still behind: {st}"))
+            }
+        });
+    }
+    assert_restores(&store, "quiet", &model.image, last);
+    let before = cli_json(&["points", "--volume", "quiet"], &store).unwrap();
+    assert!(before.as_array().unwrap().len() > 1, "{before}");
+
+    // A restarted server with a short retention folds the history of a
+    // volume whose agent never connects again.
+    let srv = ServerProc::start_with(&store, &["--keep", "1s"]);
+    wait_for("retention with no agent", &srv, || {
+        let p = cli_json(&["points", "--volume", "quiet"], &store)?;
+        match p.as_array().map(Vec::len) {
+            Some(1) if p[0]["kind"] == "base" && p[0]["seq"] == last => Ok(()),
+            _ => Err(format!("not folded: {p}")),
+        }
+    });
+    drop(srv);
+    assert_restores(&store, "quiet", &model.image, last);
 }
 
 /// A rollback through the real server: a device in the newest state gets
