@@ -15,7 +15,7 @@
 //! Fields named `reserved` must be zero; later versions give them a meaning.
 
 /// The version of this ABI. Bumped on any incompatible change.
-pub const RTB_ABI_VERSION: u32 = 3;
+pub const RTB_ABI_VERSION: u32 = 4;
 
 /// The ioctl type byte ("magic") of rtbackup, free in
 /// Documentation/userspace-api/ioctl/ioctl-number.rst of Linux 6.12.
@@ -92,6 +92,9 @@ pub const RTB_IOC_MARK: u32 = ioc(IOC_READ | IOC_WRITE, 5, core::mem::size_of::<
 /// records before `tail` are durable on the backup server.
 pub const RTB_RING_IOC_ACK: u32 = ioc(IOC_WRITE, 16, core::mem::size_of::<RtbRingAck>());
 
+/// Ring file: resync step ([`RtbResync`]; ABI v4).
+pub const RTB_RING_IOC_RESYNC: u32 = ioc(IOC_READ | IOC_WRITE, 17, core::mem::size_of::<RtbResync>());
+
 /// Answer of [`RTB_IOC_VERSION`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +113,7 @@ pub struct RtbVersion {
 pub struct RtbAttach {
     /// In: [`RTB_ABI_VERSION`].
     pub abi_version: u32,
-    /// In: no flags are defined yet; must be zero.
+    /// In: `RTB_ATTACH_*` bits.
     pub flags: u32,
     /// In: path of the lower block device, NUL-terminated.
     pub lower_path: [u8; RTB_PATH_MAX],
@@ -122,9 +125,24 @@ pub struct RtbAttach {
     /// from [`RTB_RING_MIN_SIZE`] to [`RTB_RING_MAX_SIZE`], or 0 for
     /// [`RTB_RING_DEFAULT_SIZE`].
     pub ring_size: u64,
+    /// In: bytes of device one bit of the dirty bitmap stands for: a power
+    /// of two from [`RTB_CHUNK_MIN`] to [`RTB_CHUNK_MAX`], at least the
+    /// logical block size, or 0 for [`RTB_CHUNK_DEFAULT`].
+    pub chunk_size: u64,
     /// In: must be zero.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 6],
 }
+
+/// [`RtbAttach::flags`]: when the ring is full, track writes in the dirty
+/// bitmap instead of making writers wait (`--on-full track`).
+pub const RTB_ATTACH_TRACK: u32 = 1 << 0;
+
+/// Default [`RtbAttach::chunk_size`]: 64 KiB.
+pub const RTB_CHUNK_DEFAULT: u64 = 64 << 10;
+/// Smallest chunk size.
+pub const RTB_CHUNK_MIN: u64 = 4096;
+/// Largest chunk size: a chunk must fit in one record.
+pub const RTB_CHUNK_MAX: u64 = 16 << 20;
 
 /// Request of [`RTB_IOC_DETACH`].
 #[repr(C)]
@@ -255,7 +273,8 @@ impl RtbAttach {
         index: 0,
         pad: 0,
         ring_size: 0,
-        reserved: [0; 7],
+        chunk_size: 0,
+        reserved: [0; 6],
     };
 }
 
@@ -384,6 +403,20 @@ pub const RTB_OP_FLUSH: u8 = 4;
 /// [`check_mark_name`]); `flags`, `sector` and `len` are 0. It changes no
 /// data: a mark names the newest consistency point at or before it.
 pub const RTB_OP_MARK: u8 = 5;
+/// A chunk of the device's content read by the agent during a resync (ABI
+/// v4; never recorded by the kernel): `sector`, `len` and, as payload, the
+/// `len` bytes read. Its `seq` is one the kernel reserved for it (see
+/// [`RTB_RING_IOC_RESYNC`]); `len` 0 (no payload) fills a reserved seq
+/// that an interrupted resync left unused.
+pub const RTB_OP_RESYNC: u8 = 6;
+/// The end of a resync's data (ABI v4; made by the agent): the payload is
+/// [`RTB_RESYNC_END_PAYLOAD`] bytes, the little-endian `consistent_seq`: no
+/// chunk before it holds a write newer than that seq, so the backup is
+/// consistent again at the first consistency point at or after it
+/// (Documentation/design.rst, "Overflow and resync").
+pub const RTB_OP_RESYNC_END: u8 = 7;
+/// Payload bytes of an [`RTB_OP_RESYNC_END`] record.
+pub const RTB_RESYNC_END_PAYLOAD: u32 = 8;
 /// Filler up to the end of the data area; not part of the stream (`seq` 0).
 pub const RTB_OP_PAD: u8 = 0x7f;
 
@@ -396,6 +429,14 @@ pub const RTB_REC_PREFLUSH: u8 = 1 << 1;
 /// `RtbRingHeader::flags` bit: the device was detached; no record will be
 /// added (the agent drains what is left and stops).
 pub const RTB_RING_F_DETACHED: u32 = 1 << 0;
+/// `RtbRingHeader::flags` bit (ABI v4): the ring overflowed (or a full
+/// resync was asked for) and writes are being tracked in the dirty bitmap,
+/// not recorded; the agent must resync.
+pub const RTB_RING_F_TRACKING: u32 = 1 << 1;
+/// `RtbRingHeader::flags` bit (ABI v4): chunks were fetched for a resync
+/// that is not done yet ([`RTB_RESYNC_DONE`]); an agent that starts must
+/// resync them (fetch with [`RTB_RESYNC_F_PENDING`]).
+pub const RTB_RING_F_RESYNC: u32 = 1 << 2;
 
 /// `RtbRingInfo::agent` bit: a ring file descriptor is open.
 pub const RTB_AGENT_OPEN: u32 = 1 << 0;
@@ -536,8 +577,18 @@ pub struct RtbRingInfo {
     pub waiting_writers: u32,
     /// `RTB_AGENT_*` bits.
     pub agent: u32,
+    /// `RTB_RING_F_*` bits, as in the ring's control page.
+    pub flags: u64,
+    /// Chunks marked dirty in the bitmap and not yet fetched.
+    pub dirty_chunks: u64,
+    /// Chunks fetched for a resync that is not done yet.
+    pub resync_chunks: u64,
+    /// Bytes per bitmap chunk.
+    pub chunk_size: u64,
+    /// Times the ring overflowed into tracking.
+    pub overflows: u64,
     /// Zero.
-    pub reserved: [u64; 7],
+    pub reserved: [u64; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<RtbRingHeader>() == 128);
@@ -633,7 +684,12 @@ impl RtbRingInfo {
         ring_id: 0,
         waiting_writers: 0,
         agent: 0,
-        reserved: [0; 7],
+        flags: 0,
+        dirty_chunks: 0,
+        resync_chunks: 0,
+        chunk_size: 0,
+        overflows: 0,
+        reserved: [0; 2],
     };
 }
 
@@ -743,4 +799,97 @@ fn le64(b: &[u8; 64], at: usize) -> u64 {
         i += 1;
     }
     u64::from_le_bytes(v)
+}
+
+// ---------------------------------------------------------------------------
+// Overflow, dirty bitmap and resync (ABI v4).
+//
+// Every device has a dirty bitmap, one bit per `chunk_size` bytes. While the
+// ring is *tracking* ([`RTB_RING_F_TRACKING`]: it overflowed with
+// [`RTB_ATTACH_TRACK`], or a full resync was asked for), writes set bits
+// instead of being recorded, and never wait for the agent. The agent
+// resyncs through `RTB_RING_IOC_RESYNC` on its ring file:
+//
+// - [`RTB_RESYNC_TRACK_ALL`]: mark every chunk dirty and start tracking (an
+//   initial sync).
+// - [`RTB_RESYNC_FETCH`]: move the dirty bits to the *resync* set, copy them
+//   to `bitmap` (with [`RTB_RESYNC_F_PENDING`] the whole resync set: chunks
+//   an earlier agent fetched and did not finish), wait until every write
+//   submitted before has completed (so that reading a fetched chunk sees
+//   them), and reserve one `seq` per returned chunk from `first_seq` on: the
+//   agent sends each chunk as an [`RTB_OP_RESYNC`] record with its reserved
+//   seq, in the stream between the records before and after. With
+//   [`RTB_RESYNC_F_STREAM`] the device returns to recording in the same
+//   step, and one more seq is reserved, after the chunks', for the
+//   [`RTB_OP_RESYNC_END`] record.
+// - [`RTB_RESYNC_DONE`]: forget the resync set (the server has the chunks
+//   and the end durably); `EBUSY` while tracking.
+//
+// Marks are refused with `EBUSY` while tracking: there is no write order to
+// put them in.
+// ---------------------------------------------------------------------------
+
+/// [`RtbResync::op`]: mark every chunk dirty and start tracking.
+pub const RTB_RESYNC_TRACK_ALL: u32 = 1;
+/// [`RtbResync::op`]: fetch dirty chunks and reserve seqs for them.
+pub const RTB_RESYNC_FETCH: u32 = 2;
+/// [`RtbResync::op`]: the resync is complete; clear the resync set.
+pub const RTB_RESYNC_DONE: u32 = 3;
+
+/// [`RtbResync::flags`] of a fetch: return the whole resync set (chunks
+/// fetched earlier and not done), not only the newly dirty chunks.
+pub const RTB_RESYNC_F_PENDING: u32 = 1 << 0;
+/// [`RtbResync::flags`] of a fetch: return to recording in the same step
+/// and reserve a seq for the resync's end record.
+pub const RTB_RESYNC_F_STREAM: u32 = 1 << 1;
+
+/// Request of [`RTB_RING_IOC_RESYNC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbResync {
+    /// In: [`RTB_ABI_VERSION`].
+    pub abi_version: u32,
+    /// In: `RTB_RESYNC_TRACK_ALL`, `_FETCH` or `_DONE`.
+    pub op: u32,
+    /// In: `RTB_RESYNC_F_*` bits (fetch only).
+    pub flags: u32,
+    /// Explicit padding, zero.
+    pub pad: u32,
+    /// In (fetch): user address of the bitmap buffer, 64-bit words of
+    /// little-endian bit order (chunk `i` is bit `i % 64` of word `i / 64`).
+    pub bitmap: u64,
+    /// In (fetch): bytes at `bitmap`: at least `8 * ceil(chunks / 64)`
+    /// (`EINVAL` otherwise; nothing is fetched).
+    pub bitmap_bytes: u64,
+    /// Out: bytes per chunk.
+    pub chunk_size: u64,
+    /// Out: chunks of the device (bits of the bitmap).
+    pub chunks: u64,
+    /// Out (fetch): chunks set in the returned bitmap.
+    pub count: u64,
+    /// Out (fetch): the first reserved seq; `count` seqs are reserved for
+    /// the chunks (in bitmap order), plus one for the end record with
+    /// [`RTB_RESYNC_F_STREAM`].
+    pub first_seq: u64,
+    /// In: must be zero.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<RtbResync>() == 96);
+
+impl RtbResync {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        abi_version: 0,
+        op: 0,
+        flags: 0,
+        pad: 0,
+        bitmap: 0,
+        bitmap_bytes: 0,
+        chunk_size: 0,
+        chunks: 0,
+        count: 0,
+        first_seq: 0,
+        reserved: [0; 4],
+    };
 }

@@ -268,12 +268,26 @@ fn main() {
         libc::EINVAL,
     );
     let mut a = attach_req(b"/dev/null");
-    a.reserved[6] = u64::MAX;
+    a.reserved[5] = u64::MAX;
     check(
         "attach, reserved field set",
         raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
         libc::EINVAL,
     );
+    for (chunk, why) in [
+        (1000, "not a power of two"),
+        (2048, "below the minimum"),
+        (32 << 20, "above the maximum"),
+        (u64::MAX, "huge"),
+    ] {
+        let mut a = attach_req(b"/dev/null");
+        a.chunk_size = chunk;
+        check(
+            &format!("attach, chunk size {why}"),
+            raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+            libc::EINVAL,
+        );
+    }
     let mut a = attach_req(b"/nonexistent/disk");
     check(
         "attach, path does not exist",
