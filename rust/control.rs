@@ -215,18 +215,38 @@ impl Control {
         let (mut reader, mut writer) = UserSlice::new(arg, size_of::<RtbAttach>()).reader_writer();
         let mut req: RtbAttach = reader.read()?;
         check_version(req.abi_version)?;
-        if req.flags != 0 || req.pad != 0 || req.index != 0 || req.reserved.iter().any(|&r| r != 0)
+        if req.flags & !uapi::RTB_ATTACH_TRACK != 0
+            || req.pad != 0
+            || req.index != 0
+            || req.reserved.iter().any(|&r| r != 0)
         {
             return Err(EINVAL);
         }
-        let ring_size = match req.ring_size {
-            0 => uapi::RTB_RING_DEFAULT_SIZE,
+        let chunk_size = match req.chunk_size {
+            0 => uapi::RTB_CHUNK_DEFAULT,
             n if n.is_power_of_two()
-                && (uapi::RTB_RING_MIN_SIZE..=uapi::RTB_RING_MAX_SIZE).contains(&n) =>
+                && (uapi::RTB_CHUNK_MIN..=uapi::RTB_CHUNK_MAX).contains(&n) =>
             {
                 n
             }
             _ => return Err(EINVAL),
+        };
+        let opts = AttachOptions {
+            ring_size: 0,
+            chunk_size,
+            track_on_full: req.flags & uapi::RTB_ATTACH_TRACK != 0,
+        };
+        let opts = AttachOptions {
+            ring_size: match req.ring_size {
+                0 => uapi::RTB_RING_DEFAULT_SIZE,
+                n if n.is_power_of_two()
+                    && (uapi::RTB_RING_MIN_SIZE..=uapi::RTB_RING_MAX_SIZE).contains(&n) =>
+                {
+                    n
+                }
+                _ => return Err(EINVAL),
+            },
+            ..opts
         };
         let path = uapi::c_str_bytes(&req.lower_path).ok_or(EINVAL)?;
         if path.is_empty() {
@@ -240,13 +260,15 @@ impl Control {
         // Answer before the disk exists: a fault here changes nothing.
         req.index = index as u32;
         writer.write(&req)?;
-        slots[index] = Some(attach(index as u32, cpath, ring_size)?);
+        slots[index] = Some(attach(index as u32, cpath, &opts)?);
         pr_info!(
-            "{}{}: attached to {}, ring of {} KiB\n",
+            "{}{}: attached to {}, ring of {} KiB, {} when full, chunks of {} KiB\n",
             uapi::RTB_DISK_PREFIX,
             index,
             cpath,
-            ring_size >> 10
+            opts.ring_size >> 10,
+            if opts.track_on_full { "track" } else { "block" },
+            opts.chunk_size >> 10
         );
         Ok(())
     }
@@ -307,9 +329,16 @@ impl Control {
     }
 }
 
-/// Opens `path` and stacks `/dev/rtbackup<index>` on it, with a ring of
-/// `ring_size` bytes.
-fn attach(index: u32, path: &CStr, ring_size: u64) -> Result<Attached> {
+/// Validated options of an attach.
+struct AttachOptions {
+    ring_size: u64,
+    chunk_size: u64,
+    track_on_full: bool,
+}
+
+/// Opens `path` and stacks `/dev/rtbackup<index>` on it, with a ring and
+/// dirty bitmaps as `opts` say.
+fn attach(index: u32, path: &CStr, opts: &AttachOptions) -> Result<Attached> {
     let lower = LowerDevice::open(path)?;
     if lower.is_this_module() {
         return Err(EINVAL);
@@ -317,7 +346,16 @@ fn attach(index: u32, path: &CStr, ring_size: u64) -> Result<Attached> {
     let mut lower_path = KVec::with_capacity(path.len(), GFP_KERNEL)?;
     lower_path.extend_from_slice(path.as_bytes(), GFP_KERNEL)?;
     let (logical, _) = lower.block_sizes();
-    let ring = Ring::new(ring_size, lower.nr_sectors(), logical)?;
+    if opts.chunk_size < u64::from(logical) {
+        return Err(EINVAL);
+    }
+    let ring = Ring::new(
+        opts.ring_size,
+        lower.nr_sectors(),
+        logical,
+        opts.chunk_size,
+        opts.track_on_full,
+    )?;
     let max_io = ring.max_payload();
     let device = Arc::new(Device::new(index, lower, lower_path, ring), GFP_KERNEL)?;
     let name = CString::try_from_fmt(fmt!("{}{}", uapi::RTB_DISK_PREFIX, index))?;

@@ -129,6 +129,27 @@ impl InflightWrites {
         Ok(index + 1)
     }
 
+    /// Notes every slot's generation (odd: busy) in `out`. Call under the
+    /// ring's mutex, where slots are claimed.
+    pub(crate) fn snapshot(&self, out: &mut [i32; SLOTS]) {
+        for (o, slot) in out.iter_mut().zip(self.slots.iter()) {
+            *o = slot.generation.get();
+        }
+    }
+
+    /// Sleeps until every slot that was busy in `snap` has been released
+    /// since (its generation moved). Process context, no lock held.
+    pub(crate) fn wait_released(&self, snap: &[i32; SLOTS]) {
+        for (&seen, slot) in snap.iter().zip(self.slots.iter()) {
+            if seen & 1 == 0 {
+                continue;
+            }
+            while slot.generation.get() == seen {
+                slot.generation.wait_changed(seen);
+            }
+        }
+    }
+
     /// Releases the slot of `token` and wakes its waiters. Any context.
     pub(crate) fn release(&self, token: usize) {
         if let Some(slot) = token.checked_sub(1).and_then(|i| self.slots.get(i)) {

@@ -13,10 +13,18 @@
 //! records from its read-only mapping and moves the tail with [`Ring::ack`]
 //! once the server has them durably.
 //!
+//! Overflow (Documentation/design.rst, "Overflow and resync"): a ring
+//! attached with `RTB_ATTACH_TRACK` that has no room switches to tracking:
+//! writes set bits in the dirty bitmap instead of being recorded. The agent
+//! fetches the bits ([`Ring::ioctl`], `RTB_RING_IOC_RESYNC`), which reserves
+//! sequence numbers for the chunks it will send, and finally switches the
+//! ring back to recording.
+//!
 //! The layout and publication protocol are described in `rust/uapi.rs`; the
 //! ordering argument in Documentation/design.rst.
 
-use crate::inflight::InflightWrites;
+use crate::bitmap::ChunkBitmap;
+use crate::inflight::{InflightWrites, SLOTS};
 use crate::sys::{
     self,
     bio::{BioRef, ReqOp},
@@ -24,16 +32,18 @@ use crate::sys::{
     wait::{Generation, PollQueue},
 };
 use crate::uapi::{
-    check_mark_name, record_size, RtbRecordHeader, RtbRingAck, RtbRingHeader, RtbRingInfo,
-    RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN, RTB_OP_DISCARD,
-    RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN,
-    RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH, RTB_RING_F_DETACHED, RTB_RING_IOC_ACK,
-    RTB_RING_MAGIC, RTB_RING_PAGE,
+    check_mark_name, record_size, RtbRecordHeader, RtbResync, RtbRingAck, RtbRingHeader,
+    RtbRingInfo, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN,
+    RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
+    RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH, RTB_RESYNC_DONE,
+    RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM, RTB_RESYNC_TRACK_ALL,
+    RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_IOC_ACK,
+    RTB_RING_IOC_RESYNC, RTB_RING_MAGIC, RTB_RING_PAGE,
 };
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use kernel::{
-    alloc::flags::GFP_KERNEL,
+    alloc::{flags::GFP_KERNEL, KVVec},
     new_mutex,
     prelude::*,
     sync::{Arc, Mutex},
@@ -162,11 +172,39 @@ struct RingState {
     connected: bool,
     /// The device is gone; nothing more will be recorded.
     detached: bool,
+    /// Writes set bits in `dirty` instead of being recorded.
+    tracking: bool,
+    /// `RTB_RING_F_*` bits, as published in the control page.
+    flags: u32,
+    /// Chunks written while tracking, not fetched yet.
+    dirty: ChunkBitmap,
+    /// Chunks fetched for the resync in progress.
+    resync: ChunkBitmap,
+    /// Times the ring overflowed into tracking.
+    overflows: u64,
 }
 
 impl RingState {
     fn mask(&self) -> u64 {
         self.mem.data_size() - 1
+    }
+
+    /// Publishes the flags that follow from the state.
+    fn publish_flags(&mut self) {
+        let mut flags = 0;
+        if self.detached {
+            flags |= RTB_RING_F_DETACHED;
+        }
+        if self.tracking {
+            flags |= RTB_RING_F_TRACKING;
+        }
+        if self.resync.count() > 0 {
+            flags |= RTB_RING_F_RESYNC;
+        }
+        if flags != self.flags {
+            self.flags = flags;
+            self.mem.publish_flags(flags);
+        }
     }
 
     /// Submission time of the oldest record not acknowledged.
@@ -188,6 +226,23 @@ impl RingState {
     }
 }
 
+/// Where [`Ring::with_room`] lets a record go.
+#[derive(Clone, Copy)]
+enum Room {
+    /// Into the ring, after `pad` bytes of padding, `size` bytes.
+    Record { pad: u64, size: u64 },
+    /// Nowhere: the ring is tracking; writes set dirty bits.
+    Track,
+}
+
+/// The buffers of a fetch, allocated at attach.
+struct FetchBuf {
+    /// The fetched bitmap in its ABI form, copied to the agent.
+    bytes: KVVec<u8>,
+    /// Generations of the in-flight slots at the fetch.
+    generations: [i32; SLOTS],
+}
+
 /// The write-journal ring of a device.
 pub(crate) struct Ring {
     state: Pin<KBox<Mutex<RingState>>>,
@@ -201,6 +256,10 @@ pub(crate) struct Ring {
     poll: PollQueue,
     /// A ring file is open (the agent's handle); only one may be.
     agent_open: AtomicBool,
+    /// Overflow into the dirty bitmap instead of waiting for room.
+    track_on_full: bool,
+    /// Serializes fetches; never taken by writers. Taken before `state`.
+    fetch: Pin<KBox<Mutex<FetchBuf>>>,
     ring_id: u64,
     data_size: u64,
     full_waits: AtomicU64,
@@ -209,12 +268,33 @@ pub(crate) struct Ring {
 
 impl Ring {
     /// A ring of `data_size` bytes (a power of two, validated by the
-    /// caller) for a device of `capacity_sectors` sectors.
+    /// caller) for a device of `capacity_sectors` sectors, with dirty
+    /// bitmaps of `chunk_size` bytes per bit (a power of two, validated by
+    /// the caller). With `track_on_full`, a full ring overflows into the
+    /// bitmap instead of making writers wait.
     pub(crate) fn new(
         data_size: u64,
         capacity_sectors: u64,
         logical_block_size: u32,
+        chunk_size: u64,
+        track_on_full: bool,
     ) -> Result<Arc<Self>> {
+        let dirty = ChunkBitmap::new(capacity_sectors, chunk_size)?;
+        let resync = ChunkBitmap::new(capacity_sectors, chunk_size)?;
+        let mut bytes = KVVec::with_capacity(dirty.abi_bytes(), GFP_KERNEL)?;
+        for _ in 0..dirty.abi_bytes() {
+            bytes.push(0, GFP_KERNEL)?;
+        }
+        let fetch = KBox::pin_init(
+            new_mutex!(
+                FetchBuf {
+                    bytes,
+                    generations: [0; SLOTS],
+                },
+                "rtbackup_fetch"
+            ),
+            GFP_KERNEL,
+        )?;
         let ring_id = sys::random_u64();
         let header = RtbRingHeader {
             magic: RTB_RING_MAGIC,
@@ -243,6 +323,11 @@ impl Ring {
                     last_ack_ns: 0,
                     connected: false,
                     detached: false,
+                    tracking: false,
+                    flags: 0,
+                    dirty,
+                    resync,
+                    overflows: 0,
                 },
                 "rtbackup_ring"
             ),
@@ -256,6 +341,8 @@ impl Ring {
                 room: Generation::new(),
                 poll: PollQueue::new()?,
                 agent_open: AtomicBool::new(false),
+                track_on_full,
+                fetch,
                 ring_id,
                 data_size,
                 full_waits: AtomicU64::new(0),
@@ -288,12 +375,28 @@ impl Ring {
             Payload::Empty
         };
         let range = entry.range();
-        let token = self.with_room(record_size(payload_len), range, |st, pad, size| {
-            let token = match range {
-                Some((start, end)) => self.inflight.claim(start, end)?,
-                None => 0,
+        let token = self.with_room(record_size(payload_len), range, |st, room| {
+            let Some((start, end)) = range else {
+                // A flush: while tracking there is no order to mark.
+                return match room {
+                    Room::Track => Ok(0),
+                    Room::Record { pad, size } => {
+                        self.write_record(st, &entry, payload, pad, size).map(|_| 0)
+                    }
+                };
             };
-            if let Err(e) = self.write_record(st, &entry, payload, pad, size) {
+            // Tracked writes take a slot too: a fetch waits for them.
+            let token = self.inflight.claim(start, end)?;
+            let written = match room {
+                Room::Track => {
+                    st.dirty.set_sectors(start, end);
+                    Ok(())
+                }
+                Room::Record { pad, size } => self
+                    .write_record(st, &entry, payload, pad, size)
+                    .map(|_| ()),
+            };
+            if let Err(e) = written {
                 self.inflight.release(token);
                 return Err(e);
             }
@@ -305,8 +408,9 @@ impl Ring {
 
     /// Records a mark named `name` (see `check_mark_name`; `EINVAL`
     /// otherwise) after everything recorded so far. Sleeps while the ring is
-    /// full, as a writer does; `ENXIO` once the device is detached. Returns
-    /// the mark record's sequence number.
+    /// full, as a writer does; `ENXIO` once the device is detached, `EBUSY`
+    /// while tracking (there is no write order to place it in). Returns the
+    /// mark record's sequence number.
     pub(crate) fn record_mark(&self, name: &[u8]) -> Result<u64> {
         check_mark_name(name).map_err(|_| EINVAL)?;
         let entry = Entry {
@@ -318,23 +422,28 @@ impl Ring {
             has_payload: false,
         };
         let size = record_size(name.len() as u64);
-        let seq = self.with_room(size, None, |st, pad, size| {
-            self.write_record(st, &entry, Payload::Bytes(name), pad, size)
+        let seq = self.with_room(size, None, |st, room| match room {
+            Room::Track => Err(EBUSY),
+            Room::Record { pad, size } => {
+                self.write_record(st, &entry, Payload::Bytes(name), pad, size)
+            }
         })?;
         self.poll.wake();
         Ok(seq)
     }
 
     /// Waits until the ring takes a record of `size` bytes, then runs `f`
-    /// under the mutex with the padding to write before it and `size`.
-    /// While a record's sectors `range` overlap a write in flight, or the
-    /// record (with its padding) does not fit between head and tail, drops
-    /// the mutex, sleeps and starts again. `ENXIO` once detached.
+    /// under the mutex with the [`Room`] for it: the padding to write
+    /// before it and `size`, or [`Room::Track`] while tracking. While a
+    /// record's sectors `range` overlap a write in flight, drops the mutex,
+    /// sleeps and starts again; also while the record (with its padding)
+    /// does not fit between head and tail, unless the ring tracks when
+    /// full: then it starts tracking. `ENXIO` once detached.
     fn with_room<R>(
         &self,
         size: u64,
         range: Option<(u64, u64)>,
-        f: impl FnOnce(&mut RingState, u64, u64) -> Result<R>,
+        f: impl FnOnce(&mut RingState, Room) -> Result<R>,
     ) -> Result<R> {
         let mut waited = false;
         loop {
@@ -349,10 +458,18 @@ impl Ring {
                     continue;
                 }
             }
+            if st.tracking {
+                return f(&mut st, Room::Track);
+            }
             let off = st.head & st.mask();
             let to_end = self.data_size - off;
             let pad = if size > to_end { to_end } else { 0 };
             if st.head - st.tail + pad + size > self.data_size {
+                if self.track_on_full {
+                    st.overflows += 1;
+                    self.start_tracking(&mut st);
+                    return f(&mut st, Room::Track);
+                }
                 let generation = self.room.get();
                 drop(st);
                 if !waited {
@@ -364,8 +481,17 @@ impl Ring {
                 self.waiting.fetch_sub(1, Relaxed);
                 continue;
             }
-            return f(&mut st, pad, size);
+            return f(&mut st, Room::Record { pad, size });
         }
+    }
+
+    /// Switches to tracking; writers waiting for room go on (they find the
+    /// ring tracking) and the agent's poll sees it.
+    fn start_tracking(&self, st: &mut RingState) {
+        st.tracking = true;
+        st.publish_flags();
+        self.room.bump();
+        self.poll.wake();
     }
 
     /// Writes (padding and) the record at the head and publishes it.
@@ -489,8 +615,119 @@ impl Ring {
                 self.ack(&req)?;
                 Ok(0)
             }
+            RTB_RING_IOC_RESYNC => {
+                self.resync_ioctl(arg)?;
+                Ok(0)
+            }
             _ => Err(ENOTTY),
         }
+    }
+
+    /// Handles `RTB_RING_IOC_RESYNC`: validates the request completely,
+    /// runs it, and answers the bitmap's geometry (and, for a fetch, the
+    /// count and the first reserved seq).
+    fn resync_ioctl(&self, arg: UserPtr) -> Result {
+        let (mut reader, mut writer) = UserSlice::new(arg, size_of::<RtbResync>()).reader_writer();
+        let mut req: RtbResync = reader.read()?;
+        if req.abi_version != RTB_ABI_VERSION {
+            return Err(sys::eproto());
+        }
+        let outputs = [
+            req.chunk_size,
+            req.chunks,
+            req.count,
+            req.first_seq,
+            req.head,
+        ];
+        if req.pad != 0
+            || req.flags & !(RTB_RESYNC_F_PENDING | RTB_RESYNC_F_STREAM) != 0
+            || outputs.iter().any(|&v| v != 0)
+            || req.reserved.iter().any(|&r| r != 0)
+        {
+            return Err(EINVAL);
+        }
+        let fetch_args = req.flags != 0 || req.bitmap != 0 || req.bitmap_bytes != 0;
+        match req.op {
+            RTB_RESYNC_FETCH => self.fetch(&mut req)?,
+            RTB_RESYNC_TRACK_ALL if !fetch_args => {
+                let mut st = self.state.lock();
+                if st.detached {
+                    return Err(ENXIO);
+                }
+                st.dirty.set_all();
+                self.start_tracking(&mut st);
+            }
+            RTB_RESYNC_DONE if !fetch_args => {
+                let mut st = self.state.lock();
+                if st.tracking {
+                    return Err(EBUSY);
+                }
+                st.resync.clear();
+                st.publish_flags();
+            }
+            _ => return Err(EINVAL),
+        }
+        {
+            let st = self.state.lock();
+            req.chunk_size = st.dirty.chunk_size();
+            req.chunks = st.dirty.chunks();
+        }
+        writer.write(&req)
+    }
+
+    /// Fetches dirty chunks into `req.bitmap` and reserves their seqs (see
+    /// `rust/uapi.rs`). The agent's buffer is checked by writing zeroes to
+    /// it before anything changes; the bitmap is copied out after the ring's
+    /// mutex is dropped (a fault there must not hold up writers), and after
+    /// the writes in flight at the fetch have completed.
+    fn fetch(&self, req: &mut RtbResync) -> Result {
+        let mut guard = self.fetch.lock();
+        let fb = &mut *guard;
+        let len = fb.bytes.len();
+        if req.bitmap_bytes < len as u64 {
+            return Err(EINVAL);
+        }
+        fb.bytes.iter_mut().for_each(|b| *b = 0);
+        UserSlice::new(req.bitmap as UserPtr, len)
+            .writer()
+            .write_slice(&fb.bytes)?;
+        let stream = req.flags & RTB_RESYNC_F_STREAM != 0;
+        let (count, first_seq, head) = {
+            let mut guard = self.state.lock();
+            let st = &mut *guard;
+            if st.detached {
+                return Err(ENXIO);
+            }
+            st.resync.or_from(&st.dirty);
+            let fetched = if req.flags & RTB_RESYNC_F_PENDING != 0 {
+                &st.resync
+            } else {
+                &st.dirty
+            };
+            fetched.export(&mut fb.bytes);
+            let count = fetched.count();
+            st.dirty.clear();
+            let first_seq = st.head_seq;
+            st.head_seq = first_seq
+                .checked_add(count + u64::from(stream))
+                .ok_or_else(sys::eoverflow)?;
+            let (head, head_seq) = (st.head, st.head_seq);
+            st.mem.publish_head(head, head_seq);
+            if stream {
+                st.tracking = false;
+            }
+            st.publish_flags();
+            self.inflight.snapshot(&mut fb.generations);
+            (count, first_seq, head)
+        };
+        self.inflight.wait_released(&fb.generations);
+        UserSlice::new(req.bitmap as UserPtr, len)
+            .writer()
+            .write_slice(&fb.bytes)?;
+        req.count = count;
+        req.first_seq = first_seq;
+        req.head = head;
+        Ok(())
     }
 
     /// Maps the ring read-only into `vma` (offset 0, at most the whole).
@@ -512,11 +749,12 @@ impl Ring {
     }
 
     /// (readable, hung up) for `poll()`: readable while records wait for
-    /// an acknowledgement; hung up once detached. Level-triggered and
-    /// stateless, so any number of `poll`/`epoll` calls see the same.
+    /// an acknowledgement or the ring is tracking (a resync is due); hung
+    /// up once detached. Level-triggered and stateless, so any number of
+    /// `poll`/`epoll` calls see the same.
     pub(crate) fn poll_state(&self) -> (bool, bool) {
         let st = self.state.lock();
-        (st.head != st.tail, st.detached)
+        (st.head != st.tail || st.tracking, st.detached)
     }
 
     /// Takes the agent's handle; `EBUSY` if another agent holds it.
@@ -537,7 +775,7 @@ impl Ring {
     pub(crate) fn detach(&self) {
         let mut st = self.state.lock();
         st.detached = true;
-        st.mem.set_flags(RTB_RING_F_DETACHED);
+        st.publish_flags();
         drop(st);
         self.room.bump();
         self.poll.wake_hangup();
@@ -564,6 +802,11 @@ impl Ring {
             ring_id: self.ring_id,
             waiting_writers: self.waiting.load(Relaxed),
             agent,
+            flags: u64::from(st.flags),
+            dirty_chunks: st.dirty.count(),
+            resync_chunks: st.resync.count(),
+            chunk_size: st.dirty.chunk_size(),
+            overflows: st.overflows,
             ..RtbRingInfo::ZERO
         }
     }

@@ -12,6 +12,7 @@
 //! request path), `ring` (the write-journal ring), `inflight` (write
 //! ordering), `sys` (the only code that touches C).
 
+mod bitmap;
 mod control;
 mod device;
 mod inflight;

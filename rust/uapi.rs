@@ -93,7 +93,8 @@ pub const RTB_IOC_MARK: u32 = ioc(IOC_READ | IOC_WRITE, 5, core::mem::size_of::<
 pub const RTB_RING_IOC_ACK: u32 = ioc(IOC_WRITE, 16, core::mem::size_of::<RtbRingAck>());
 
 /// Ring file: resync step ([`RtbResync`]; ABI v4).
-pub const RTB_RING_IOC_RESYNC: u32 = ioc(IOC_READ | IOC_WRITE, 17, core::mem::size_of::<RtbResync>());
+pub const RTB_RING_IOC_RESYNC: u32 =
+    ioc(IOC_READ | IOC_WRITE, 17, core::mem::size_of::<RtbResync>());
 
 /// Answer of [`RTB_IOC_VERSION`].
 #[repr(C)]
@@ -871,8 +872,12 @@ pub struct RtbResync {
     /// the chunks (in bitmap order), plus one for the end record with
     /// [`RTB_RESYNC_F_STREAM`].
     pub first_seq: u64,
+    /// Out (fetch): the ring position (a record boundary) where the
+    /// reserved seqs sit: after every record ending at or before it, before
+    /// every record after it.
+    pub head: u64,
     /// In: must be zero.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<RtbResync>() == 96);
@@ -890,6 +895,7 @@ impl RtbResync {
         chunks: 0,
         count: 0,
         first_seq: 0,
-        reserved: [0; 4],
+        head: 0,
+        reserved: [0; 3],
     };
 }

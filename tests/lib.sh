@@ -162,14 +162,16 @@ wait_written() {
 lag() { rtbackupctl status --json rtbackup$1 | jq '.devices[0].ring.lag_records'; }
 
 # replicate_device [SERVER_ARGS...]: the module loaded, the first scratch
-# disk zeroed ($d0) and attached ($dev), a server (with SERVER_ARGS) and an
-# agent streaming it as volume vol0.
+# disk zeroed ($d0) and attached ($dev, with $ATTACH_ARGS), a server (with
+# SERVER_ARGS) and an agent streaming it as volume vol0.
+ATTACH_ARGS=""
 replicate_device() {
     load
     d0=$(disk 0)
     zero "$d0"
     start_server "$@"
-    dev=$(rtbackupctl attach "$d0")
+    # shellcheck disable=SC2086
+    dev=$(rtbackupctl attach $ATTACH_ARGS "$d0")
     start_agent 0 vol0
 }
 

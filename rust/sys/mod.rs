@@ -44,6 +44,11 @@ pub(crate) fn eopnotsupp() -> Error {
     Error::from_errno(-(bindings::EOPNOTSUPP as i32))
 }
 
+/// `EOVERFLOW`, which `kernel::error::code` lacks in 6.12.
+pub(crate) fn eoverflow() -> Error {
+    Error::from_errno(-(bindings::EOVERFLOW as i32))
+}
+
 /// CRC32C (Castagnoli) of `bytes`, the standard variant (initial value and
 /// final XOR all ones) that userspace's `crc32c` crates compute.
 pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
@@ -124,3 +129,7 @@ unsafe impl FromBytes for uapi::RtbRingAck {}
 unsafe impl FromBytes for uapi::RtbMark {}
 // SAFETY: see above.
 unsafe impl AsBytes for uapi::RtbMark {}
+// SAFETY: as above: repr(C), integers only, explicit padding.
+unsafe impl FromBytes for uapi::RtbResync {}
+// SAFETY: as above.
+unsafe impl AsBytes for uapi::RtbResync {}

@@ -234,8 +234,8 @@ impl RingMem {
             .store(tail, Ordering::Release);
     }
 
-    /// Sets `RTB_RING_F_*` bits in the control page.
-    pub(crate) fn set_flags(&mut self, bits: u32) {
+    /// Publishes the `RTB_RING_F_*` bits of the control page.
+    pub(crate) fn publish_flags(&mut self, bits: u32) {
         // SAFETY: `flags` is a u32 field of the control page, 4-aligned, in
         // our allocation; userspace only reads it.
         let flags = unsafe {
@@ -246,7 +246,7 @@ impl RingMem {
                     .cast(),
             )
         };
-        flags.fetch_or(bits, Ordering::Release);
+        flags.store(bits, Ordering::Release);
     }
 }
 

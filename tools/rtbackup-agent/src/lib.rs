@@ -15,6 +15,7 @@ mod acks;
 pub mod cli;
 mod config;
 mod error;
+mod resync;
 mod session;
 
 pub use config::AgentConfig;

@@ -4,10 +4,12 @@
 use crate::acks::AckTracker;
 use crate::config::AgentConfig;
 use crate::error::AgentError;
+use crate::resync::{self, Sink};
 use rtbackup_proto::{
     read_frame, write_frame, write_records_frame, Frame, Hello, ProtoError, Welcome,
     MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
 };
+use rtbackup_ring::ResyncOp;
 use rtbackup_ring::{Batch, Cursor, RingSource, RingView, SharedMemory, Wakeup};
 use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, BufReader, Read};
@@ -287,6 +289,11 @@ struct Conn<'a> {
     acks: Mutex<AckTracker>,
     /// Notified on each move of the consumer position and on closing.
     signal: Signal,
+    /// Seq of the end record of the last resync sent, until the server
+    /// acknowledged it and the resync set was cleared. Held across the
+    /// resync ioctls, so that clearing one resync's set never races with
+    /// the next resync's fetch.
+    resync_end: Mutex<Option<u64>>,
 }
 
 impl Conn<'_> {
@@ -348,7 +355,12 @@ fn send_loop<S: RingSource>(
     start: Cursor,
 ) -> Result<(), AgentError> {
     let view = ring.view();
+    let mut sink = ConnSink { ring, cfg, conn };
     let mut cursor = start;
+    // The first resync of a connection also resends the chunks of an
+    // unfinished one: what an earlier connection sent may not be durable.
+    let mut first_resync = true;
+    let mut owed = view.resync_owed();
     // When the first records of a batch held back by `max_batch_delay`
     // were seen.
     let mut holding_since: Option<Instant> = None;
@@ -361,6 +373,22 @@ fn send_loop<S: RingSource>(
         let batch = view.read_batch(cursor, cfg.batch_bytes)?;
         if batch.is_empty() {
             cursor = batch.end();
+            if let Some(next) = batch.gap() {
+                cursor = resync::fill_hole(&mut sink, cursor, next, cfg)?;
+                continue;
+            }
+            if !detached && (view.is_tracking() || owed) {
+                let pending = std::mem::take(&mut first_resync);
+                owed = false;
+                let fin = resync::run(ring, &mut sink, cfg, cursor, pending, |op| {
+                    let mut end = lock(&conn.resync_end);
+                    *end = None;
+                    Ok(ring.resync(op)?)
+                })?;
+                *lock(&conn.resync_end) = Some(fin.end_seq);
+                cursor = fin.cursor;
+                continue;
+            }
             if detached {
                 finish(conn, cursor);
                 return Ok(());
@@ -378,32 +406,77 @@ fn send_loop<S: RingSource>(
             }
         }
         holding_since = None;
-        check_frame_fits(&batch, MAX_FRAME_PAYLOAD as u64)?;
-        let (first, last) = (batch.start().seq, batch.end().seq - 1);
-        lock(&conn.acks).sending(batch.end(), Instant::now());
+        cursor = sink.send_batch(&batch)?;
+    }
+    Ok(())
+}
+
+/// Sends on the connection's socket, keeping the acknowledgement
+/// bookkeeping: the ring's batches and the records the agent makes.
+struct ConnSink<'r, 'c, 'a, S> {
+    ring: &'r S,
+    cfg: &'r AgentConfig,
+    conn: &'c Conn<'a>,
+}
+
+impl<S: RingSource> ConnSink<'_, '_, '_, S> {
+    /// Writes one RECORDS frame of `parts` whose records end at `end`.
+    fn send_parts(&mut self, parts: &[&[u8]], end: Cursor) -> Result<(), AgentError> {
+        let conn = self.conn;
+        lock(&conn.acks).sending(end, Instant::now());
         let mut w = conn.stream;
-        if let Err(source) = write_records_frame(&mut w, batch.parts()) {
-            if conn.is_closed() {
-                return Ok(());
-            }
+        if let Err(source) = write_records_frame(&mut w, parts) {
             return Err(AgentError::Wire {
-                server: cfg.server.clone(),
+                server: self.cfg.server.clone(),
                 source,
             });
         }
+        let mut acks = lock(&conn.acks);
+        acks.written(end.seq - 1);
+        acks.apply(self.ring)?;
+        Ok(())
+    }
+
+    /// Sends a batch of the ring's records; returns the cursor after it.
+    fn send_batch(&mut self, batch: &rtbackup_ring::Batch<'_>) -> Result<Cursor, AgentError> {
+        check_frame_fits(batch, MAX_FRAME_PAYLOAD as u64)?;
+        self.send_parts(batch.parts(), batch.end())?;
         tracing::debug!(
-            first_seq = first,
-            last_seq = last,
+            first_seq = batch.start().seq,
+            last_seq = batch.end().seq - 1,
             records = batch.records(),
             bytes = batch.bytes(),
             "sent batch"
         );
-        cursor = batch.end();
-        let mut acks = lock(&conn.acks);
-        acks.written(last);
-        acks.apply(ring)?;
+        Ok(batch.end())
     }
-    Ok(())
+}
+
+impl<S: RingSource> Sink for ConnSink<'_, '_, '_, S> {
+    fn send_made(&mut self, pos: u64, records: &[u8], last_seq: u64) -> Result<(), AgentError> {
+        let end = Cursor {
+            pos,
+            seq: last_seq + 1,
+        };
+        self.send_parts(&[records], end)
+    }
+
+    fn send_ring_to(&mut self, from: Cursor, limit: u64) -> Result<Cursor, AgentError> {
+        let view = self.ring.view();
+        let mut cursor = from;
+        loop {
+            let batch = view.read_batch_to(cursor, self.cfg.batch_bytes, limit)?;
+            if batch.is_empty() {
+                cursor = batch.end();
+                match batch.gap() {
+                    Some(next) => cursor = resync::fill_hole(self, cursor, next, self.cfg)?,
+                    None => return Ok(cursor),
+                }
+                continue;
+            }
+            cursor = self.send_batch(&batch)?;
+        }
+    }
 }
 
 /// A batch must fit in one RECORDS frame. Batches of several records are
@@ -527,6 +600,7 @@ fn receiver<S: RingSource>(ring: &S, cfg: &AgentConfig, conn: &Conn<'_>) {
                         tracing::trace!(seq, tail = c.pos, "acknowledged");
                         let done = acks.delivered_all();
                         drop(acks);
+                        resync_acknowledged(ring, conn, seq);
                         conn.signal.notify();
                         if done {
                             return conn.close(Close::Detached);
@@ -550,6 +624,22 @@ fn receiver<S: RingSource>(ring: &S, cfg: &AgentConfig, conn: &Conn<'_>) {
             }
         }
     }
+}
+
+/// Once the server has acknowledged a resync's end record, clears the
+/// resync set in the kernel (`RTB_RESYNC_DONE`): its chunks are durable.
+fn resync_acknowledged<S: RingSource>(ring: &S, conn: &Conn<'_>, acked: u64) {
+    let mut end = lock(&conn.resync_end);
+    let Some(end_seq) = *end else { return };
+    if acked < end_seq {
+        return;
+    }
+    match ring.resync(ResyncOp::Done) {
+        Ok(_) => tracing::info!(end_seq, "resync complete: the server has every chunk"),
+        // Tracking again: the next resync's end clears the set.
+        Err(e) => tracing::info!(end_seq, "resync set kept: {e}"),
+    }
+    *end = None;
 }
 
 /// One connection: connect, handshake, resume, stream until it fails or
@@ -590,6 +680,7 @@ pub(crate) fn run_session<S: RingSource>(
         draining: AtomicBool::new(false),
         acks: Mutex::new(AckTracker::new(start)),
         signal: Signal::default(),
+        resync_end: Mutex::new(None),
     };
     std::thread::scope(|s| {
         s.spawn(|| receiver(ring, cfg, &conn));

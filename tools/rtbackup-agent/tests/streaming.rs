@@ -4,7 +4,7 @@
 //! in order exactly once across disconnects, and the ring's consumer
 //! position must move only past records the server acknowledged.
 
-use rtbackup_abi::RTB_OP_WRITE;
+use rtbackup_abi::{RTB_OP_RESYNC, RTB_OP_RESYNC_END, RTB_OP_WRITE};
 use rtbackup_agent::{run, AgentConfig, AgentError, Exit};
 use rtbackup_proto::{read_frame, records, write_frame, ErrorMsg, Frame, Hello, Welcome};
 use rtbackup_ring::mem::{MemBuf, MemRing, PollMode};
@@ -240,6 +240,14 @@ impl RingSource for Checked<'_> {
 
     fn wait(&self, timeout: Duration) -> rtbackup_ring::Result<Wakeup> {
         self.ring.wait(timeout)
+    }
+
+    fn resync(&self, op: rtbackup_ring::ResyncOp) -> rtbackup_ring::Result<rtbackup_ring::Resync> {
+        self.ring.resync(op)
+    }
+
+    fn read_device(&self, offset: u64, buf: &mut [u8]) -> rtbackup_ring::Result<()> {
+        self.ring.read_device(offset, buf)
     }
 }
 
@@ -830,4 +838,170 @@ fn a_bad_volume_name_is_refused_before_connecting() {
     let e = run(&r, &cfg, &AtomicBool::new(false)).unwrap_err();
     assert!(e.is_fatal());
     assert!(e.to_string().contains("starts with a dot"), "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// Overflow and resync (Documentation/design.rst, "Overflow and resync"),
+// against the in-memory ring's simulated device.
+// ---------------------------------------------------------------------------
+
+/// Sectors of the simulated device of the resync tests (4 MiB).
+const DEV_SECTORS: u64 = 8192;
+const CHUNK: u64 = 64 << 10;
+
+fn tracking_ring(size: u64) -> MemRing {
+    MemRing::new(size, RING_ID, DEV_SECTORS, 512)
+        .unwrap()
+        .with_device(CHUNK, true)
+}
+
+/// Random writes (4 to 32 KiB at 4 KiB-aligned offsets) and flushes to the
+/// simulated device.
+fn device_load(ring: &MemRing, seed: u64, writes: u64) {
+    let mut x = seed | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..writes {
+        if next() % 8 == 0 {
+            ring.device_flush().unwrap();
+            continue;
+        }
+        let len = (1 + next() % 8) * 4096;
+        let sector = (next() % ((DEV_SECTORS * 512 - len) / 4096)) * 8;
+        let b = (i as u8) ^ (seed as u8);
+        let data: Vec<u8> = (0..len).map(|j| b.wrapping_add((j / 512) as u8)).collect();
+        ring.device_write(sector, &data).unwrap();
+    }
+}
+
+/// Replays the server's records onto zeroes, in seq order, as the backup
+/// server's image does; returns the image and the end records'
+/// `consistent_seq`s.
+fn replay(server: &TestServer) -> (Vec<u8>, Vec<(u64, u64)>) {
+    let mut img = vec![0u8; (DEV_SECTORS * 512) as usize];
+    let mut ends = Vec::new();
+    for bytes in server.shared.durable.lock().unwrap().iter() {
+        let rec = rtbackup_proto::parse_record(bytes).unwrap();
+        let h = rec.header;
+        match h.op {
+            RTB_OP_WRITE | RTB_OP_RESYNC => {
+                let at = (h.sector * 512) as usize;
+                img[at..at + rec.payload.len()].copy_from_slice(rec.payload);
+            }
+            RTB_OP_RESYNC_END => {
+                let c = u64::from_le_bytes(rec.payload.try_into().unwrap());
+                ends.push((h.seq, c));
+            }
+            _ => {}
+        }
+    }
+    (img, ends)
+}
+
+/// Runs the agent until the ring streams again, the resync set is cleared
+/// and the server has every seq; `during` runs concurrently.
+fn resync_until_done(server: &TestServer, ring: &MemRing, during: impl FnOnce() + Send) {
+    let stop = AtomicBool::new(false);
+    let checked = Checked {
+        ring,
+        server: &server.shared,
+        violations: Mutex::new(Vec::new()),
+    };
+    let cfg = config(server.addr);
+    thread::scope(|s| {
+        let agent = s.spawn(|| run(&checked, &cfg, &stop));
+        let _stop = StopOnDrop(&stop);
+        s.spawn(during).join().unwrap();
+        wait_until("the resync to complete", Duration::from_secs(60), || {
+            let v = ring.view();
+            !v.is_tracking() && !v.resync_owed() && server.durable_count() == v.head_seq() - 1
+        });
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(agent.join().unwrap().unwrap(), Exit::Stopped);
+    });
+    let violations = checked.violations.into_inner().unwrap();
+    assert!(violations.is_empty(), "{violations:?}");
+    let problems = server.shared.problems.lock().unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn an_overflowed_ring_is_resynced_to_the_device_image() {
+    let server = TestServer::start(|_| ConnPolicy::default());
+    let r = tracking_ring(64 << 10);
+    // No agent yet: the 64 KiB ring overflows into the bitmap at once.
+    device_load(&r, 1, 400);
+    assert!(r.view().is_tracking(), "the ring did not overflow");
+    // Writes go on while the agent resyncs.
+    resync_until_done(&server, &r, || device_load(&r, 2, 300));
+    let (img, ends) = replay(&server);
+    assert!(
+        img == r.device_image(),
+        "replayed backup differs from the device"
+    );
+    assert!(!ends.is_empty(), "no RESYNC_END was sent");
+    for (seq, consistent) in ends {
+        assert!(
+            consistent >= seq,
+            "end {seq} names consistent_seq {consistent}"
+        );
+    }
+    // After the resync the ring records again: a new write is a record.
+    assert!(r.device_write(0, &[7; 512]).unwrap().is_some());
+}
+
+#[test]
+fn a_resync_interrupted_by_a_disconnect_is_redone_and_its_seqs_filled() {
+    // The first connection dies in the middle of the resync's chunks.
+    let server = TestServer::start(|n| match n {
+        0 => ConnPolicy {
+            drop_after: Some(40),
+            ..Default::default()
+        },
+        _ => ConnPolicy::default(),
+    });
+    let r = tracking_ring(64 << 10);
+    device_load(&r, 3, 600);
+    assert!(r.view().is_tracking());
+    resync_until_done(&server, &r, || device_load(&r, 4, 100));
+    assert!(server.shared.connections.load(Ordering::SeqCst) >= 2);
+    let (img, _) = replay(&server);
+    assert!(
+        img == r.device_image(),
+        "replayed backup differs from the device"
+    );
+    // Seqs reserved by the interrupted resync were filled with empty
+    // RESYNC records, so the stream stayed gapless (the server checks).
+    let empty = server
+        .shared
+        .durable
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| {
+            let rec = rtbackup_proto::parse_record(b).unwrap();
+            rec.header.op == RTB_OP_RESYNC && rec.payload.is_empty()
+        })
+        .count();
+    assert!(empty > 0, "no reserved seq needed filling");
+}
+
+#[test]
+fn a_full_resync_copies_the_whole_device() {
+    let server = TestServer::start(|_| ConnPolicy::default());
+    let r = tracking_ring(1 << 20);
+    // Data written before anything was recorded (an initial sync).
+    r.device_write(0, &[0x5a; 4096]).unwrap();
+    r.device_write(8000, &[0xa5; 4096]).unwrap();
+    r.resync(rtbackup_ring::ResyncOp::TrackAll).unwrap();
+    resync_until_done(&server, &r, || device_load(&r, 5, 200));
+    let (img, _) = replay(&server);
+    assert!(
+        img == r.device_image(),
+        "replayed backup differs from the device"
+    );
 }

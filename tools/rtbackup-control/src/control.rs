@@ -6,15 +6,29 @@ use crate::ioctl;
 use crate::status::DeviceStatus;
 use nix::errno::Errno;
 use rtbackup_abi::{
-    c_str_bytes, check_mark_name, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbMark,
-    RtbRingAck, RtbRingOpen, RtbVersion, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_DISK_PREFIX,
-    RTB_MAX_DEVICES, RTB_PATH_MAX, RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
+    c_str_bytes, check_mark_name, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbMark, RtbResync,
+    RtbRingAck, RtbRingOpen, RtbVersion, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_ATTACH_TRACK,
+    RTB_CHUNK_MAX, RTB_CHUNK_MIN, RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX, RTB_RESYNC_DONE,
+    RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM, RTB_RESYNC_TRACK_ALL,
+    RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+/// How to attach a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// Bytes of the ring's data area (0: the module's default).
+    pub ring_size: u64,
+    /// Bytes per dirty-bitmap chunk (0: the module's default, 64 KiB).
+    pub chunk_size: u64,
+    /// When the ring is full, track writes in the bitmap instead of
+    /// making writers wait.
+    pub track_on_full: bool,
+}
 
 /// Where the module's control device appears.
 pub const CONTROL_PATH: &str = "/dev/rtbackup-control";
@@ -133,9 +147,20 @@ impl Control {
         Ok(infos[..n].iter().map(DeviceStatus::from).collect())
     }
 
-    /// Stacks `/dev/rtbackupN` on the block device at `lower`, with a ring
-    /// of `ring_size` bytes (0: the module's default).
-    pub fn attach(&self, lower: &Path, ring_size: u64) -> Result<AttachedDevice> {
+    /// Stacks `/dev/rtbackupN` on the block device at `lower`, as `opts`
+    /// say.
+    pub fn attach(&self, lower: &Path, opts: &AttachOptions) -> Result<AttachedDevice> {
+        let ring_size = opts.ring_size;
+        if opts.chunk_size != 0
+            && (!opts.chunk_size.is_power_of_two()
+                || !(RTB_CHUNK_MIN..=RTB_CHUNK_MAX).contains(&opts.chunk_size))
+        {
+            return Err(Error::BadChunkSize {
+                size: opts.chunk_size,
+                min: RTB_CHUNK_MIN,
+                max: RTB_CHUNK_MAX,
+            });
+        }
         if ring_size != 0
             && (!ring_size.is_power_of_two()
                 || !(RTB_RING_MIN_SIZE..=RTB_RING_MAX_SIZE).contains(&ring_size))
@@ -185,6 +210,10 @@ impl Control {
         req.abi_version = RTB_ABI_VERSION;
         req.lower_path[..bytes.len()].copy_from_slice(bytes);
         req.ring_size = ring_size;
+        req.chunk_size = opts.chunk_size;
+        if opts.track_on_full {
+            req.flags |= RTB_ATTACH_TRACK;
+        }
         tracing::debug!(path = %abs.display(), "RTB_IOC_ATTACH");
         // SAFETY: `req` is a valid `RtbAttach` for the kernel to read and fill.
         unsafe { ioctl::attach(self.fd(), &mut req) }.map_err(|errno| match errno {
@@ -302,6 +331,7 @@ impl Control {
         // SAFETY: `req` is a valid `RtbMark` for the kernel to read and fill.
         unsafe { ioctl::mark(self.fd(), &mut req) }.map_err(|errno| match errno {
             Errno::ENXIO => Error::NoSuchDevice { name: disk.clone() },
+            Errno::EBUSY => Error::Tracking { disk: disk.clone() },
             _ => self.permission(errno, &format!("mark {disk} as '{name}'")),
         })?;
         Ok(req.seq)
@@ -345,6 +375,91 @@ pub fn ring_ack(ring: BorrowedFd<'_>, tail: u64, connected: bool) -> Result<()> 
     unsafe { ioctl::ring_ack(ring.as_raw_fd(), &req) }
         .map_err(|errno| Error::sys(format!("RTB_RING_IOC_ACK to position {tail}"), errno))?;
     Ok(())
+}
+
+/// What [`ring_resync`] asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResyncOp {
+    /// Mark every chunk dirty and start tracking (an initial sync).
+    TrackAll,
+    /// Fetch dirty chunks: with `pending`, also those of an unfinished
+    /// resync; with `stream`, return to recording in the same step.
+    Fetch { pending: bool, stream: bool },
+    /// The resync is complete: forget its chunks.
+    Done,
+}
+
+/// The kernel's answer to [`ring_resync`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resync {
+    /// Bytes per chunk.
+    pub chunk_size: u64,
+    /// Chunks of the device.
+    pub chunks: u64,
+    /// Fetch: the chunks returned, in order.
+    pub dirty: Vec<u64>,
+    /// Fetch: the first seq reserved for them (one per chunk, in order, plus
+    /// one for the end record when streaming again).
+    pub first_seq: u64,
+    /// Fetch: the ring position where the reserved seqs sit.
+    pub head: u64,
+}
+
+/// One resync step on a ring file descriptor from [`Control::ring_open`]
+/// (`RTB_RING_IOC_RESYNC`; Documentation/design.rst, "Overflow and
+/// resync").
+/// `chunks` is the device's chunk count (from its status), which sizes the
+/// bitmap buffer of a fetch.
+pub fn ring_resync(ring: BorrowedFd<'_>, op: ResyncOp, chunks: u64) -> Result<Resync> {
+    let mut req = RtbResync::ZERO;
+    req.abi_version = RTB_ABI_VERSION;
+    let mut words: Vec<u64> = Vec::new();
+    match op {
+        ResyncOp::TrackAll => req.op = RTB_RESYNC_TRACK_ALL,
+        ResyncOp::Done => req.op = RTB_RESYNC_DONE,
+        ResyncOp::Fetch { pending, stream } => {
+            req.op = RTB_RESYNC_FETCH;
+            if pending {
+                req.flags |= RTB_RESYNC_F_PENDING;
+            }
+            if stream {
+                req.flags |= RTB_RESYNC_F_STREAM;
+            }
+            words = vec![0; chunks.div_ceil(64) as usize];
+            req.bitmap = words.as_mut_ptr() as u64;
+            req.bitmap_bytes = (words.len() * 8) as u64;
+        }
+    }
+    // SAFETY: `req` is a valid `RtbResync`; `bitmap` points to
+    // `bitmap_bytes` writable bytes that live until the call returns.
+    unsafe { ioctl::ring_resync(ring.as_raw_fd(), &mut req) }
+        .map_err(|errno| Error::sys(format!("RTB_RING_IOC_RESYNC ({op:?})"), errno))?;
+    let mut dirty = Vec::with_capacity(req.count as usize);
+    for (i, w) in words.iter().enumerate() {
+        let mut w = u64::from_le(*w);
+        while w != 0 {
+            let bit = u64::from(w.trailing_zeros());
+            let chunk = i as u64 * 64 + bit;
+            if chunk < req.chunks {
+                dirty.push(chunk);
+            }
+            w &= w - 1;
+        }
+    }
+    if matches!(op, ResyncOp::Fetch { .. }) && dirty.len() as u64 != req.count {
+        return Err(Error::Inconsistent(format!(
+            "RTB_RING_IOC_RESYNC returned {} chunks in its bitmap but said {}",
+            dirty.len(),
+            req.count
+        )));
+    }
+    Ok(Resync {
+        chunk_size: req.chunk_size,
+        chunks: req.chunks,
+        dirty,
+        first_seq: req.first_seq,
+        head: req.head,
+    })
 }
 
 /// Parses `/dev/rtbackupN`, `rtbackupN` or `N`.

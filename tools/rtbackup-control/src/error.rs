@@ -70,6 +70,25 @@ pub enum Error {
         /// The path given.
         path: PathBuf,
     },
+    /// A chunk size outside the ABI's limits.
+    #[error("chunk size {size} is not a power of two from {min} to {max} bytes")]
+    BadChunkSize {
+        /// The size asked for.
+        size: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+    },
+    /// A mark was asked for while the device tracks writes in its bitmap.
+    #[error("/dev/{disk} is tracking writes in its dirty bitmap (its ring overflowed): there is no write order to put a mark in until rtbackup-agent's resync completes; try again then")]
+    Tracking {
+        /// The stacked disk.
+        disk: String,
+    },
+    /// The module answered something that cannot be right.
+    #[error("the rtbackup module answered inconsistently: {0}")]
+    Inconsistent(String),
     /// A ring size the module would refuse.
     #[error("ring size {size} is not a power of two between {min} and {max} bytes")]
     BadRingSize {
@@ -173,7 +192,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn sys(op: impl Into<String>, errno: Errno) -> Self {
+    /// A failed system call: what was being done, and the errno.
+    pub fn sys(op: impl Into<String>, errno: Errno) -> Self {
         Self::Sys {
             op: op.into(),
             errno,
@@ -195,12 +215,14 @@ impl Error {
             Self::StackedOnItself { .. } | Self::BadDeviceName { .. } => Some(Errno::EINVAL),
             Self::PathTooLong { .. } => Some(Errno::ENAMETOOLONG),
             Self::Zoned { .. } => Some(Errno::EOPNOTSUPP),
-            Self::BadRingSize { .. } => Some(Errno::EINVAL),
+            Self::BadRingSize { .. } | Self::BadChunkSize { .. } => Some(Errno::EINVAL),
             Self::RingNoMemory { .. } => Some(Errno::ENOMEM),
             Self::RingBusy { .. } => Some(Errno::EBUSY),
             Self::BadMarkName { .. } => Some(Errno::EINVAL),
             Self::NotOnDevice { .. } => Some(Errno::EXDEV),
             Self::Freeze { errno, .. } | Self::Thaw { errno, .. } => Some(*errno),
+            Self::Inconsistent(_) => Some(Errno::EIO),
+            Self::Tracking { .. } => Some(Errno::EBUSY),
         }
     }
 }

@@ -13,7 +13,8 @@ mod ioctl;
 mod status;
 
 pub use control::{
-    ring_ack, validate_mark_name, AttachedDevice, Control, ModuleVersion, CONTROL_PATH,
+    ring_ack, ring_resync, validate_mark_name, AttachOptions, AttachedDevice, Control,
+    ModuleVersion, Resync, ResyncOp, CONTROL_PATH,
 };
 pub use error::{Error, Result};
 pub use freeze::{flush_device, Frozen};

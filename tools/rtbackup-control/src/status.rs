@@ -2,7 +2,7 @@
 
 use rtbackup_abi::{
     c_str_bytes, RtbDeviceInfo, RtbRingInfo, RtbStats, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN,
-    RTB_STATE_DETACHING,
+    RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_STATE_DETACHING,
 };
 use serde::Serialize;
 
@@ -65,6 +65,18 @@ pub struct RingStatus {
     /// Age in milliseconds of the oldest record not acknowledged, when the
     /// status was read (0 when the server has everything).
     pub lag_ms: u64,
+    /// `recording` (writes go to the ring), `tracking` (the ring
+    /// overflowed, or an initial sync runs: writes set dirty-bitmap bits)
+    /// or `resyncing` (recording again; chunks of a resync are being sent).
+    pub mode: &'static str,
+    /// Chunks dirty and not yet fetched by the agent.
+    pub dirty_chunks: u64,
+    /// Chunks of the resync in progress (fetched, not done).
+    pub resync_chunks: u64,
+    /// Bytes per bitmap chunk.
+    pub chunk_size: u64,
+    /// Times the ring overflowed into tracking.
+    pub overflows: u64,
 }
 
 impl RingStatus {
@@ -98,6 +110,17 @@ impl From<&RtbRingInfo> for RingStatus {
             agent_attached: r.agent & RTB_AGENT_OPEN != 0,
             agent_connected: r.agent & RTB_AGENT_CONNECTED != 0,
             ring_id: r.ring_id,
+            mode: if r.flags & u64::from(RTB_RING_F_TRACKING) != 0 {
+                "tracking"
+            } else if r.flags & u64::from(RTB_RING_F_RESYNC) != 0 {
+                "resyncing"
+            } else {
+                "recording"
+            },
+            dirty_chunks: r.dirty_chunks,
+            resync_chunks: r.resync_chunks,
+            chunk_size: r.chunk_size,
+            overflows: r.overflows,
         }
     }
 }

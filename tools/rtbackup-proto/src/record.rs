@@ -3,8 +3,8 @@
 
 use rtbackup_abi::{
     check_mark_name, record_size, RtbRecordHeader, RTB_MARK_NAME_MAX, RTB_OP_DISCARD, RTB_OP_FLUSH,
-    RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC,
-    RTB_REC_FUA, RTB_REC_PREFLUSH,
+    RTB_OP_MARK, RTB_OP_PAD, RTB_OP_RESYNC, RTB_OP_RESYNC_END, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
+    RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH, RTB_RESYNC_END_PAYLOAD,
 };
 
 /// Bytes of a record header.
@@ -83,8 +83,9 @@ impl RecordError {
 pub struct RecordRef<'a> {
     /// The decoded header.
     pub header: RtbRecordHeader,
-    /// The payload (`header.payload_len` bytes): a write's data, a mark's
-    /// name, else empty.
+    /// The payload (`header.payload_len` bytes): a write's or a resync
+    /// chunk's data, a mark's name, a resync end's `consistent_seq`, else
+    /// empty.
     pub payload: &'a [u8],
     /// The whole record including header and padding: `header.size` bytes.
     pub bytes: &'a [u8],
@@ -107,13 +108,27 @@ impl RecordRef<'_> {
     }
 
     /// Whether a consistency point precedes this record (PREFLUSH flag).
+    /// Inside a resync section it is not one (the store decides:
+    /// Documentation/design.rst, "Overflow and resync").
     pub fn is_consistency_point_before(&self) -> bool {
         self.header.op != RTB_OP_PAD && self.header.flags & RTB_REC_PREFLUSH != 0
     }
 
-    /// Whether a consistency point follows this record (a FLUSH).
+    /// Whether a consistency point follows this record (a FLUSH). Inside a
+    /// resync section it is not one (as above).
     pub fn is_consistency_point_after(&self) -> bool {
         self.header.op == RTB_OP_FLUSH
+    }
+
+    /// The `consistent_seq` of a RESYNC_END record (its 8-byte payload,
+    /// little-endian); `None` for other ops.
+    pub fn consistent_seq(&self) -> Option<u64> {
+        if self.header.op != RTB_OP_RESYNC_END {
+            return None;
+        }
+        self.payload
+            .first_chunk::<8>()
+            .map(|b| u64::from_le_bytes(*b))
     }
 
     /// The name of a MARK record (validated: 1 to 64 bytes of
@@ -126,7 +141,7 @@ impl RecordRef<'_> {
     }
 
     /// The byte range `[start, end)` of the device this record affects
-    /// (empty for flushes, marks and padding). Validation guarantees no
+    /// (empty for flushes, marks, resync ends and padding). Validation guarantees no
     /// overflow.
     pub fn byte_range(&self) -> (u64, u64) {
         let start = self.header.sector * SECTOR_SIZE;
@@ -142,6 +157,8 @@ pub fn op_name(op: u8) -> &'static str {
         RTB_OP_WRITE_ZEROES => "WRITE_ZEROES",
         RTB_OP_FLUSH => "FLUSH",
         RTB_OP_MARK => "MARK",
+        RTB_OP_RESYNC => "RESYNC",
+        RTB_OP_RESYNC_END => "RESYNC_END",
         RTB_OP_PAD => "PAD",
         _ => "unknown",
     }
@@ -216,6 +233,34 @@ fn check_header(h: &RtbRecordHeader) -> Result<(), RecordError> {
                 ));
             }
         }
+        RTB_OP_RESYNC => {
+            if u64::from(h.payload_len) != h.len {
+                return Err(invalid(
+                    seq,
+                    format!("RESYNC with payload_len {} != len {}", h.payload_len, h.len),
+                ));
+            }
+            if !h.len.is_multiple_of(SECTOR_SIZE) {
+                return Err(invalid(
+                    seq,
+                    format!(
+                        "RESYNC with len {} (must be a multiple of {SECTOR_SIZE})",
+                        h.len
+                    ),
+                ));
+            }
+        }
+        RTB_OP_RESYNC_END => {
+            if h.payload_len != RTB_RESYNC_END_PAYLOAD {
+                return Err(invalid(
+                    seq,
+                    format!(
+                        "RESYNC_END with payload_len {} (must be {RTB_RESYNC_END_PAYLOAD})",
+                        h.payload_len
+                    ),
+                ));
+            }
+        }
         RTB_OP_MARK => {
             if h.payload_len == 0 || h.payload_len as usize > RTB_MARK_NAME_MAX {
                 return Err(invalid(
@@ -233,13 +278,22 @@ fn check_header(h: &RtbRecordHeader) -> Result<(), RecordError> {
         RTB_OP_FLUSH if h.sector != 0 || h.len != 0 => {
             return Err(invalid(seq, "FLUSH with a non-zero sector or len"));
         }
-        RTB_OP_MARK if h.sector != 0 || h.len != 0 || h.flags != 0 => {
+        RTB_OP_MARK | RTB_OP_RESYNC_END if h.sector != 0 || h.len != 0 || h.flags != 0 => {
             return Err(invalid(
                 seq,
                 format!(
-                    "MARK with sector {}, len {}, flags {:#04x} (must all be 0)",
-                    h.sector, h.len, h.flags
+                    "{} with sector {}, len {}, flags {:#04x} (must all be 0)",
+                    op_name(h.op),
+                    h.sector,
+                    h.len,
+                    h.flags
                 ),
+            ));
+        }
+        RTB_OP_RESYNC if h.flags != 0 => {
+            return Err(invalid(
+                seq,
+                format!("RESYNC with flags {:#04x} (must be 0)", h.flags),
             ));
         }
         RTB_OP_PAD if h.seq != 0 || h.sector != 0 || h.len != 0 || h.flags != 0 => {
@@ -294,7 +348,9 @@ pub fn parse_header(buf: &[u8]) -> Result<RtbRecordHeader, RecordError> {
 /// Parses and fully validates the record at the start of `buf`: magic,
 /// header checksum, `size` (a multiple of 64, large enough for the payload,
 /// within `buf`), a known op and flags, zero pad/reserved fields,
-/// `payload_len == len` for writes, a valid name for marks and 0 otherwise,
+/// `payload_len == len` for writes and resync chunks (whose `len` is a
+/// multiple of 512), a valid name for marks, 8 bytes for resync ends and 0
+/// otherwise,
 /// the payload checksum, and zero padding after the payload (except for
 /// `RTB_OP_PAD` records, whose filler is not checked). `buf` may hold more
 /// bytes after the record.
@@ -553,26 +609,37 @@ mod tests {
         assert_eq!(parse_record(&w).unwrap().mark_name(), None);
     }
 
+    /// Records of `op` with each (flags, sector, len, payload) are invalid,
+    /// with an error saying why.
+    fn assert_invalid(op: u8, cases: &[(u8, u64, u64, &[u8], &str)]) {
+        for &(flags, sector, len, payload, why) in cases {
+            let r = build_record(op, flags, 4, sector, len, 0, payload);
+            let e = parse_record(&r).unwrap_err();
+            assert!(
+                matches!(e, RecordError::Invalid { seq: 4, .. }),
+                "{why}: {e}"
+            );
+            assert!(e.to_string().contains(why), "{why}: {e}");
+        }
+    }
+
     #[test]
     fn marks_with_bad_names_are_refused() {
-        for (name, why) in [
+        let too_long = [b'x'; RTB_MARK_NAME_MAX + 1];
+        let cases: Vec<(u8, u64, u64, &[u8], &str)> = [
             (&b""[..], "payload_len 0"),
-            (&[b'x'; RTB_MARK_NAME_MAX + 1][..], "payload_len 65"),
+            (&too_long[..], "payload_len 65"),
             (b".hidden", "starts with a dot"),
             (b"vol@mark", "only A-Z"),
             (b"mark:x", "only A-Z"),
             (b"with space", "only A-Z"),
             (b"nul\0", "only A-Z"),
             (b"\xff\xfe", "only A-Z"),
-        ] {
-            let r = build_record(RTB_OP_MARK, 0, 5, 0, 0, 0, name);
-            let e = parse_record(&r).unwrap_err();
-            assert!(
-                matches!(e, RecordError::Invalid { seq: 5, .. }),
-                "{name:?}: {e}"
-            );
-            assert!(e.to_string().contains(why), "{name:?}: {e}");
-        }
+        ]
+        .into_iter()
+        .map(|(name, why)| (0, 0, 0, name, why))
+        .collect();
+        assert_invalid(RTB_OP_MARK, &cases);
     }
 
     #[test]
@@ -608,6 +675,60 @@ mod tests {
     }
 
     #[test]
+    fn resync_chunks_are_writes_of_whole_sectors() {
+        let r = build_record(RTB_OP_RESYNC, 0, 9, 16, 1024, 5, &[3; 1024]);
+        let rec = parse_record(&r).unwrap();
+        assert_eq!(op_name(rec.op()), "RESYNC");
+        assert_eq!(rec.byte_range(), (8192, 9216));
+        assert_eq!(rec.payload, &[3; 1024][..]);
+        assert!(!rec.is_consistency_point_before());
+        assert!(!rec.is_consistency_point_after());
+        assert_eq!(rec.consistent_seq(), None);
+        // An empty one fills a reserved seq.
+        let r = build_record(RTB_OP_RESYNC, 0, 10, 0, 0, 5, &[]);
+        assert_eq!(parse_record(&r).unwrap().byte_range(), (0, 0));
+        assert_invalid(
+            RTB_OP_RESYNC,
+            &[
+                (0, 0, 1024, &[3u8; 512], "payload_len 512 != len 1024"),
+                (0, 0, 100, &[3u8; 100], "multiple of 512"),
+                (RTB_REC_FUA, 0, 512, &[3u8; 512], "flags 0x01"),
+                (RTB_REC_PREFLUSH, 0, 512, &[3u8; 512], "flags 0x02"),
+                (0, u64::MAX / 512, 512, &[3u8; 512], "overflows"),
+            ],
+        );
+        let r = build_record(RTB_OP_RESYNC, 0, 0, 0, 0, 0, &[]);
+        assert!(parse_record(&r).unwrap_err().to_string().contains("seq 0"));
+    }
+
+    #[test]
+    fn a_resync_end_carries_its_consistent_seq() {
+        let r = build_record(RTB_OP_RESYNC_END, 0, 12, 0, 0, 5, &77u64.to_le_bytes());
+        assert_eq!(r.len(), 128);
+        let rec = parse_record(&r).unwrap();
+        assert_eq!(op_name(rec.op()), "RESYNC_END");
+        assert_eq!(rec.consistent_seq(), Some(77));
+        assert_eq!(rec.byte_range(), (0, 0));
+        assert!(!rec.is_consistency_point_before());
+        assert!(!rec.is_consistency_point_after());
+        assert!(rec.mark_name().is_none());
+        assert_invalid(
+            RTB_OP_RESYNC_END,
+            &[
+                (0, 0, 0, &[1u8; 7], "payload_len 7 (must be 8)"),
+                (0, 0, 0, &[1u8; 9], "payload_len 9 (must be 8)"),
+                (0, 0, 0, &[], "payload_len 0 (must be 8)"),
+                (0, 8, 0, &[1u8; 8], "RESYNC_END with sector 8"),
+                (0, 0, 512, &[1u8; 8], "len 512"),
+                (RTB_REC_PREFLUSH, 0, 0, &[1u8; 8], "flags 0x02"),
+            ],
+        );
+        // Other records have no consistent_seq.
+        let w = build_record(RTB_OP_WRITE, 0, 1, 0, 8, 0, &[1; 8]);
+        assert_eq!(parse_record(&w).unwrap().consistent_seq(), None);
+    }
+
+    #[test]
     fn error_messages_name_the_problem() {
         let mut r = build_record(RTB_OP_WRITE, 0, 42, 0, 64, 0, &[5; 64]);
         r[100] ^= 1;
@@ -628,7 +749,9 @@ mod tests {
                 Just(RTB_OP_DISCARD),
                 Just(RTB_OP_WRITE_ZEROES),
                 Just(RTB_OP_FLUSH),
-                Just(RTB_OP_MARK)
+                Just(RTB_OP_MARK),
+                Just(RTB_OP_RESYNC),
+                Just(RTB_OP_RESYNC_END)
             ],
             0u8..4,
             1u64..1 << 40,
@@ -652,6 +775,16 @@ mod tests {
                     };
                     build_record(op, 0, seq, 0, 0, t, &name)
                 }
+                RTB_OP_RESYNC => {
+                    let chunk: Vec<u8> = data
+                        .iter()
+                        .cycle()
+                        .take(data.len() % 3 * 512)
+                        .copied()
+                        .collect();
+                    build_record(op, 0, seq, sector, chunk.len() as u64, t, &chunk)
+                }
+                RTB_OP_RESYNC_END => build_record(op, 0, seq, 0, 0, t, &t.to_le_bytes()),
                 _ => build_record(op, flags, seq, sector, data.len() as u64 * 512, t, &[]),
             })
     }

@@ -92,6 +92,22 @@ pub enum RingError {
     #[error("the device was detached: the ring takes no more records")]
     Detached,
     /// The in-memory ring refused a record (see [`crate::mem::MemRing`]).
+    /// This ring cannot do that (a ring in memory without a device).
+    #[error("{0} is not supported by this ring")]
+    Unsupported(&'static str),
+    /// Reading the device under the ring failed.
+    #[error("reading {len} bytes at offset {offset} of {device}: {source}")]
+    DeviceRead {
+        /// The device.
+        device: String,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the ring is full: {need} bytes needed, {free} free")]
     Full {
         /// Bytes the record (and its padding) needs.

@@ -7,9 +7,14 @@ use memmap2::{Mmap, MmapOptions};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rtbackup_abi::{RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE, RTB_RING_PAGE};
-use rtbackup_control::{Control, DeviceStatus};
+use rtbackup_control::{Control, DeviceStatus, Resync, ResyncOp};
+use std::fs::OpenOptions;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::Duration;
+
+/// Alignment of `O_DIRECT` buffers (a page: enough for any block size).
+const DIRECT_ALIGN: usize = 4096;
 
 /// The write-journal ring of one device, mapped read-only: the agent's
 /// handle (the kernel lets one be open per device).
@@ -108,6 +113,37 @@ impl RingSource for Ring {
 
     unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()> {
         rtbackup_control::ring_ack(self.fd.as_fd(), position, connected)?;
+        Ok(())
+    }
+
+    fn resync(&self, op: ResyncOp) -> Result<Resync> {
+        let chunk = self.device.ring.chunk_size.max(1);
+        let chunks = self.device.size_bytes.div_ceil(chunk);
+        Ok(rtbackup_control::ring_resync(self.fd.as_fd(), op, chunks)?)
+    }
+
+    /// Opens `/dev/rtbackupN` with `O_DIRECT` for each call (holding it
+    /// open would make a detach fail with EBUSY), so callers read runs of
+    /// chunks, not single blocks.
+    fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let path = &self.device.device;
+        let err = |source| RingError::DeviceRead {
+            device: path.clone(),
+            offset,
+            len: buf.len(),
+            source,
+        };
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .map_err(err)?;
+        // An aligned bounce buffer: O_DIRECT needs the memory aligned too.
+        let mut bounce = vec![0u8; buf.len() + DIRECT_ALIGN];
+        let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
+        let aligned = &mut bounce[at..at + buf.len()];
+        f.read_exact_at(aligned, offset).map_err(err)?;
+        buf.copy_from_slice(aligned);
         Ok(())
     }
 

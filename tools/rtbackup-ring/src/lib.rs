@@ -23,6 +23,7 @@ mod view;
 pub use error::{Result, RingError};
 pub use kernel::Ring;
 pub use memory::{AlignedBytes, SharedMemory};
+pub use rtbackup_control::{Resync, ResyncOp};
 pub use source::{RingSource, Wakeup};
 pub use view::{Batch, Cursor, RecordSpan, RingGeometry, RingView, MIN_VIEW_DATA_SIZE};
 

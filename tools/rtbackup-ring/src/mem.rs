@@ -21,11 +21,14 @@ use crate::view::{
     OFF_TAIL_SEQ,
 };
 use rtbackup_abi::{
-    record_size, RTB_ABI_VERSION, RTB_OP_PAD, RTB_RECORD_ALIGN, RTB_RING_F_DETACHED,
-    RTB_RING_MAGIC, RTB_RING_MAX_SIZE, RTB_RING_PAGE,
+    record_size, RTB_ABI_VERSION, RTB_OP_FLUSH, RTB_OP_PAD, RTB_OP_WRITE, RTB_RECORD_ALIGN,
+    RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_MAGIC, RTB_RING_MAX_SIZE,
+    RTB_RING_PAGE,
 };
+use rtbackup_control::{Resync, ResyncOp};
 use rtbackup_proto::build_record;
 use std::cell::UnsafeCell;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -140,6 +143,46 @@ struct State {
     /// The device was detached: no record is added any more.
     detached: bool,
     acks: Vec<AckCall>,
+    /// The simulated device under the ring, if any.
+    device: Option<Device>,
+}
+
+/// A device under a [`MemRing`], kept as the module keeps it: its bytes,
+/// and the dirty bitmap and resync set of Documentation/design.rst,
+/// "Overflow and resync".
+#[derive(Debug)]
+struct Device {
+    image: Vec<u8>,
+    chunk_size: u64,
+    track_on_full: bool,
+    tracking: bool,
+    dirty: BTreeSet<u64>,
+    resync: BTreeSet<u64>,
+}
+
+impl Device {
+    fn chunks(&self) -> u64 {
+        (self.image.len() as u64).div_ceil(self.chunk_size)
+    }
+
+    fn mark(&mut self, offset: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let last = ((offset + len - 1) / self.chunk_size).min(self.chunks() - 1);
+        self.dirty.extend(offset / self.chunk_size..=last);
+    }
+
+    fn flags(&self) -> u32 {
+        let mut f = 0;
+        if self.tracking {
+            f |= RTB_RING_F_TRACKING;
+        }
+        if !self.resync.is_empty() {
+            f |= RTB_RING_F_RESYNC;
+        }
+        f
+    }
 }
 
 /// How [`MemRing`]'s `wait` decides that the ring is readable.
@@ -216,6 +259,7 @@ impl MemRing {
                 woken: false,
                 detached: false,
                 acks: Vec::new(),
+                device: None,
             }),
             changed: Condvar::new(),
             poll_mode: PollMode::Level,
@@ -227,6 +271,101 @@ impl MemRing {
     pub fn with_poll_mode(mut self, mode: PollMode) -> Self {
         self.poll_mode = mode;
         self
+    }
+
+    /// Puts a simulated device under the ring (zeroes, `capacity_sectors`
+    /// sectors) with dirty bitmaps of `chunk_size` bytes per bit; with
+    /// `track_on_full`, a write that does not fit starts tracking, as the
+    /// module attached with `--on-full track` does.
+    pub fn with_device(self, chunk_size: u64, track_on_full: bool) -> Self {
+        let bytes = self.view.capacity_sectors() * 512;
+        self.lock().device = Some(Device {
+            image: vec![0; bytes as usize],
+            chunk_size,
+            track_on_full,
+            tracking: false,
+            dirty: BTreeSet::new(),
+            resync: BTreeSet::new(),
+        });
+        self
+    }
+
+    fn device_mut(st: &mut State) -> &mut Device {
+        st.device
+            .as_mut()
+            .expect("MemRing::with_device was not called")
+    }
+
+    fn publish_device_flags(&self, st: &State) {
+        let mut flags = self.view.flags() & RTB_RING_F_DETACHED;
+        if let Some(d) = &st.device {
+            flags |= d.flags();
+        }
+        self.mem.store_u32(OFF_FLAGS, flags);
+    }
+
+    /// Records `rec` (built for the next seq by `make`) as the module
+    /// records a bio of the simulated device: in the ring, or, while
+    /// tracking, not at all (`None`). A full ring starts tracking when the
+    /// device tracks on full; otherwise [`RingError::Full`].
+    fn device_record(
+        &self,
+        st: &mut State,
+        make: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<Option<u64>> {
+        if Self::device_mut(st).tracking {
+            return Ok(None);
+        }
+        let seq = st.staged_seq;
+        match self.stage_locked(st, &make(seq)) {
+            Ok(_) => {
+                self.publish_locked(st);
+                Ok(Some(seq))
+            }
+            Err(RingError::Full { .. }) if Self::device_mut(st).track_on_full => {
+                Self::device_mut(st).tracking = true;
+                self.publish_device_flags(st);
+                self.changed.notify_all();
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A write to the simulated device, as the module handles it: recorded
+    /// in the ring (returns its seq), or, while tracking, marked dirty
+    /// (returns `None`); see `device_record`.
+    pub fn device_write(&self, sector: u64, data: &[u8]) -> Result<Option<u64>> {
+        let mut st = self.lock();
+        let len = data.len() as u64;
+        let seq = self.device_record(&mut st, |seq| {
+            build_record(RTB_OP_WRITE, 0, seq, sector, len, now_ns(), data)
+        })?;
+        let dev = Self::device_mut(&mut st);
+        let offset = sector * 512;
+        dev.image[offset as usize..(offset + len) as usize].copy_from_slice(data);
+        if seq.is_none() {
+            dev.mark(offset, len);
+        }
+        Ok(seq)
+    }
+
+    /// A flush of the simulated device: a FLUSH record, or nothing while
+    /// tracking.
+    pub fn device_flush(&self) -> Result<Option<u64>> {
+        let mut st = self.lock();
+        self.device_record(&mut st, |seq| {
+            build_record(RTB_OP_FLUSH, 0, seq, 0, 0, now_ns(), &[])
+        })
+    }
+
+    /// The simulated device's bytes.
+    pub fn device_image(&self) -> Vec<u8> {
+        self.lock()
+            .device
+            .as_ref()
+            .map(|d| d.image.clone())
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -443,6 +582,86 @@ impl RingSource for MemRing {
         Ok(())
     }
 
+    fn resync(&self, op: ResyncOp) -> Result<Resync> {
+        let mut st = self.lock();
+        if st.device.is_none() {
+            return Err(RingError::Unsupported("resync"));
+        }
+        if st.detached {
+            return Err(rtbackup_control::Error::sys("resync", nix::errno::Errno::ENXIO).into());
+        }
+        if st.staged != st.head {
+            self.publish_locked(&mut st);
+        }
+        let head = st.head;
+        let next_seq = st.staged_seq;
+        let dev = Self::device_mut(&mut st);
+        let mut out = Resync {
+            chunk_size: dev.chunk_size,
+            chunks: dev.chunks(),
+            ..Resync::default()
+        };
+        let mut reserve = 0;
+        match op {
+            ResyncOp::TrackAll => {
+                dev.dirty.extend(0..dev.chunks());
+                dev.tracking = true;
+            }
+            ResyncOp::Done => {
+                if dev.tracking {
+                    return Err(rtbackup_control::Error::sys(
+                        "resync done",
+                        nix::errno::Errno::EBUSY,
+                    )
+                    .into());
+                }
+                dev.resync.clear();
+            }
+            ResyncOp::Fetch { pending, stream } => {
+                let dirty = std::mem::take(&mut dev.dirty);
+                dev.resync.extend(dirty.iter().copied());
+                out.dirty = if pending {
+                    dev.resync.iter().copied().collect()
+                } else {
+                    dirty.into_iter().collect()
+                };
+                out.first_seq = next_seq;
+                out.head = head;
+                reserve = out.dirty.len() as u64 + u64::from(stream);
+                if stream {
+                    dev.tracking = false;
+                }
+            }
+        }
+        if reserve > 0 {
+            st.staged_seq += reserve;
+            self.publish_locked(&mut st);
+        }
+        self.publish_device_flags(&st);
+        self.changed.notify_all();
+        Ok(out)
+    }
+
+    fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let st = self.lock();
+        let Some(dev) = &st.device else {
+            return Err(RingError::Unsupported("reading the device"));
+        };
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| dev.image.get(o..o.checked_add(buf.len())?));
+        let Some(src) = src else {
+            return Err(RingError::DeviceRead {
+                device: "memory device".into(),
+                offset,
+                len: buf.len(),
+                source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+            });
+        };
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
     fn wait(&self, timeout: Duration) -> Result<Wakeup> {
         let deadline = Instant::now() + timeout;
         let mut st = self.lock();
@@ -451,9 +670,10 @@ impl RingSource for MemRing {
                 // POLLHUP (with POLLIN while records are unacknowledged).
                 return Ok(Wakeup::Detached);
             }
+            let tracking = st.device.as_ref().is_some_and(|d| d.tracking);
             let ready = match self.poll_mode {
                 PollMode::Edge => std::mem::take(&mut st.woken),
-                PollMode::Level => st.head != st.tail,
+                PollMode::Level => st.head != st.tail || tracking,
             };
             if ready {
                 return Ok(Wakeup::Ready);

@@ -3,6 +3,7 @@
 use crate::error::Result;
 use crate::memory::SharedMemory;
 use crate::view::{Cursor, RingView};
+use rtbackup_control::{Resync, ResyncOp};
 use std::time::Duration;
 
 /// Why [`RingSource::wait`] returned.
@@ -48,6 +49,21 @@ pub trait RingSource: Sync {
     /// at once, again and again; it should wait this way only when
     /// `head == tail`.
     fn wait(&self, timeout: Duration) -> Result<Wakeup>;
+
+    /// One resync step (`RTB_RING_IOC_RESYNC`; Documentation/design.rst,
+    /// "Overflow and resync").
+    fn resync(&self, op: ResyncOp) -> Result<Resync> {
+        let _ = op;
+        Err(crate::RingError::Unsupported("resync"))
+    }
+
+    /// Reads `buf.len()` bytes of the device under the ring at byte
+    /// `offset` (a resync chunk), bypassing any cache: what the device
+    /// holds now.
+    fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let _ = (offset, buf);
+        Err(crate::RingError::Unsupported("reading the device"))
+    }
 
     /// Reports whether the consumer is connected to the server, without
     /// moving the consumer position.

@@ -411,18 +411,66 @@ fn corrupt_record_headers_are_errors() {
 }
 
 #[test]
-fn records_out_of_sequence_are_errors() {
+fn seqs_jumping_ahead_are_gaps_and_going_back_are_errors() {
+    // A jump ahead: seqs 2..=6 were reserved for resync chunks (ABI v4).
     let r = ring(SMALL);
     write(&r, 10);
     let rec = rtbackup_proto::build_record(RTB_OP_WRITE, 0, 7, 0, 10, 0, &[1; 10]);
     r.stage(&rec).unwrap();
     r.publish();
     let v = r.view();
+    let b = v.read_batch(v.tail_cursor(), 1 << 20).unwrap();
+    assert_eq!((b.records(), b.last_seq(), b.gap()), (1, Some(1), None));
+    let after = b.end();
+    let b = v.read_batch(after, 1 << 20).unwrap();
+    assert!(b.is_empty());
+    assert_eq!(b.gap(), Some(7));
+    // A reserved seq ends where the jump is; the record after it as usual.
+    assert_eq!(
+        v.end_of(v.tail_cursor(), 4).unwrap(),
+        Cursor {
+            pos: after.pos,
+            seq: 5
+        }
+    );
+    let end7 = v.end_of(v.tail_cursor(), 7).unwrap();
+    assert_eq!(end7.seq, 8);
+    assert_eq!(
+        v.end_of(
+            Cursor {
+                pos: after.pos,
+                seq: 5
+            },
+            7
+        )
+        .unwrap(),
+        end7
+    );
+    // Reading from the jump's seq goes on.
+    let b = v
+        .read_batch(
+            Cursor {
+                pos: after.pos,
+                seq: 7,
+            },
+            1 << 20,
+        )
+        .unwrap();
+    assert_eq!(b.first_seq(), Some(7));
+
+    // Going back is corruption.
+    let r = ring(SMALL);
+    write(&r, 10);
+    write(&r, 10);
+    let rec = rtbackup_proto::build_record(RTB_OP_WRITE, 0, 2, 0, 10, 0, &[1; 10]);
+    r.stage(&rec).unwrap();
+    r.publish();
+    let v = r.view();
     let e = v.read_batch(v.tail_cursor(), 1 << 20).unwrap_err();
-    assert!(e.to_string().contains("seq 7, expected 2"), "{e}");
-    let e = v.end_of(v.tail_cursor(), 2).unwrap_err();
-    assert!(e.to_string().contains("seq 7, expected 2"), "{e}");
-    // Reading with the wrong starting seq is also caught.
+    assert!(e.to_string().contains("seq 2, expected 3"), "{e}");
+    let e = v.end_of(v.tail_cursor(), 3).unwrap_err();
+    assert!(e.to_string().contains("seq 2, expected 3"), "{e}");
+    // Reading with a starting seq past the record's is also caught.
     let e = v
         .read_batch(Cursor { pos: 0, seq: 5 }, 1 << 20)
         .unwrap_err();

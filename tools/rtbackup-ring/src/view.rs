@@ -8,7 +8,7 @@ use crate::error::{Result, RingError};
 use crate::memory::SharedMemory;
 use rtbackup_abi::{
     RtbRingHeader, RTB_ABI_VERSION, RTB_OP_PAD, RTB_RECORD_ALIGN, RTB_RING_F_DETACHED,
-    RTB_RING_MAGIC, RTB_RING_MAX_SIZE, RTB_RING_PAGE,
+    RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_MAGIC, RTB_RING_MAX_SIZE, RTB_RING_PAGE,
 };
 use rtbackup_proto::{parse_header, RecordError, RecordRef, RECORD_HEADER_LEN};
 use std::mem::offset_of;
@@ -128,13 +128,16 @@ impl RingGeometry {
 }
 
 /// A place in the record stream: the byte position of a record and the
-/// `seq` that record has (or will have). PAD records in between do not
-/// count: they have no seq.
+/// `seq` that comes next there. PAD records in between do not count: they
+/// have no seq. The record at `pos` has that seq, or a higher one when
+/// seqs were reserved there for resync chunks (ABI v4,
+/// `RTB_RING_IOC_RESYNC`): those seqs travel in records the agent makes,
+/// between the ring's records.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Cursor {
     /// Byte position since attach.
     pub pos: u64,
-    /// Sequence number of the record at `pos`.
+    /// The next sequence number at `pos`.
     pub seq: u64,
 }
 
@@ -174,9 +177,17 @@ pub struct Batch<'a> {
     end: Cursor,
     records: u64,
     bytes: u64,
+    gap: Option<u64>,
 }
 
 impl<'a> Batch<'a> {
+    /// When the batch is empty because the next published record has a
+    /// seq past `end().seq` (seqs reserved for resync chunks in between):
+    /// that record's seq.
+    pub fn gap(&self) -> Option<u64> {
+        self.gap
+    }
+
     /// The records' bytes, straight from the ring: concatenated, they are
     /// whole records in order.
     pub fn parts(&self) -> &[&'a [u8]] {
@@ -328,6 +339,17 @@ impl<M: SharedMemory> RingView<M> {
         load_u32_ordered(&self.mem, OFF_FLAGS, Ordering::Acquire)
     }
 
+    /// Whether writes are being tracked in the dirty bitmap instead of
+    /// recorded ([`RTB_RING_F_TRACKING`]): a resync is due.
+    pub fn is_tracking(&self) -> bool {
+        self.flags() & RTB_RING_F_TRACKING != 0
+    }
+
+    /// Whether chunks of an unfinished resync wait ([`RTB_RING_F_RESYNC`]).
+    pub fn resync_owed(&self) -> bool {
+        self.flags() & RTB_RING_F_RESYNC != 0
+    }
+
     /// Whether the device was detached ([`RTB_RING_F_DETACHED`]): no record
     /// will be published any more. The producer sets the flag after its
     /// last record was published, so a [`Self::head`] loaded after this
@@ -477,9 +499,16 @@ impl<M: SharedMemory> RingView<M> {
     /// The published records from `from`, up to `max_bytes` of them (but
     /// at least one when one is published), skipping padding, as slices
     /// of the ring. Every header is validated and the seqs must follow on
-    /// from `from.seq`.
+    /// from `from.seq`; the batch stops before a record whose seq jumps
+    /// ahead (seqs reserved in between; [`Batch::gap`] when that is the
+    /// first record).
     pub fn read_batch(&self, from: Cursor, max_bytes: u64) -> Result<Batch<'_>> {
-        let head = self.bounds(from.pos)?;
+        self.read_batch_to(from, max_bytes, u64::MAX)
+    }
+
+    /// [`Self::read_batch`], with no record ending after position `limit`.
+    pub fn read_batch_to(&self, from: Cursor, max_bytes: u64, limit: u64) -> Result<Batch<'_>> {
+        let head = self.bounds(from.pos)?.min(limit.max(from.pos));
         let mut batch = Batch {
             parts: [&[], &[]],
             nparts: 0,
@@ -487,6 +516,7 @@ impl<M: SharedMemory> RingView<M> {
             end: from,
             records: 0,
             bytes: 0,
+            gap: None,
         };
         let mut pos = from.pos;
         let mut seq = from.seq;
@@ -502,10 +532,16 @@ impl<M: SharedMemory> RingView<M> {
                 }
                 continue;
             }
-            if span.seq != seq {
+            if span.seq < seq {
                 return Err(
                     self.corrupt(pos, format!("record has seq {}, expected {seq}", span.seq))
                 );
+            }
+            if span.seq > seq {
+                if batch.records == 0 {
+                    batch.gap = Some(span.seq);
+                }
+                break;
             }
             if batch.records > 0 && batch.bytes + span.size > max_bytes {
                 break;
@@ -540,9 +576,11 @@ impl<M: SharedMemory> RingView<M> {
     }
 
     /// The cursor just after record `seq`, found by walking the records
-    /// from `from` (a record start in `[tail, head]` whose record has
-    /// `from.seq`). `seq` may be `from.seq - 1` (the answer is `from`).
-    /// This is the position to acknowledge `seq` with.
+    /// from `from` (a record start in `[tail, head]`). `seq` may be
+    /// `from.seq - 1` (the answer is `from`). A `seq` reserved between the
+    /// ring's records (before a record whose seq jumps past it, or at the
+    /// end below `head_seq`) ends at that place. This is the position to
+    /// acknowledge `seq` with.
     pub fn end_of(&self, from: Cursor, seq: u64) -> Result<Cursor> {
         if seq.checked_add(1) == Some(from.seq) {
             return Ok(from);
@@ -558,19 +596,30 @@ impl<M: SharedMemory> RingView<M> {
         let head = self.bounds(from.pos)?;
         let mut pos = from.pos;
         let mut cur = from.seq;
+        let reserved = |pos: u64| Cursor {
+            pos,
+            seq: seq.wrapping_add(1),
+        };
         loop {
             let Some(span) = self.span_at(pos, head)? else {
+                if seq < self.head_seq() {
+                    return Ok(reserved(pos));
+                }
                 return Err(not_in_ring(cur.wrapping_sub(1)));
             };
             if span.is_pad() {
                 pos = span.end();
                 continue;
             }
-            if span.seq != cur {
+            if span.seq < cur {
                 return Err(
                     self.corrupt(pos, format!("record has seq {}, expected {cur}", span.seq))
                 );
             }
+            if span.seq > seq {
+                return Ok(reserved(pos));
+            }
+            cur = span.seq;
             pos = span.end();
             if cur == seq {
                 return Ok(Cursor {
@@ -601,13 +650,13 @@ impl<M: SharedMemory> RingView<M> {
             };
             cur.pos = span.end();
             if !span.is_pad() {
-                if span.seq != cur.seq {
+                if span.seq < cur.seq {
                     return Err(self.corrupt(
                         span.pos,
                         format!("record has seq {}, expected {}", span.seq, cur.seq),
                     ));
                 }
-                cur.seq = cur.seq.wrapping_add(1);
+                cur.seq = span.seq.wrapping_add(1);
             }
         }
         if cur.pos != pos {

@@ -202,7 +202,7 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 
 fn print_points(points: &[PointInfo]) {
     println!(
-        "{:<32} {:>18} {:>12} {:<9} MARKS",
+        "{:<32} {:>18} {:>12} {:<10} MARKS",
         "TIME", "RING_ID", "SEQ", "KIND"
     );
     for p in points {
@@ -211,7 +211,7 @@ fn print_points(points: &[PointInfo]) {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         println!(
-            "{:<32} {:>#18x} {:>12} {:<9} {}",
+            "{:<32} {:>#18x} {:>12} {:<10} {}",
             p.time,
             p.ring_id,
             p.seq,
@@ -381,7 +381,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let mut failed: Option<std::io::Error> = None;
             st.log(&volume, since.as_ref(), |r| {
                 let res = if json {
-                    let v = serde_json::json!({
+                    let mut v = serde_json::json!({
                         "time": format_time(r.time_ns),
                         "time_ns": r.time_ns,
                         "ring_id": r.ring_id,
@@ -394,6 +394,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                         "sector": r.start / 512,
                         "sectors": r.len.div_ceil(512),
                     });
+                    if let Some(c) = r.consistent_seq {
+                        v["consistent_seq"] = c.into();
+                    }
                     let sep = if first { "\n" } else { ",\n" };
                     write!(out, "{sep}  {v}")
                 } else {
@@ -448,7 +451,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 println!(
-                    "{:<24} {:>16} {:>18} {:>12} {:>12} {:>14} {:>8}",
+                    "{:<24} {:>16} {:>18} {:>12} {:>12} {:>14} {:>8} RESYNC",
                     "VOLUME",
                     "SIZE",
                     "RING_ID",
@@ -458,8 +461,12 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     "SEGMENTS"
                 );
                 for s in all {
+                    let resync = match s.resync_since_seq {
+                        Some(seq) => format!("since seq {seq}"),
+                        None => "-".to_owned(),
+                    };
                     println!(
-                        "{:<24} {:>16} {:>#18x} {:>12} {:>12} {:>14} {:>8}",
+                        "{:<24} {:>16} {:>#18x} {:>12} {:>12} {:>14} {:>8} {resync}",
                         s.volume,
                         s.size_bytes,
                         s.ring_id,

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use rtbackup_proto::{
     append_record, build_record, read_frame, write_frame, write_records_frame, ErrorMsg, Frame,
-    Hello, Welcome, PROTOCOL_VERSION, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_WRITE,
-    RTB_OP_WRITE_ZEROES, RTB_REC_PREFLUSH,
+    Hello, Welcome, PROTOCOL_VERSION, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_RESYNC,
+    RTB_OP_RESYNC_END, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_REC_PREFLUSH,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_rtbackup-server");
@@ -90,7 +90,9 @@ impl Drop for ServerProc {
     }
 }
 
-/// Records and the model image of the device at the last consistency point.
+/// Records and the model image of the device at the last consistency point
+/// (`at_cp` ignores resync sections: streams with them check points
+/// themselves).
 struct Stream {
     recs: Vec<Vec<u8>>,
     image: Vec<u8>,
@@ -161,6 +163,38 @@ impl Stream {
         let seq = self.seq();
         self.recs
             .push(build_record(RTB_OP_FLUSH, 0, seq, 0, 0, self.t0 + seq, &[]));
+    }
+
+    /// A chunk read by a resync (`data` empty: a reserved seq filled).
+    fn resync(&mut self, sector: u64, data: &[u8]) {
+        let s = sector as usize * 512;
+        self.image[s..s + data.len()].copy_from_slice(data);
+        let seq = self.seq();
+        let len = data.len() as u64;
+        self.recs.push(build_record(
+            RTB_OP_RESYNC,
+            0,
+            seq,
+            sector,
+            len,
+            self.t0 + seq,
+            data,
+        ));
+    }
+
+    /// The end of a resync's data.
+    fn resync_end(&mut self, consistent_seq: u64) {
+        let seq = self.seq();
+        let payload = consistent_seq.to_le_bytes();
+        self.recs.push(build_record(
+            RTB_OP_RESYNC_END,
+            0,
+            seq,
+            0,
+            0,
+            self.t0 + seq,
+            &payload,
+        ));
     }
 
     /// Adds `n` random records; the last is a flush.
@@ -719,6 +753,18 @@ fn cli_json(args: &[&str], store: &Path) -> Result<serde_json::Value, String> {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout))))
 }
 
+/// `restore --json --at AT` of `volume` to `out`.
+fn restore_at(
+    store: &Path,
+    volume: &str,
+    out: &Path,
+    at: &str,
+) -> Result<serde_json::Value, String> {
+    let out = out.to_str().unwrap();
+    let args = ["restore", "--volume", volume, "--output", out, "--at", at];
+    cli_json(&args, store)
+}
+
 /// The history commands through the real binary: points, restore --at a
 /// mark, a seq and a time, the audit log; then retention by time folding
 /// the old points while the server runs.
@@ -765,20 +811,7 @@ fn points_restore_at_log_and_retention() {
     assert_eq!(points[1]["kind"], "flush");
 
     let out = d.path().join("at.img");
-    let restore_at = |at: &str| {
-        cli_json(
-            &[
-                "restore",
-                "--volume",
-                "h",
-                "--output",
-                out.to_str().unwrap(),
-                "--at",
-                at,
-            ],
-            &store,
-        )
-    };
+    let restore_at = |at: &str| restore_at(&store, "h", &out, at);
     let rep = restore_at("mark:before-upgrade").unwrap();
     assert_eq!(rep["seq"], 2, "{rep}");
     assert_eq!(rep["point"]["marks"][0], "before-upgrade");
@@ -1052,4 +1085,99 @@ fn rollback_writes_back_only_what_changed() {
         }
     }
     assert!(fs::read(&dev).unwrap() == at_mark);
+}
+
+/// A resync section through the real binary: while it is open the volume
+/// shows as resyncing, a flush inside it is no restore point, and the image
+/// and the latest restore stay at the point before it; once it has closed,
+/// the restore is the whole stream.
+#[test]
+fn a_resync_section_hides_its_points_until_it_closes() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+    let mut s = Stream::new(3);
+    s.write(0, &[0xa1; 1024], 0); // 1
+    s.flush(); // 2: a point
+    let at2 = s.image.clone();
+    s.resync(64, &[0xc1; 4096]); // 3: opens a section
+    s.resync(0, &[]); // 4: a reserved seq filled
+    s.write(8, &[0xb2; 512], 0); // 5
+    s.flush(); // 6: inside, no point
+    let (mut c, _) = Client::connect(&srv.addr, &hello("rs", SIZE, 0x5e)).unwrap();
+    c.send(&s.recs).unwrap();
+    assert_eq!(c.wait_ack(6), 6);
+    let point_seqs = || {
+        let p = cli_json(&["points", "--volume", "rs"], &store).unwrap();
+        let seqs: Vec<u64> = p
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["seq"].as_u64().unwrap())
+            .collect();
+        (seqs, p)
+    };
+    let st = status(&store, "rs");
+    assert_eq!(st["resyncing"], true, "{st}");
+    assert_eq!(st["resync_since_seq"], 3, "{st}");
+    assert_eq!(point_seqs().0, [0, 2]);
+    assert_restores(&store, "rs", &at2, 2);
+    let out = d.path().join("at.img");
+    let rep = restore_at(&store, "rs", &out, "seq:6").unwrap();
+    assert_eq!(rep["seq"], 2, "{rep}");
+    let image_at = |seq: u64, want: &[u8]| {
+        wait_for("the image applied", &srv, || {
+            match status(&store, "rs")["applied_seq"].as_u64() {
+                Some(n) if n == seq => Ok(()),
+                n => Err(format!("applied_seq {n:?}, not {seq}")),
+            }
+        });
+        let image = fs::read(store.join("volumes/rs/image")).unwrap();
+        assert!(image == want, "the image differs at seq {seq}");
+    };
+    image_at(2, &at2);
+    let o = Command::new(BIN)
+        .args(["status", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("RESYNC") && text.contains("since seq 3"),
+        "{text}"
+    );
+
+    s.resync_end(8); // 7: consistent from seq 8 on
+    s.write(16, &[0xd4; 512], 0); // 8
+    s.flush(); // 9: closes the section
+    c.send(&s.recs[6..]).unwrap();
+    assert_eq!(c.wait_ack(9), 9);
+    let st = status(&store, "rs");
+    assert_eq!(st["resyncing"], false, "{st}");
+    assert!(st["resync_since_seq"].is_null(), "{st}");
+    let (seqs, p) = point_seqs();
+    assert_eq!(seqs, [0, 2, 9], "{p}");
+    assert_eq!(p[2]["kind"], "flush");
+    assert_restores(&store, "rs", &s.image, 9);
+    image_at(9, &s.image);
+    let log = cli_json(&["log", "--volume", "rs", "--since", "seq:2"], &store).unwrap();
+    let ops: Vec<_> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["seq"].clone(), r["op"].clone(), r["length"].clone()))
+        .collect();
+    assert_eq!(
+        ops[..5],
+        [
+            (3.into(), "RESYNC".into(), 4096.into()),
+            (4.into(), "RESYNC".into(), 0.into()),
+            (5.into(), "WRITE".into(), 512.into()),
+            (6.into(), "FLUSH".into(), 0.into()),
+            (7.into(), "RESYNC_END".into(), 0.into()),
+        ],
+        "{log}"
+    );
+    assert_eq!(log[4]["consistent_seq"], 8, "{log}");
+    assert!(log[0].get("consistent_seq").is_none(), "{log}");
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::error::{Result, StoreError};
 use crate::index::{Index, MarkRow, PointKind, PointRow, RecordRow, Rows};
 use crate::journal::{walk, Event, SegmentSource};
+use crate::section::SectionTracker;
 use crate::state::{now_ns, Position};
 
 /// A restore point as a user names it.
@@ -122,6 +123,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 pub(crate) struct Scanner {
     last_point: Position,
     last_time: Option<u64>,
+    /// Resync sections, which make consistency-point candidates not points.
+    pub(crate) sections: SectionTracker,
     /// The end of the previous segment, when the walk just crossed into a
     /// segment of the same ring: the same place in the stream as the new
     /// segment's start, where points are recorded.
@@ -130,12 +133,17 @@ pub(crate) struct Scanner {
 }
 
 impl Scanner {
-    /// A scan continuing after the point `last_point` and a record of time
-    /// `last_time`.
-    pub(crate) fn new(last_point: Position, last_time: Option<u64>) -> Self {
+    /// A scan continuing after the point `last_point`, a record of time
+    /// `last_time` and with the resync sections as `sections`.
+    pub(crate) fn new(
+        last_point: Position,
+        last_time: Option<u64>,
+        sections: SectionTracker,
+    ) -> Self {
         Self {
             last_point,
             last_time,
+            sections,
             crossed: None,
             rows: Rows::default(),
         }
@@ -153,7 +161,8 @@ impl Scanner {
         match e {
             Event::Record { rec, start, end } => {
                 let h = &rec.header;
-                if rec.is_consistency_point_before() {
+                let points = self.sections.record(rec);
+                if points.before {
                     // A point is recorded at one journal position even
                     // where a segment boundary gives it two, so that the
                     // point after record N is always at or before N's end.
@@ -173,6 +182,7 @@ impl Scanner {
                     flags: h.flags,
                     start: first,
                     len: h.len,
+                    consistent_seq: rec.consistent_seq(),
                 });
                 if let Some(name) = rec.mark_name() {
                     self.rows.marks.push(MarkRow {
@@ -185,15 +195,17 @@ impl Scanner {
                         point: self.last_point,
                     });
                 }
-                if rec.is_consistency_point_after() {
-                    self.point(*end, h.time_ns, PointKind::Flush);
+                if let Some(kind) = points.after {
+                    self.point(*end, h.time_ns, kind);
                 }
                 self.last_time = Some(h.time_ns);
             }
             Event::Boundary { prev_end, next } => {
                 if next.ring_id != prev_end.ring_id {
-                    let t = self.last_time.unwrap_or(next.created_ns);
-                    self.point(*prev_end, t, PointKind::RingEnd);
+                    if self.sections.ring_end(prev_end.seq) {
+                        let t = self.last_time.unwrap_or(next.created_ns);
+                        self.point(*prev_end, t, PointKind::RingEnd);
+                    }
                     self.crossed = None;
                 } else {
                     self.crossed = Some(*prev_end);
@@ -203,8 +215,18 @@ impl Scanner {
     }
 }
 
+/// What [`scan`] found.
+pub(crate) struct Scanned {
+    pub(crate) rows: Rows,
+    /// Where the scan ended.
+    pub(crate) end: Position,
+    /// The resync sections there.
+    pub(crate) sections: SectionTracker,
+}
+
 /// Scans the journal from `from` (through segment `last`, or up to
-/// `until`) into rows, continuing after `last_point`.
+/// `until`) into rows, continuing after `last_point` with the resync
+/// sections at `from` as `sections`.
 pub(crate) fn scan(
     src: &SegmentSource,
     from: Position,
@@ -212,13 +234,18 @@ pub(crate) fn scan(
     until: Option<Position>,
     last_point: Position,
     last_time: Option<u64>,
-) -> Result<(Rows, Position)> {
-    let mut sc = Scanner::new(last_point, last_time);
+    sections: SectionTracker,
+) -> Result<Scanned> {
+    let mut sc = Scanner::new(last_point, last_time, sections);
     let end = walk(src, from, last, until, |e| {
         sc.event(&e);
         Ok(())
     })?;
-    Ok((sc.rows, end.end))
+    Ok(Scanned {
+        rows: sc.rows,
+        end: end.end,
+        sections: sc.sections,
+    })
 }
 
 /// A consistency point as `points` shows it.
@@ -279,6 +306,8 @@ impl HistoryView {
         let mut from = base.pos;
         let mut last_point = base.pos;
         let mut last_time = None;
+        // The base point is a consistency point: no resync section open.
+        let mut sections = SectionTracker::default();
         let mut index = index;
         if let Some(ix) = &index {
             match ix.indexed()? {
@@ -286,16 +315,25 @@ impl HistoryView {
                     from = i;
                     last_point = ix.last_point()?.map_or(base.pos, |p| p.pos);
                     last_time = ix.last_record_time()?;
+                    sections = ix.indexed_sections()?;
                 }
                 // Behind the base (a compaction trims it next): unusable.
                 _ => index = None,
             }
         }
-        let (tail, _) = scan(src, from, last_segment, None, last_point, last_time)?;
+        let tail = scan(
+            src,
+            from,
+            last_segment,
+            None,
+            last_point,
+            last_time,
+            sections,
+        )?;
         Ok(Self {
             base,
             index,
-            tail,
+            tail: tail.rows,
             tail_from: from,
         })
     }

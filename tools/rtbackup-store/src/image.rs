@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
-use rtbackup_proto::{RecordRef, RTB_OP_DISCARD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES};
+use rtbackup_proto::{RecordRef, RTB_OP_DISCARD, RTB_OP_RESYNC, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES};
 
 /// Chunk size for copies and zero fills.
 pub(crate) const CHUNK: usize = 1 << 20;
@@ -62,11 +62,12 @@ impl<'a> Target<'a> {
         Ok(())
     }
 
-    /// Applies one record (validated and inside the volume).
+    /// Applies one record (validated and inside the volume): a resync
+    /// chunk is written like a write.
     pub(crate) fn apply(&mut self, rec: &RecordRef<'_>) -> io::Result<()> {
         let (start, end) = rec.byte_range();
         match rec.op() {
-            RTB_OP_WRITE => self.file.write_all_at(rec.payload, start),
+            RTB_OP_WRITE | RTB_OP_RESYNC => self.file.write_all_at(rec.payload, start),
             RTB_OP_DISCARD | RTB_OP_WRITE_ZEROES => self.zero(start, end - start),
             _ => Ok(()),
         }

@@ -17,10 +17,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use crate::error::{Result, StoreError};
+use crate::section::{OpenSection, SectionTracker};
 use crate::state::Position;
 
 /// Version of the index schema; another version is rebuilt.
-const INDEX_FORMAT: i64 = 2;
+const INDEX_FORMAT: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -30,6 +31,7 @@ CREATE TABLE IF NOT EXISTS records (
     ring_id INTEGER NOT NULL, seq INTEGER NOT NULL, time_ns INTEGER NOT NULL,
     op INTEGER NOT NULL, flags INTEGER NOT NULL,
     start INTEGER NOT NULL, len INTEGER NOT NULL,
+    consistent_seq INTEGER,
     UNIQUE (segment, offset));
 CREATE INDEX IF NOT EXISTS records_seq ON records (seq);
 -- The byte range each record changes, for reads at a point: an R*Tree
@@ -63,6 +65,8 @@ pub enum PointKind {
     Preflush,
     /// The end of a ring (the device was detached or reattached).
     RingEnd,
+    /// After a RESYNC_END record that closes a resync section.
+    ResyncEnd,
 }
 
 impl PointKind {
@@ -72,6 +76,7 @@ impl PointKind {
             PointKind::Flush => "flush",
             PointKind::Preflush => "preflush",
             PointKind::RingEnd => "ring-end",
+            PointKind::ResyncEnd => "resync-end",
         }
     }
 
@@ -81,6 +86,7 @@ impl PointKind {
             "flush" => PointKind::Flush,
             "preflush" => PointKind::Preflush,
             "ring-end" => PointKind::RingEnd,
+            "resync-end" => PointKind::ResyncEnd,
             _ => return None,
         })
     }
@@ -109,6 +115,8 @@ pub struct RecordRow {
     pub start: u64,
     /// Bytes it changes.
     pub len: u64,
+    /// The `consistent_seq` of a RESYNC_END record.
+    pub consistent_seq: Option<u64>,
 }
 
 impl RecordRow {
@@ -341,10 +349,28 @@ impl Index {
         }
     }
 
-    /// Adds the rows of one journal range, ending at `end`, in one
-    /// transaction (already present rows are kept: catching up twice is
-    /// harmless).
-    pub(crate) fn add(&mut self, rows: &Rows, end: Position) -> Result<()> {
+    /// The resync section open at the indexed position (see
+    /// [`Index::indexed`]).
+    pub(crate) fn indexed_sections(&self) -> Result<SectionTracker> {
+        let open = match self.meta(RESYNC_SINCE)? {
+            Some(since) => Some(OpenSection {
+                since_seq: to_u(since),
+                close_at: self.meta(RESYNC_CLOSE_AT)?.map(to_u),
+            }),
+            None => None,
+        };
+        Ok(SectionTracker::new(open))
+    }
+
+    /// Adds the rows of one journal range, ending at `end` with the
+    /// resync sections as `sections`, in one transaction (already present
+    /// rows are kept: catching up twice is harmless).
+    pub(crate) fn add(
+        &mut self,
+        rows: &Rows,
+        end: Position,
+        sections: SectionTracker,
+    ) -> Result<()> {
         let path = self.path.clone();
         let wrap = |e| StoreError::Index {
             path: path.clone(),
@@ -356,8 +382,9 @@ impl Index {
             let mut rec = tx
                 .prepare_cached(
                     "INSERT OR IGNORE INTO records
-                     (segment, offset, size, ring_id, seq, time_ns, op, flags, start, len)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                     (segment, offset, size, ring_id, seq, time_ns, op, flags, start, len,
+                      consistent_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(wrap)?;
             let mut ext = tx
@@ -375,7 +402,8 @@ impl Index {
                         r.op,
                         r.flags,
                         to_i(r.start),
-                        to_i(r.len)
+                        to_i(r.len),
+                        r.consistent_seq.map(to_i)
                     ])
                     .map_err(wrap)?;
                 if added == 1 && r.len > 0 {
@@ -425,13 +453,15 @@ impl Index {
                 .map_err(wrap)?;
             }
         }
-        set_indexed(&tx, end).map_err(wrap)?;
+        set_indexed(&tx, end, sections).map_err(wrap)?;
         tx.commit().map_err(wrap)
     }
 
     /// Forgets what the journal no longer holds after recovery: records
-    /// and marks at or after `end`, points after it; and sets the indexed
-    /// position to at most `end`.
+    /// and marks at or after `end`, points after it. An indexed position
+    /// after `end` moves back to the last point at or before it, where no
+    /// resync section is open (the state at `end` itself is not known), or
+    /// is forgotten if there is none (the index is then rebuilt).
     pub(crate) fn trim_after(&mut self, end: Position) -> Result<()> {
         let path = self.path.clone();
         let wrap = |e| StoreError::Index {
@@ -459,7 +489,22 @@ impl Index {
         tx.execute("DELETE FROM points WHERE (segment, offset) > (?1, ?2)", at)
             .map_err(wrap)?;
         if indexed.is_some_and(|i| i.is_after(&end)) {
-            set_indexed(&tx, end).map_err(wrap)?;
+            let back = tx
+                .query_row(
+                    "SELECT segment, offset, ring_id, seq, time_ns, kind FROM points
+                     ORDER BY segment DESC, offset DESC LIMIT 1",
+                    [],
+                    Self::point_from,
+                )
+                .optional()
+                .map_err(wrap)?;
+            match back {
+                Some(p) => set_indexed(&tx, p.pos, SectionTracker::default()).map_err(wrap)?,
+                None => {
+                    tx.execute("DELETE FROM meta WHERE key LIKE 'indexed_%'", [])
+                        .map_err(wrap)?;
+                }
+            }
         }
         tx.commit().map_err(wrap)
     }
@@ -569,6 +614,7 @@ impl Index {
             flags: r.get(7)?,
             start: to_u(r.get(8)?),
             len: to_u(r.get(9)?),
+            consistent_seq: r.get::<_, Option<i64>>(10)?.map(to_u),
         })
     }
 
@@ -576,7 +622,8 @@ impl Index {
     pub(crate) fn record_with_seq(&self, seq: u64) -> Result<Option<RecordRow>> {
         self.conn
             .query_row(
-                "SELECT segment, offset, size, ring_id, seq, time_ns, op, flags, start, len
+                "SELECT segment, offset, size, ring_id, seq, time_ns, op, flags, start, len,
+                        consistent_seq
                  FROM records WHERE seq = ?1 ORDER BY segment DESC, offset DESC LIMIT 1",
                 [to_i(seq)],
                 Self::record_from,
@@ -594,7 +641,8 @@ impl Index {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT segment, offset, size, ring_id, seq, time_ns, op, flags, start, len
+                "SELECT segment, offset, size, ring_id, seq, time_ns, op, flags, start, len,
+                        consistent_seq
                  FROM records WHERE (segment, offset) >= (?1, ?2) ORDER BY segment, offset",
             )
             .map_err(|e| self.err("listing records", e))?;
@@ -627,7 +675,7 @@ impl Index {
             .conn
             .prepare_cached(
                 "SELECT r.segment, r.offset, r.size, r.ring_id, r.seq, r.time_ns, r.op, r.flags,
-                        r.start, r.len
+                        r.start, r.len, r.consistent_seq
                  FROM extents e JOIN records r ON r.id = e.id
                  WHERE e.lo <= ?2 AND e.hi >= ?1
                    AND r.start < ?3 AND r.start + r.len > ?8
@@ -767,19 +815,35 @@ impl Index {
     }
 }
 
-/// Records in `tx` that the index holds the journal up to `end`.
-fn set_indexed(tx: &rusqlite::Transaction<'_>, end: Position) -> rusqlite::Result<()> {
+/// Meta keys of the resync section open at the indexed position (absent:
+/// none, or no `close_at`).
+const RESYNC_SINCE: &str = "indexed_resync_since";
+const RESYNC_CLOSE_AT: &str = "indexed_resync_close_at";
+
+/// Records in `tx` that the index holds the journal up to `end`, where the
+/// resync sections stand as `sections`.
+fn set_indexed(
+    tx: &rusqlite::Transaction<'_>,
+    end: Position,
+    sections: SectionTracker,
+) -> rusqlite::Result<()> {
     let mut meta = tx.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     )?;
+    let open = sections.open();
     for (k, v) in [
-        ("indexed_segment", end.segment),
-        ("indexed_offset", end.offset),
-        ("indexed_ring", end.ring_id),
-        ("indexed_seq", end.seq),
+        ("indexed_segment", Some(end.segment)),
+        ("indexed_offset", Some(end.offset)),
+        ("indexed_ring", Some(end.ring_id)),
+        ("indexed_seq", Some(end.seq)),
+        (RESYNC_SINCE, open.map(|s| s.since_seq)),
+        (RESYNC_CLOSE_AT, open.and_then(|s| s.close_at)),
     ] {
-        meta.execute(params![k, to_i(v)])?;
+        match v {
+            Some(v) => meta.execute(params![k, to_i(v)])?,
+            None => tx.execute("DELETE FROM meta WHERE key = ?1", [k])?,
+        };
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use rtbackup_proto::{RecordError, RecordRef};
 
 use crate::error::{IoContext, Result, StoreError};
+use crate::section::SectionTracker;
 use crate::segment::{
     read_segment_header, segment_file_name, ReadStop, SegmentHeader, SegmentReader, SegmentStore,
     SEGMENT_HEADER_LEN,
@@ -273,31 +274,41 @@ pub(crate) fn walk(
     }
 }
 
-/// Tracks consistency points seen in a walk or in appended records.
+/// Tracks consistency points seen in a walk or in appended records, and
+/// the resync sections that make candidates not points.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpTracker {
     /// The last consistency point seen.
     pub(crate) last: Position,
+    /// The resync sections after the last record seen.
+    pub(crate) sections: SectionTracker,
 }
 
 impl CpTracker {
+    /// A tracker starting at the consistency point `start` (where no
+    /// resync section is open).
     pub(crate) fn new(start: Position) -> Self {
-        Self { last: start }
+        Self {
+            last: start,
+            sections: SectionTracker::default(),
+        }
     }
 
     /// Notes a record between `start` and `end`.
     pub(crate) fn record(&mut self, rec: &RecordRef<'_>, start: Position, end: Position) {
-        if rec.is_consistency_point_before() {
+        let p = self.sections.record(rec);
+        if p.before {
             self.last = start;
         }
-        if rec.is_consistency_point_after() {
+        if p.after.is_some() {
             self.last = end;
         }
     }
 
-    /// Notes a segment boundary: the end of a ring is a consistency point.
+    /// Notes a segment boundary: the end of a ring is a consistency point
+    /// (unless a resync section stays open).
     pub(crate) fn boundary(&mut self, prev_end: Position, next: &SegmentHeader) {
-        if next.ring_id != prev_end.ring_id {
+        if next.ring_id != prev_end.ring_id && self.sections.ring_end(prev_end.seq) {
             self.last = prev_end;
         }
     }

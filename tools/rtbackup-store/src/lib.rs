@@ -12,6 +12,7 @@ mod image;
 mod index;
 mod journal;
 mod point;
+mod section;
 mod segment;
 mod state;
 mod volume;
@@ -43,7 +44,7 @@ use error::IoContext;
 use history::HistoryView;
 use image::{sparse_copy, Target};
 use index::{Index, PointRow};
-use journal::{walk, Event, SegmentSource};
+use journal::{walk, CpTracker, Event, SegmentSource};
 use volume::{
     create_volume_files, journal_usage, local_segments, lock_volume, BASE_FILE, INDEX_FILE,
     JOURNAL_DIR, STATE_FILE,
@@ -265,10 +266,17 @@ impl Store {
     }
 
     /// Scans a volume without changing it (safe while a server runs):
-    /// its size, durable position (journal end), checkpoint and journal use.
+    /// its size, durable position (journal end), checkpoint, journal use
+    /// and whether the journal ends inside a resync section.
     pub fn volume_status(&self, name: &str) -> Result<VolumeStatus> {
         let (src, _lock, st, last) = self.read_snapshot(name)?;
-        let end = walk(&src, st.checkpoint, last, None, |_| Ok(()))?;
+        // The checkpoint is a consistency point: no resync section open.
+        let mut cps = CpTracker::new(st.checkpoint);
+        let end = walk(&src, st.checkpoint, last, None, |e| {
+            cps.event(&e);
+            Ok(())
+        })?;
+        let resync_since_seq = cps.sections.open().map(|s| s.since_seq);
         let (segments, journal_bytes) = journal_usage(&src)?;
         Ok(VolumeStatus {
             volume: name.to_owned(),
@@ -280,6 +288,8 @@ impl Store {
             applied_seq: st.checkpoint.seq,
             journal_bytes,
             segments,
+            resyncing: resync_since_seq.is_some(),
+            resync_since_seq,
         })
     }
 

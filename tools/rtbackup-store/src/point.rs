@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use nix::fcntl::FlockArg;
-use rtbackup_proto::{parse_record, RTB_OP_DISCARD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES};
+use rtbackup_proto::{
+    parse_record, RTB_OP_DISCARD, RTB_OP_RESYNC, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
+};
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::history::{HistoryView, PointInfo};
@@ -109,14 +111,19 @@ impl PointReader {
 
     /// The byte ranges changed after the point, up to the newest record
     /// held when the reader was opened: the union of the ranges of every
-    /// write, discard and write-zeroes record after the point, sorted and
-    /// merged. Writing the point's bytes of these ranges onto the device in
-    /// its newest state gives the device as of the point (a rollback).
+    /// write, discard, write-zeroes and resync record after the point,
+    /// sorted and merged. Writing the point's bytes of these ranges onto
+    /// the device in its newest state gives the device as of the point (a
+    /// rollback).
     pub fn changed_extents(&self) -> Result<Vec<(u64, u64)>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut v = Vec::new();
         inner.view.records_from(self.pos, |r| {
-            if r.len > 0 && matches!(r.op, RTB_OP_WRITE | RTB_OP_DISCARD | RTB_OP_WRITE_ZEROES) {
+            let changes = matches!(
+                r.op,
+                RTB_OP_WRITE | RTB_OP_DISCARD | RTB_OP_WRITE_ZEROES | RTB_OP_RESYNC
+            );
+            if r.len > 0 && changes {
                 v.push((r.start, r.start + r.len));
             }
             ControlFlow::Continue(())
@@ -238,7 +245,7 @@ impl PointReader {
             return Ok(());
         }
         match r.op {
-            RTB_OP_WRITE => {
+            RTB_OP_WRITE | RTB_OP_RESYNC => {
                 let payload = self.payload(cache, r)?;
                 for &(x, y) in &parts {
                     buf[(x - offset) as usize..(y - offset) as usize]

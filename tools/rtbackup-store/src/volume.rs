@@ -18,6 +18,7 @@ use crate::history::scan;
 use crate::image::{sparse_copy, Target};
 use crate::index::{Index, PointKind, PointRow, Rows};
 use crate::journal::{segment_start, walk, CpTracker, Event, SegmentSource};
+use crate::section::SectionTracker;
 use crate::segment::{
     create_segment, parse_segment_file_name, read_segment_header, segment_file_name, sync_data,
     sync_dir, CreateSegmentError, SegmentHeader, SEGMENT_HEADER_LEN,
@@ -198,6 +199,13 @@ pub struct VolumeStatus {
     pub journal_bytes: u64,
     /// Number of journal segments held.
     pub segments: u64,
+    /// Whether the journal ends inside a resync section: no consistency
+    /// point since it opened, the image and the latest restore point stay
+    /// before it.
+    pub resyncing: bool,
+    /// Seq of the first RESYNC record of the open section (of the ring it
+    /// was in).
+    pub resync_since_seq: Option<u64>,
 }
 
 struct Journal {
@@ -207,10 +215,13 @@ struct Journal {
     appended: Position,
     /// End of the last durable record.
     durable: Position,
-    /// Last consistency point among appended records.
-    pending_cp: Position,
+    /// Last consistency point among appended records, and the resync
+    /// sections after the last appended record.
+    pending: CpTracker,
     /// Last consistency point among durable records.
     durable_cp: Position,
+    /// The resync sections after the last durable record.
+    durable_sections: SectionTracker,
     poisoned: bool,
     /// Rings seen, oldest first; the current one last.
     rings: Vec<u64>,
@@ -541,8 +552,9 @@ impl Volume {
                 header,
                 appended: end.end,
                 durable: end.end,
-                pending_cp: cps.last,
+                pending: cps,
                 durable_cp: cps.last,
+                durable_sections: cps.sections,
                 poisoned: false,
                 rings,
             }),
@@ -616,6 +628,16 @@ impl Volume {
         (j.durable.ring_id, j.durable.seq)
     }
 
+    /// Seq of the first RESYNC record of the resync section the durable
+    /// journal ends in, if it does (Documentation/design.rst, "Overflow and
+    /// resync").
+    pub fn resync_since(&self) -> Option<u64> {
+        lock(&self.journal)
+            .durable_sections
+            .open()
+            .map(|s| s.since_seq)
+    }
+
     /// Refuses a ring this volume has seen end ([`StoreError::StaleRing`]):
     /// its records would be stored after those of a newer attach.
     pub fn check_ring(&self, ring_id: u64) -> Result<()> {
@@ -649,6 +671,7 @@ impl Volume {
     /// Counters of the volume.
     pub fn status(&self) -> Result<VolumeStatus> {
         let (ring_id, durable_seq) = self.durable();
+        let resync_since_seq = self.resync_since();
         let cp = self.checkpoint();
         let (segments, journal_bytes) = journal_usage(&self.src)?;
         Ok(VolumeStatus {
@@ -661,6 +684,8 @@ impl Volume {
             applied_seq: cp.seq,
             journal_bytes,
             segments,
+            resyncing: resync_since_seq.is_some(),
+            resync_since_seq,
         })
     }
 
@@ -674,9 +699,7 @@ impl Volume {
         let mut first = None;
         let mut last = 0u64;
         let mut count = 0usize;
-        // Last consistency point: (record index, offset in the batch, seq
-        // of the last record before it).
-        let mut last_cp: Option<(usize, usize, u64)> = None;
+        let mut valid = Vec::new();
         let mut it = records(batch);
         loop {
             let offset = it.offset();
@@ -720,15 +743,9 @@ impl Volume {
                 });
             }
             first.get_or_insert(seq);
-            if rec.is_consistency_point_before() {
-                last_cp = Some((count, offset, seq - 1));
-            }
-            let end_off = offset + rec.bytes.len();
-            if rec.is_consistency_point_after() {
-                last_cp = Some((count, end_off, seq));
-            }
             last = seq;
             count += 1;
+            valid.push(rec);
         }
         let Some(first) = first else {
             return Ok(AppendOutcome {
@@ -767,11 +784,7 @@ impl Volume {
                 last_seq: j.appended.seq,
             });
         }
-        let mut skip_off = 0usize;
-        for r in records(batch).take(skipped) {
-            // Validated above.
-            skip_off += r.map(|r| r.bytes.len()).unwrap_or(0);
-        }
+        let skip_off: usize = valid[..skipped].iter().map(|r| r.bytes.len()).sum();
         let data = &batch[skip_off..];
         if new_ring {
             self.roll(&mut j, ring_id, 1)?;
@@ -796,19 +809,21 @@ impl Volume {
                 source: e,
             });
         }
-        let seg = j.header.id;
-        let pos = |offset: usize, seq: u64| Position {
-            segment: seg,
-            offset: at + (offset - skip_off) as u64,
-            ring_id,
-            seq,
-        };
-        if let Some((idx, off, seq)) = last_cp {
-            if idx >= skipped {
-                j.pending_cp = pos(off, seq);
-            }
+        // Consistency points among the records appended.
+        let mut cps = j.pending;
+        let mut start = j.appended;
+        for rec in &valid[skipped..] {
+            let end = Position {
+                segment: start.segment,
+                offset: start.offset + rec.bytes.len() as u64,
+                ring_id,
+                seq: rec.seq(),
+            };
+            cps.record(rec, start, end);
+            start = end;
         }
-        j.appended = pos(batch.len(), last);
+        j.pending = cps;
+        j.appended = start;
         Ok(AppendOutcome {
             appended: count - skipped,
             skipped,
@@ -819,7 +834,8 @@ impl Volume {
 
     /// Seals the active segment and starts a new one for `ring_id` whose
     /// first record will be `first_seq`. The end of a ring is a consistency
-    /// point: the device's state when its ring ended.
+    /// point, the device's state when its ring ended, unless a resync
+    /// section stays open across it.
     fn roll(&self, j: &mut Journal, ring_id: u64, first_seq: u64) -> Result<()> {
         let old_id = j.header.id;
         let old_path = self.src.local_path(old_id);
@@ -833,10 +849,8 @@ impl Volume {
             ));
         }
         j.durable = j.appended;
-        j.durable_cp = j.pending_cp;
-        if ring_id != j.header.ring_id {
-            j.durable_cp = j.appended;
-        }
+        j.durable_cp = j.pending.last;
+        j.durable_sections = j.pending.sections;
         let header = SegmentHeader {
             id: old_id + 1,
             ring_id,
@@ -865,11 +879,16 @@ impl Volume {
         if ring_id != j.header.ring_id {
             note_ring(&mut j.rings, ring_id);
         }
+        // The end of a ring (a consistency point unless a resync section
+        // stays open).
+        let prev_end = j.appended;
+        j.pending.boundary(prev_end, &header);
+        j.durable_cp = j.pending.last;
+        j.durable_sections = j.pending.sections;
         j.file = Arc::new(file);
         j.header = header;
         j.appended = segment_start(&header);
         j.durable = j.appended;
-        j.pending_cp = j.durable_cp;
         debug!(volume = %self.name, segment = header.id, ring_id, first_seq, "new segment");
         if let Err(e) = self.src.store.put(&self.name, old_id, &old_path) {
             // The segment stays in the journal directory, where readers
@@ -891,7 +910,7 @@ impl Volume {
             if !j.appended.is_after(&j.durable) {
                 return Ok((j.durable.ring_id, j.durable.seq));
             }
-            (Arc::clone(&j.file), j.appended, j.pending_cp, j.header.id)
+            (Arc::clone(&j.file), j.appended, j.pending, j.header.id)
         };
         let r = sync_data(&file, &self.src.local_path(id));
         let mut j = lock(&self.journal);
@@ -908,9 +927,10 @@ impl Volume {
         }
         if upto.is_after(&j.durable) {
             j.durable = upto;
+            j.durable_sections = cp.sections;
         }
-        if cp.is_after(&j.durable_cp) {
-            j.durable_cp = cp;
+        if cp.last.is_after(&j.durable_cp) {
+            j.durable_cp = cp.last;
         }
         Ok((j.durable.ring_id, j.durable.seq))
     }
@@ -1258,6 +1278,9 @@ fn open_index(
 ) -> Result<Index> {
     let (mut ix, fresh) = Index::open_rw(&dir.join(INDEX_FILE))?;
     let base = state.base();
+    if !fresh {
+        ix.trim_after(end)?;
+    }
     let usable = !fresh && ix.indexed()?.is_some_and(|i| !base.is_after(&i));
     if !usable {
         if !fresh {
@@ -1272,9 +1295,9 @@ fn open_index(
             }],
             ..Rows::default()
         };
-        ix.add(&rows, base)?;
+        // The base point is a consistency point: no resync section open.
+        ix.add(&rows, base, SectionTracker::default())?;
     }
-    ix.trim_after(end)?;
     ix.trim_before(base)?;
     catch_up(&mut ix, src, end)?;
     Ok(ix)
@@ -1290,8 +1313,17 @@ fn catch_up(ix: &mut Index, src: &SegmentSource, upto: Position) -> Result<()> {
     }
     let last_point = ix.last_point()?.map_or(from, |p| p.pos);
     let last_time = ix.last_record_time()?;
-    let (rows, end) = scan(src, from, upto.segment, Some(upto), last_point, last_time)?;
-    ix.add(&rows, end)
+    let sections = ix.indexed_sections()?;
+    let s = scan(
+        src,
+        from,
+        upto.segment,
+        Some(upto),
+        last_point,
+        last_time,
+        sections,
+    )?;
+    ix.add(&s.rows, s.end, s.sections)
 }
 
 /// Number and bytes of a volume's segments (local and sealed).

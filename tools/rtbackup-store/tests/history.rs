@@ -6,35 +6,12 @@ mod common;
 
 use std::fs;
 use std::ops::ControlFlow;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
 use rtbackup_proto::RTB_REC_PREFLUSH;
-use rtbackup_store::{
-    CompactOutcome, LocalDirStore, PointKind, PointSpec, Retention, Store, StoreError,
-    VolumeOptions,
-};
-
-fn store_with(dir: &Path, opts: VolumeOptions) -> Store {
-    Store::with_segment_store(dir, Arc::new(LocalDirStore::new(dir.join("sealed"))), opts).unwrap()
-}
-
-fn opts(segment_bytes: u64, keep: Option<Duration>, keep_bytes: Option<u64>) -> VolumeOptions {
-    VolumeOptions {
-        segment_bytes,
-        retention: Retention { keep, keep_bytes },
-        ..VolumeOptions::default()
-    }
-}
-
-fn restore_at(store: &Store, dir: &Path, at: &PointSpec) -> Result<(Vec<u8>, u64), StoreError> {
-    let out = dir.join("at.img");
-    let rep = store.restore_at("v", &out, at)?;
-    Ok((fs::read(&out).unwrap(), rep.seq))
-}
+use rtbackup_store::{CompactOutcome, PointKind, PointSpec, Store, StoreError, VolumeOptions};
 
 fn now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -335,17 +312,27 @@ fn the_delayed_image_trails_the_stream() {
 
 fn arb_op() -> impl Strategy<Value = (Op, u8)> {
     prop_oneof![
-        (0u64..100, any::<u8>(), 1usize..4).prop_map(|(s, b, n)| (write(s, b, n * 512), 0)),
-        (0u64..100, any::<u8>()).prop_map(|(s, b)| (write(s, b, 512), RTB_REC_PREFLUSH)),
-        Just((Op::Flush, 0)),
-        (0u8..4).prop_map(|i| (Op::Mark(format!("mark-{i}")), 0)),
-        (0u64..100, 1u64..8).prop_map(|(s, n)| (
+        2 => (0u64..100, any::<u8>(), 1usize..4).prop_map(|(s, b, n)| (write(s, b, n * 512), 0)),
+        1 => (0u64..100, any::<u8>()).prop_map(|(s, b)| (write(s, b, 512), RTB_REC_PREFLUSH)),
+        2 => Just((Op::Flush, 0)),
+        1 => (0u8..4).prop_map(|i| (Op::Mark(format!("mark-{i}")), 0)),
+        1 => (0u64..100, 1u64..8).prop_map(|(s, n)| (
             Op::Discard {
                 sector: s,
                 len: n * 512
             },
             0
         )),
+        // Resync sections: chunks (some empty, filling a reserved seq) and
+        // ends whose consistent_seq is before, at or after themselves.
+        2 => (0u64..100, any::<u8>(), 0usize..4).prop_map(|(s, b, n)| (
+            Op::Resync {
+                sector: s,
+                data: vec![b; n * 512]
+            },
+            0
+        )),
+        1 => (-3i64..4).prop_map(|delta| (Op::ResyncEnd { delta }, 0)),
     ]
 }
 
@@ -354,7 +341,10 @@ proptest! {
 
     /// Every consistency point of a random stream restores to the model's
     /// image at that point, by seq and by mark, whatever the segment size,
-    /// the commits and a retention fold on the way.
+    /// the commits and a retention fold on the way. Resync sections hide
+    /// the points inside them: the points listed are exactly the model's,
+    /// none inside a section; a seq inside one gives the point before it;
+    /// the image and the latest point stay before an open section.
     #[test]
     fn every_point_restores_to_its_state(
         ops in proptest::collection::vec(arb_op(), 1..50),
@@ -377,6 +367,12 @@ proptest! {
             vol.apply(true).unwrap();
             i = end;
         }
+        let image = fs::read(d.path().join("volumes/v/image")).unwrap();
+        prop_assert!(image == m.at_cp.0, "the image is not at the last point");
+        let st = store.volume_status("v").unwrap();
+        prop_assert_eq!(st.resyncing, m.section.is_some());
+        prop_assert_eq!(st.resync_since_seq, m.section.map(|s| s.0));
+        prop_assert_eq!(st.applied_seq, m.at_cp.1);
         drop(vol);
         // Fold up to the newest point at or before seq `fold_at` with a
         // store that keeps only from there.
@@ -385,8 +381,24 @@ proptest! {
         let folding = store_with(d.path(), opts(seg, Some(keep), None));
         let vol = folding.open_volume("v").unwrap();
         fold_all(&vol);
-        let base = store.points("v").unwrap()[0].seq;
+        let listed = store.points("v").unwrap();
+        let base = listed[0].seq;
         prop_assert!(base <= oldest.max(1));
+        let got: Vec<(u64, u64)> = listed[1..]
+            .iter()
+            .filter(|p| p.seq > base)
+            .map(|p| (p.seq, p.time_ns))
+            .collect();
+        let mut want: Vec<(u64, u64)> = m.points.iter().filter(|p| p.0 > base).map(|p| (p.0, p.1)).collect();
+        want.dedup_by_key(|p| p.0);
+        prop_assert_eq!(&got, &want);
+        for p in &listed {
+            prop_assert!(!m.inside.contains(&p.seq), "point {:?} inside a resync section", p);
+        }
+        for seq in base..=m.ops.len() as u64 {
+            let p = store.find_point("v", &PointSpec::Seq(seq)).unwrap();
+            prop_assert_eq!(p.seq, point_at_or_before(&m, seq, base), "at seq {}", seq);
+        }
         for (seq, _, img) in m.points.iter().filter(|p| p.0 >= base) {
             let (bytes, got) = restore_at(&store, d.path(), &PointSpec::Seq(*seq)).unwrap();
             prop_assert_eq!(got, *seq);

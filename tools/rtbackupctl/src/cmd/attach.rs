@@ -1,14 +1,16 @@
 //! `rtbackupctl attach DEVICE`: stack /dev/rtbackupN on a block device.
 
 use anyhow::{bail, Context};
-use rtbackup_control::Control;
+use rtbackup_control::{AttachOptions, Control};
 use std::path::PathBuf;
 
 /// Protect a block device: create /dev/rtbackupN on top of it and print its
 /// path. The device is opened exclusively: it must not be mounted or in
 /// use, and from now on is used only through /dev/rtbackupN. Every write is
 /// recorded in a ring in kernel memory until rtbackup-agent has delivered
-/// it to the backup server; when the ring is full, writers wait.
+/// it to the backup server; when the ring is full, writers wait
+/// (`--on-full block`) or the device tracks changed chunks in a bitmap that
+/// the agent resyncs later (`--on-full track`).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The block device to protect, e.g. /dev/nvme0n1.
@@ -18,9 +20,28 @@ pub(crate) struct Args {
     /// lag before writers wait.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     ring_size: Option<u64>,
+    /// What happens when the ring is full: `block` makes writers wait for
+    /// the agent (every write keeps its order in the backup); `track`
+    /// never makes them wait: changed chunks are marked in a bitmap and
+    /// resynced by the agent, and the backup has no consistency point
+    /// until the resync completes.
+    #[arg(long, value_enum, default_value_t = OnFull::Block)]
+    on_full: OnFull,
+    /// Bytes of device per bit of the dirty bitmap: a power of two from 4K
+    /// to 16M (default 64K). Smaller chunks resend less, at more bitmap
+    /// memory (2 MiB per TiB at 64K).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    chunk_size: Option<u64>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--on-full`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnFull {
+    Block,
+    Track,
 }
 
 /// Parses `64M`, `1G`, `1048576`, `512K` (binary units).
@@ -43,7 +64,12 @@ pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
 
 impl Args {
     pub(crate) fn run(self, control: &Control) -> anyhow::Result<()> {
-        let attached = control.attach(&self.device, self.ring_size.unwrap_or(0))?;
+        let opts = AttachOptions {
+            ring_size: self.ring_size.unwrap_or(0),
+            chunk_size: self.chunk_size.unwrap_or(0),
+            track_on_full: self.on_full == OnFull::Track,
+        };
+        let attached = control.attach(&self.device, &opts)?;
         tracing::info!(device = %attached.device, lower = %attached.lower, "attached");
         if self.json {
             super::print_json(&attached)

@@ -61,6 +61,16 @@ fn agent_state(d: &DeviceStatus) -> &'static str {
     }
 }
 
+/// Bytes of chunks still to resync (dirty or being resynced), or `-`.
+fn resync_left(r: &rtbackup_control::RingStatus) -> String {
+    let chunks = r.dirty_chunks + r.resync_chunks;
+    if chunks == 0 {
+        "-".into()
+    } else {
+        human_bytes(chunks.saturating_mul(r.chunk_size))
+    }
+}
+
 fn replication_table(devices: &[DeviceStatus]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
@@ -74,6 +84,8 @@ fn replication_table(devices: &[DeviceStatus]) -> Table {
         "LAG-TIME",
         "WAITING",
         "AGENT",
+        "MODE",
+        "RESYNC",
     ]);
     for d in devices {
         let r = &d.ring;
@@ -87,6 +99,8 @@ fn replication_table(devices: &[DeviceStatus]) -> Table {
             format!("{:.3}s", r.lag_ms as f64 / 1000.0),
             r.waiting_writers.to_string(),
             agent_state(d).to_owned(),
+            r.mode.to_owned(),
+            resync_left(r),
         ]);
     }
     t

@@ -28,21 +28,57 @@ struct Synced {
     waited_ms: u64,
 }
 
+/// Whether every write of the device is in its record stream: the ring is
+/// recording and no resync is owed.
+fn in_stream(d: &rtbackup_control::DeviceStatus) -> bool {
+    d.ring.mode == "recording" && d.ring.dirty_chunks == 0 && d.ring.resync_chunks == 0
+}
+
 /// Flushes `device` (a resolved `/dev/rtbackupN`) and waits until the
 /// server holds durably every record written before the flush; returns the
-/// seq of the last of them. `timeout` 0 waits forever.
+/// seq of the last of them. While the ring tracks or a resync is owed, the
+/// flush is not in the record stream: then it waits for the agent's resync
+/// to complete and flushes again. `timeout` 0 waits forever.
 pub(crate) fn flush_and_wait(control: &Control, device: &str, timeout: u64) -> anyhow::Result<u64> {
     let start = Instant::now();
-    // fsync of the block device writes back its page cache and sends a
-    // flush, which the ring records after every write it covers.
-    let file = File::open(device).with_context(|| format!("open {device}"))?;
-    file.sync_all().with_context(|| format!("flush {device}"))?;
-    drop(file);
-    let after = control.resolve(device)?;
-    let target = after.ring.last_written_seq;
-    let ring_id = after.ring.ring_id;
     let deadline = (timeout > 0).then(|| start + Duration::from_secs(timeout));
     let mut warned = false;
+    let mut warn_no_agent = |now: &rtbackup_control::DeviceStatus| {
+        if !now.ring.agent_attached && !warned {
+            eprintln!(
+                "rtbackupctl: {device}: no rtbackup-agent is running for this device; waiting"
+            );
+            warned = true;
+        }
+    };
+    let (target, ring_id) = loop {
+        // fsync of the block device writes back its page cache and sends a
+        // flush, which the ring records after every write it covers.
+        let file = File::open(device).with_context(|| format!("open {device}"))?;
+        file.sync_all().with_context(|| format!("flush {device}"))?;
+        drop(file);
+        let after = control.resolve(device)?;
+        if in_stream(&after) {
+            break (after.ring.last_written_seq, after.ring.ring_id);
+        }
+        // Wait for the resync, then flush again.
+        loop {
+            let now = control.resolve(device)?;
+            if in_stream(&now) {
+                break;
+            }
+            warn_no_agent(&now);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                bail!(
+                    "timed out after {timeout} s: {device} is {} with {} chunk(s) to resync; \
+                     is rtbackup-agent running and connected?",
+                    now.ring.mode,
+                    now.ring.dirty_chunks + now.ring.resync_chunks
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     loop {
         let now = control.resolve(device)?;
         if now.ring.ring_id != ring_id {
@@ -51,12 +87,7 @@ pub(crate) fn flush_and_wait(control: &Control, device: &str, timeout: u64) -> a
         if now.ring.last_acked_seq >= target {
             return Ok(target);
         }
-        if !now.ring.agent_attached && !warned {
-            eprintln!(
-                "rtbackupctl: {device}: no rtbackup-agent is running for this device; waiting"
-            );
-            warned = true;
-        }
+        warn_no_agent(&now);
         if deadline.is_some_and(|d| Instant::now() >= d) {
             bail!(
                 "timed out after {timeout} s: {} record(s), {} byte(s) of {device} not yet on the server \

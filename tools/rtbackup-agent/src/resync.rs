@@ -1,0 +1,239 @@
+//! Resync after the ring overflowed into the dirty bitmap, or of chunks an
+//! earlier agent left unfinished (Documentation/design.rst, "Overflow and
+//! resync").
+//!
+//! Runs on the sender thread, between batches of ring records, so that the
+//! records it makes go on the wire in seq order with the ring's: every
+//! fetch reserves seqs at a ring position, the records before that position
+//! are sent first, then one `RESYNC` record per fetched chunk (read from
+//! the device), and, after the last fetch (which returns the device to
+//! recording), a `RESYNC_END` naming the newest seq a chunk may contain.
+//! Seqs that an interrupted resync reserved and never delivered are filled
+//! with empty `RESYNC` records ([`fill_hole`]).
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use rtbackup_abi::{RTB_OP_RESYNC, RTB_OP_RESYNC_END};
+use rtbackup_proto::append_record;
+use rtbackup_ring::{Cursor, RingSource};
+use rtbackup_ring::{Resync, ResyncOp};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Passes that fetch without returning to recording, at most: writes
+/// during a pass dirty chunks for the next; after this many the last pass
+/// streams whatever is left.
+const MAX_PASSES: u32 = 8;
+/// A pass with at most this many bytes of chunks left is the last one.
+const LAST_PASS_BYTES: u64 = 4 << 20;
+/// Most bytes read from the device at once (a run of adjacent chunks).
+const READ_RUN_BYTES: u64 = 1 << 20;
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Where the sender puts records: the ring's batches and the records this
+/// module makes go through the same acknowledgement bookkeeping.
+pub(crate) trait Sink {
+    /// Sends `records` (whole records, consecutive seqs up to `last_seq`)
+    /// made by the agent, which sit at ring position `pos`.
+    fn send_made(&mut self, pos: u64, records: &[u8], last_seq: u64) -> Result<(), AgentError>;
+
+    /// Sends the ring's records from `from` up to ring position `limit`;
+    /// returns the cursor after them (or at a gap of reserved seqs).
+    fn send_ring_to(&mut self, from: Cursor, limit: u64) -> Result<Cursor, AgentError>;
+}
+
+/// Sends empty `RESYNC` records for the seqs `[at.seq, next_seq)`, reserved
+/// at `at.pos` by a resync that did not deliver them (a connection or an
+/// agent that ended mid-resync; its chunks are resynced again). Returns the
+/// cursor after them.
+pub(crate) fn fill_hole(
+    sink: &mut impl Sink,
+    at: Cursor,
+    next_seq: u64,
+    cfg: &AgentConfig,
+) -> Result<Cursor, AgentError> {
+    tracing::info!(
+        first_seq = at.seq,
+        last_seq = next_seq - 1,
+        "filling seqs reserved by an interrupted resync"
+    );
+    let mut buf = Vec::new();
+    let mut seq = at.seq;
+    while seq < next_seq {
+        append_record(&mut buf, RTB_OP_RESYNC, 0, seq, 0, 0, now_ns(), &[]);
+        if buf.len() as u64 >= cfg.batch_bytes || seq + 1 == next_seq {
+            sink.send_made(at.pos, &buf, seq)?;
+            buf.clear();
+        }
+        seq += 1;
+    }
+    Ok(Cursor {
+        pos: at.pos,
+        seq: next_seq,
+    })
+}
+
+/// What a finished resync leaves for the caller.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    /// Where the sender goes on reading the ring.
+    pub(crate) cursor: Cursor,
+    /// Seq of the `RESYNC_END` record: once the server acknowledged it,
+    /// the resync set may be cleared (`RTB_RESYNC_DONE`).
+    pub(crate) end_seq: u64,
+}
+
+/// Runs a resync: fetch passes until few chunks are left, then the last
+/// fetch, which returns the device to recording, and the end record.
+/// `pending`: the first fetch also returns the chunks of an unfinished
+/// resync. `cursor` is where the sender is in the ring. `fetch` runs the
+/// fetch ioctl (the caller serializes it with `RTB_RESYNC_DONE` for an
+/// earlier resync, which must not clear this one's chunks).
+pub(crate) fn run<S: RingSource>(
+    ring: &S,
+    sink: &mut impl Sink,
+    cfg: &AgentConfig,
+    mut cursor: Cursor,
+    mut pending: bool,
+    mut fetch: impl FnMut(ResyncOp) -> Result<Resync, AgentError>,
+) -> Result<Finished, AgentError> {
+    let view = ring.view();
+    let device_bytes = view.capacity_sectors() * 512;
+    let mut pass = 0u32;
+    let mut left_bytes = u64::MAX;
+    loop {
+        let stream = pass + 1 >= MAX_PASSES || (pass > 0 && left_bytes <= LAST_PASS_BYTES);
+        let r = fetch(ResyncOp::Fetch { pending, stream })?;
+        pending = false;
+        pass += 1;
+        let bytes = r.dirty.len() as u64 * r.chunk_size;
+        tracing::info!(
+            pass,
+            chunks = r.dirty.len(),
+            bytes,
+            first_seq = r.first_seq,
+            last = stream,
+            "resync pass"
+        );
+        // The ring's records before the reserved seqs go first.
+        if cursor.pos > r.head {
+            return Err(AgentError::Inconsistent(format!(
+                "the resync's seqs were reserved at ring position {} but records up to {} were already sent",
+                r.head, cursor.pos
+            )));
+        }
+        cursor = sink.send_ring_to(cursor, r.head)?;
+        if cursor.pos != r.head {
+            return Err(AgentError::Inconsistent(format!(
+                "the ring's records end at {} before the resync's position {}",
+                cursor.pos, r.head
+            )));
+        }
+        if r.first_seq > cursor.seq {
+            cursor = fill_hole(sink, cursor, r.first_seq, cfg)?;
+        }
+        if r.first_seq != cursor.seq {
+            return Err(AgentError::Inconsistent(format!(
+                "the resync reserved seqs from {} but the stream is at seq {}",
+                r.first_seq, cursor.seq
+            )));
+        }
+        send_chunks(
+            ring,
+            sink,
+            cfg,
+            cursor,
+            &r.dirty,
+            r.chunk_size,
+            device_bytes,
+        )?;
+        cursor.seq += r.dirty.len() as u64;
+        if stream {
+            // Read after the last chunk: no chunk holds a write newer than
+            // the ring's last seq now.
+            let consistent_seq = view.head_seq().saturating_sub(1);
+            let mut buf = Vec::new();
+            append_record(
+                &mut buf,
+                RTB_OP_RESYNC_END,
+                0,
+                cursor.seq,
+                0,
+                0,
+                now_ns(),
+                &consistent_seq.to_le_bytes(),
+            );
+            sink.send_made(cursor.pos, &buf, cursor.seq)?;
+            let end_seq = cursor.seq;
+            tracing::info!(passes = pass, end_seq, consistent_seq, "resync sent");
+            cursor.seq += 1;
+            return Ok(Finished { cursor, end_seq });
+        }
+        left_bytes = bytes;
+    }
+}
+
+/// Reads the `chunks` (sorted chunk numbers) from the device, runs of
+/// adjacent ones at a time, and sends each as a `RESYNC` record with the
+/// seqs from `at.seq` on.
+fn send_chunks<S: RingSource>(
+    ring: &S,
+    sink: &mut impl Sink,
+    cfg: &AgentConfig,
+    at: Cursor,
+    chunks: &[u64],
+    chunk_size: u64,
+    device_bytes: u64,
+) -> Result<(), AgentError> {
+    let mut buf = Vec::new();
+    let mut data = Vec::new();
+    let mut seq = at.seq;
+    let mut i = 0;
+    while i < chunks.len() {
+        // A run of adjacent chunks, READ_RUN_BYTES at most.
+        let first = chunks[i];
+        let mut n = 1;
+        while i + n < chunks.len()
+            && chunks[i + n] == first + n as u64
+            && (n as u64 + 1) * chunk_size <= READ_RUN_BYTES
+        {
+            n += 1;
+        }
+        let start = first * chunk_size;
+        let end = ((first + n as u64) * chunk_size).min(device_bytes);
+        if start >= end {
+            return Err(AgentError::Inconsistent(format!(
+                "resync chunk {first} is past the end of the device ({device_bytes} bytes)"
+            )));
+        }
+        data.resize((end - start) as usize, 0);
+        ring.read_device(start, &mut data)?;
+        for (k, piece) in data.chunks(chunk_size as usize).enumerate() {
+            let offset = start + k as u64 * chunk_size;
+            append_record(
+                &mut buf,
+                RTB_OP_RESYNC,
+                0,
+                seq,
+                offset / 512,
+                piece.len() as u64,
+                now_ns(),
+                piece,
+            );
+            seq += 1;
+            if buf.len() as u64 >= cfg.batch_bytes {
+                sink.send_made(at.pos, &buf, seq - 1)?;
+                buf.clear();
+            }
+        }
+        i += n;
+    }
+    if !buf.is_empty() {
+        sink.send_made(at.pos, &buf, seq - 1)?;
+    }
+    Ok(())
+}
