@@ -32,10 +32,7 @@ impl ChunkBitmap {
         let sector_shift = (chunk_size / 512).trailing_zeros();
         let chunks = capacity_sectors.div_ceil(1 << sector_shift);
         let nwords = usize::try_from(chunks.div_ceil(64)).map_err(|_| ENOMEM)?;
-        let mut words = KVVec::with_capacity(nwords, GFP_KERNEL)?;
-        for _ in 0..nwords {
-            words.push(0, GFP_KERNEL)?;
-        }
+        let words = KVVec::from_elem(0, nwords, GFP_KERNEL)?;
         Ok(Self {
             words,
             chunks,
@@ -114,6 +111,37 @@ impl ChunkBitmap {
             count += u64::from(w.count_ones());
         }
         self.count = count;
+    }
+
+    /// Sets the bits set in `bytes`, a bitmap in the ABI's form of exactly
+    /// [`ChunkBitmap::abi_bytes`] bytes with no bit past the last chunk
+    /// (`EINVAL` otherwise, and nothing changes). Returns how many bits
+    /// were newly set.
+    pub(crate) fn or_abi(&mut self, bytes: &[u8]) -> Result<u64> {
+        if bytes.len() != self.abi_bytes() {
+            return Err(EINVAL);
+        }
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let tail_bits = self.chunks % 64;
+        if tail_bits != 0 {
+            if let Some(last) = bytes.chunks_exact(8).last() {
+                if word(last) >> tail_bits != 0 {
+                    return Err(EINVAL);
+                }
+            }
+        }
+        let mut added = 0;
+        for (w, b) in self.words.iter_mut().zip(bytes.chunks_exact(8)) {
+            let v = word(b);
+            added += u64::from((v & !*w).count_ones());
+            *w |= v;
+        }
+        self.count += added;
+        Ok(added)
     }
 
     /// Writes the words, little-endian, into `out` (at least

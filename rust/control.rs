@@ -13,11 +13,11 @@ use crate::device::Device;
 use crate::ring::Ring;
 use crate::sys::{self, bdev::LowerDevice, disk::Disk, ringfile, ModuleRef};
 use crate::uapi::{
-    self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbMark, RtbRingOpen, RtbVersion,
+    self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbDirty, RtbList, RtbMark, RtbRingOpen, RtbVersion,
 };
 use core::mem::size_of;
 use kernel::{
-    alloc::{flags::GFP_KERNEL, KVec},
+    alloc::{flags::GFP_KERNEL, KVVec, KVec},
     fmt,
     prelude::*,
     str::{CStr, CString},
@@ -138,6 +138,7 @@ impl Control {
             uapi::RTB_IOC_LIST => self.ioctl_list(arg),
             uapi::RTB_IOC_RING_OPEN => return self.ioctl_ring_open(arg),
             uapi::RTB_IOC_MARK => self.ioctl_mark(arg),
+            uapi::RTB_IOC_DIRTY => self.ioctl_dirty(arg),
             _ => Err(ENOTTY),
         }
         .map(|()| 0)
@@ -197,6 +198,41 @@ impl Control {
         probe.write(&req)?;
         req.seq = ring.record_mark(name)?;
         UserSlice::new(arg, size_of::<RtbMark>())
+            .writer()
+            .write(&req)
+    }
+
+    /// Marks chunks of a device dirty (a verify's repair) and starts
+    /// tracking; its agent resyncs them.
+    fn ioctl_dirty(&self, arg: UserPtr) -> Result {
+        require_admin()?;
+        let (mut reader, mut writer) = UserSlice::new(arg, size_of::<RtbDirty>()).reader_writer();
+        let mut req: RtbDirty = reader.read()?;
+        check_version(req.abi_version)?;
+        let outputs = [req.count, req.chunks, req.chunk_size];
+        if req.flags != 0
+            || req.pad != 0
+            || outputs.iter().any(|&v| v != 0)
+            || req.reserved.iter().any(|&r| r != 0)
+        {
+            return Err(EINVAL);
+        }
+        let ring = self.ring_of(req.index)?;
+        let len = ring.bitmap_bytes();
+        if req.bitmap_bytes != len as u64 {
+            return Err(EINVAL);
+        }
+        let mut bitmap = KVVec::from_elem(0u8, len, GFP_KERNEL)?;
+        UserSlice::new(req.bitmap as UserPtr, len)
+            .reader()
+            .read_slice(&mut bitmap)?;
+        // Fault before anything changes if the answer cannot be written.
+        writer.write(&req)?;
+        let (count, chunks, chunk_size) = ring.mark_dirty(&bitmap)?;
+        req.count = count;
+        req.chunks = chunks;
+        req.chunk_size = chunk_size;
+        UserSlice::new(arg, size_of::<RtbDirty>())
             .writer()
             .write(&req)
     }

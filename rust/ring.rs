@@ -37,8 +37,8 @@ use crate::uapi::{
     RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
     RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH, RTB_RESYNC_DONE,
     RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM, RTB_RESYNC_TRACK_ALL,
-    RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_IOC_ACK,
-    RTB_RING_IOC_RESYNC, RTB_RING_MAGIC, RTB_RING_PAGE,
+    RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_F_UNSYNCED,
+    RTB_RING_IOC_ACK, RTB_RING_IOC_RESYNC, RTB_RING_MAGIC, RTB_RING_PAGE,
 };
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -174,6 +174,8 @@ struct RingState {
     detached: bool,
     /// Writes set bits in `dirty` instead of being recorded.
     tracking: bool,
+    /// No initial sync has returned the ring to recording yet.
+    unsynced: bool,
     /// `RTB_RING_F_*` bits, as published in the control page.
     flags: u32,
     /// Chunks written while tracking, not fetched yet.
@@ -200,6 +202,9 @@ impl RingState {
         }
         if self.resync.count() > 0 {
             flags |= RTB_RING_F_RESYNC;
+        }
+        if self.unsynced {
+            flags |= RTB_RING_F_UNSYNCED;
         }
         if flags != self.flags {
             self.flags = flags;
@@ -281,10 +286,7 @@ impl Ring {
     ) -> Result<Arc<Self>> {
         let dirty = ChunkBitmap::new(capacity_sectors, chunk_size)?;
         let resync = ChunkBitmap::new(capacity_sectors, chunk_size)?;
-        let mut bytes = KVVec::with_capacity(dirty.abi_bytes(), GFP_KERNEL)?;
-        for _ in 0..dirty.abi_bytes() {
-            bytes.push(0, GFP_KERNEL)?;
-        }
+        let bytes = KVVec::from_elem(0, dirty.abi_bytes(), GFP_KERNEL)?;
         let fetch = KBox::pin_init(
             new_mutex!(
                 FetchBuf {
@@ -308,7 +310,8 @@ impl Ring {
             head_seq: 1,
             tail_seq: 1,
             logical_block_size,
-            flags: 0,
+            // A new attach tracks until the agent's initial sync.
+            flags: RTB_RING_F_TRACKING | RTB_RING_F_UNSYNCED,
             reserved: [0; 6],
         };
         let (mem, mapper) = RingMem::new(data_size, &header)?;
@@ -323,8 +326,9 @@ impl Ring {
                     last_ack_ns: 0,
                     connected: false,
                     detached: false,
-                    tracking: false,
-                    flags: 0,
+                    tracking: true,
+                    unsynced: true,
+                    flags: RTB_RING_F_TRACKING | RTB_RING_F_UNSYNCED,
                     dirty,
                     resync,
                     overflows: 0,
@@ -623,6 +627,24 @@ impl Ring {
         }
     }
 
+    /// Bytes of a bitmap of this device in the ABI's form.
+    pub(crate) fn bitmap_bytes(&self) -> usize {
+        self.state.lock().dirty.abi_bytes()
+    }
+
+    /// Marks the chunks set in `bitmap` (the ABI's form, validated here)
+    /// dirty and starts tracking; returns how many were newly marked and
+    /// the bitmap's geometry (chunks, chunk size). `ENXIO` once detached.
+    pub(crate) fn mark_dirty(&self, bitmap: &[u8]) -> Result<(u64, u64, u64)> {
+        let mut st = self.state.lock();
+        if st.detached {
+            return Err(ENXIO);
+        }
+        let added = st.dirty.or_abi(bitmap)?;
+        self.start_tracking(&mut st);
+        Ok((added, st.dirty.chunks(), st.dirty.chunk_size()))
+    }
+
     /// Handles `RTB_RING_IOC_RESYNC`: validates the request completely,
     /// runs it, and answers the bitmap's geometry (and, for a fetch, the
     /// count and the first reserved seq).
@@ -715,6 +737,7 @@ impl Ring {
             st.mem.publish_head(head, head_seq);
             if stream {
                 st.tracking = false;
+                st.unsynced = false;
             }
             st.publish_flags();
             self.inflight.snapshot(&mut fb.generations);

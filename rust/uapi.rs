@@ -92,6 +92,9 @@ pub const RTB_IOC_MARK: u32 = ioc(IOC_READ | IOC_WRITE, 5, core::mem::size_of::<
 /// records before `tail` are durable on the backup server.
 pub const RTB_RING_IOC_ACK: u32 = ioc(IOC_WRITE, 16, core::mem::size_of::<RtbRingAck>());
 
+/// Mark chunks of a device dirty and start tracking ([`RtbDirty`]; ABI v4).
+pub const RTB_IOC_DIRTY: u32 = ioc(IOC_READ | IOC_WRITE, 6, core::mem::size_of::<RtbDirty>());
+
 /// Ring file: resync step ([`RtbResync`]; ABI v4).
 pub const RTB_RING_IOC_RESYNC: u32 =
     ioc(IOC_READ | IOC_WRITE, 17, core::mem::size_of::<RtbResync>());
@@ -434,6 +437,13 @@ pub const RTB_RING_F_DETACHED: u32 = 1 << 0;
 /// resync was asked for) and writes are being tracked in the dirty bitmap,
 /// not recorded; the agent must resync.
 pub const RTB_RING_F_TRACKING: u32 = 1 << 1;
+/// `RtbRingHeader::flags` bit (ABI v4): nothing has told the backup what
+/// this attach's device holds yet. A device is attached tracking, with this
+/// flag and no dirty chunk; the agent's initial sync (a full copy, a
+/// checksum verify against the backup, or nothing when the operator says
+/// they match) marks the chunks to send, and the first fetch that returns
+/// to recording ([`RTB_RESYNC_F_STREAM`]) clears it.
+pub const RTB_RING_F_UNSYNCED: u32 = 1 << 3;
 /// `RtbRingHeader::flags` bit (ABI v4): chunks were fetched for a resync
 /// that is not done yet ([`RTB_RESYNC_DONE`]); an agent that starts must
 /// resync them (fetch with [`RTB_RESYNC_F_PENDING`]).
@@ -897,5 +907,53 @@ impl RtbResync {
         first_seq: 0,
         head: 0,
         reserved: [0; 3],
+    };
+}
+
+/// Request of [`RTB_IOC_DIRTY`] on the control device: mark the chunks set
+/// in `bitmap` (the layout of [`RtbResync::bitmap`]) dirty and start
+/// tracking (also when none is set), so that the agent resyncs them. Used to
+/// repair what a verify found different, and by the agent's initial verify.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbDirty {
+    /// In: [`RTB_ABI_VERSION`].
+    pub abi_version: u32,
+    /// In: `N` of `/dev/rtbackupN`.
+    pub index: u32,
+    /// In: no flags are defined yet; must be zero.
+    pub flags: u32,
+    /// Explicit padding, zero.
+    pub pad: u32,
+    /// In: user address of the bitmap.
+    pub bitmap: u64,
+    /// In: its bytes: exactly `8 * ceil(chunks / 64)` (`EINVAL`
+    /// otherwise, as for bits set past the last chunk).
+    pub bitmap_bytes: u64,
+    /// Out: chunks newly marked dirty.
+    pub count: u64,
+    /// Out: chunks of the device.
+    pub chunks: u64,
+    /// Out: bytes per chunk.
+    pub chunk_size: u64,
+    /// In: must be zero.
+    pub reserved: [u64; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<RtbDirty>() == 88);
+
+impl RtbDirty {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        abi_version: 0,
+        index: 0,
+        flags: 0,
+        pad: 0,
+        bitmap: 0,
+        bitmap_bytes: 0,
+        count: 0,
+        chunks: 0,
+        chunk_size: 0,
+        reserved: [0; 4],
     };
 }

@@ -104,14 +104,26 @@ start_server() {
     say "server up (pid $SERVER_PID)"
 }
 
-# start_agent N VOLUME: an agent for /dev/rtbackupN; its pid in AGENT_PID_N.
+# start_agent N VOLUME [ARGS...]: an agent for /dev/rtbackupN (with ARGS);
+# its pid in AGENT_PID_N. Returns once the device's initial sync is done
+# (a new attach tracks writes until then; see `mode` below).
 start_agent() {
-    rtbackup-agent --device /dev/rtbackup$1 --server 127.0.0.1:$PORT --volume "$2" \
-        >>/tmp/agent$1.log 2>&1 &
-    eval "AGENT_PID_$1=$!"
+    n=$1; vol=$2; shift 2
+    rtbackup-agent --device /dev/rtbackup$n --server 127.0.0.1:$PORT --volume "$vol" "$@" \
+        >>/tmp/agent$n.log 2>&1 &
+    eval "AGENT_PID_$n=$!"
     background $!
-    say "agent for rtbackup$1 -> volume $2 started (pid $!)"
+    say "agent for rtbackup$n -> volume $vol started (pid $!)"
+    i=0
+    while [ "$(mode $n)" = initial-sync ]; do
+        i=$((i + 1)); [ $i -lt 600 ] || { cat /tmp/agent$n.log; fail "initial sync of rtbackup$n not done"; }
+        kill -0 "$(eval echo \$AGENT_PID_$n)" 2>/dev/null || { cat /tmp/agent$n.log; fail "the agent exited"; }
+        sleep 1
+    done
 }
+
+# mode N: initial-sync, tracking, resyncing or recording (rtbackupctl status).
+mode() { rtbackupctl status --json rtbackup$1 | jq -r '.devices[0].ring.mode'; }
 
 # background PID: remember a background process for cleanup_replication
 # (`jobs -p` sees nothing in a command substitution under dash).

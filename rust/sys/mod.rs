@@ -133,3 +133,7 @@ unsafe impl AsBytes for uapi::RtbMark {}
 unsafe impl FromBytes for uapi::RtbResync {}
 // SAFETY: as above.
 unsafe impl AsBytes for uapi::RtbResync {}
+// SAFETY: as above.
+unsafe impl FromBytes for uapi::RtbDirty {}
+// SAFETY: as above.
+unsafe impl AsBytes for uapi::RtbDirty {}

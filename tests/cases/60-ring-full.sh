@@ -10,6 +10,9 @@ d0=$(disk 0)
 zero "$d0"
 start_server
 dev=$(rtbackupctl attach --ring-size 1M "$d0")
+# The initial sync (a new attach tracks writes until it is done).
+start_agent 0 vol0
+stop "$AGENT_PID_0"
 
 say "write 8 MiB through a 1 MiB ring with no agent running"
 dd if=/dev/urandom of="$dev" bs=64k count=128 oflag=direct status=none &

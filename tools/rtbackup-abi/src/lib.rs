@@ -25,6 +25,7 @@ mod tests {
         assert_eq!(RTB_IOC_LIST, 0xc028_bb03);
         assert_eq!(RTB_IOC_RING_OPEN, 0x4030_bb04);
         assert_eq!(RTB_IOC_MARK, 0xc078_bb05);
+        assert_eq!(RTB_IOC_DIRTY, 0xc058_bb06);
         assert_eq!(RTB_RING_IOC_ACK, 0x4030_bb10);
         assert_eq!(RTB_RING_IOC_RESYNC, 0xc060_bb11);
     }

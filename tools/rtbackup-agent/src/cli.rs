@@ -1,6 +1,6 @@
 //! The command line of `rtbackup-agent`.
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, InitialSync};
 use clap::Parser;
 use std::time::Duration;
 
@@ -38,10 +38,29 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub ack_timeout_secs: u64,
 
+    /// What the initial sync of a newly attached device sends: `verify`
+    /// compares chunk checksums with the backup's latest state and sends
+    /// the chunks that differ (on a new volume: every chunk that is not
+    /// all zeroes); `full` sends every chunk; `none` sends nothing (only
+    /// when the device is known to equal the backup). Writes meanwhile are
+    /// tracked and resent; the backup is consistent again once it is done.
+    #[arg(long, value_enum, default_value_t = InitialSyncArg::Verify)]
+    pub initial_sync: InitialSyncArg,
     /// Log filter (error, warn, info, debug, trace, or a tracing
     /// directive); default: RUST_LOG, else info.
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+}
+
+/// `--initial-sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitialSyncArg {
+    /// Send the chunks whose checksums differ from the backup's.
+    Verify,
+    /// Send every chunk.
+    Full,
+    /// Send nothing.
+    None,
 }
 
 impl Cli {
@@ -51,6 +70,11 @@ impl Cli {
         cfg.batch_bytes = self.batch_bytes;
         cfg.max_batch_delay = Duration::from_millis(self.max_batch_delay_ms);
         cfg.ack_timeout = Duration::from_secs(self.ack_timeout_secs);
+        cfg.initial_sync = match self.initial_sync {
+            InitialSyncArg::Verify => InitialSync::Verify,
+            InitialSyncArg::Full => InitialSync::Full,
+            InitialSyncArg::None => InitialSync::None,
+        };
         cfg
     }
 }

@@ -41,6 +41,23 @@ pub struct AgentConfig {
     pub poll_interval: Duration,
     /// On stop, how long to wait for outstanding acknowledgements.
     pub drain_timeout: Duration,
+    /// What the initial sync of a new attach sends.
+    pub initial_sync: InitialSync,
+}
+
+/// What the initial sync of a new attach sends (Documentation/design.rst,
+/// "Initial sync").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitialSync {
+    /// The chunks whose checksums differ from the backup's latest state
+    /// (all non-zero chunks when the server has no such volume yet).
+    #[default]
+    Verify,
+    /// Every chunk.
+    Full,
+    /// Nothing: the operator asserts that the device equals the backup's
+    /// latest state.
+    None,
 }
 
 impl AgentConfig {
@@ -65,6 +82,7 @@ impl AgentConfig {
             tcp_user_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(2),
+            initial_sync: InitialSync::Verify,
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum AgentError {
     /// The server's state and the ring's cannot both be right.
     #[error("inconsistent state: {0}")]
     Inconsistent(String),
+    /// Comparing the device with the backup's checksums failed.
+    #[error("verifying the device against the backup: {0}")]
+    Verify(#[from] rtbackup_verify::VerifyError),
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
@@ -81,6 +84,10 @@ impl AgentError {
                 ProtoError::UnsupportedVersion(_) | ProtoError::TooLarge(_)
             ),
             AgentError::Server { code, .. } => is_fatal_code(code),
+            AgentError::Verify(e) => match e {
+                rtbackup_verify::VerifyError::Refused { code, .. } => is_fatal_code(code),
+                _ => false,
+            },
             AgentError::Ring(_)
             | AgentError::RecordTooLarge { .. }
             | AgentError::Inconsistent(_)

@@ -15,10 +15,11 @@ mod acks;
 pub mod cli;
 mod config;
 mod error;
+mod initial;
 mod resync;
 mod session;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, InitialSync};
 pub use error::{is_fatal_code, AgentError};
 pub use session::AGENT_VERSION;
 

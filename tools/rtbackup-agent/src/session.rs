@@ -361,6 +361,7 @@ fn send_loop<S: RingSource>(
     // unfinished one: what an earlier connection sent may not be durable.
     let mut first_resync = true;
     let mut owed = view.resync_owed();
+    let mut initial_prepared = false;
     // When the first records of a batch held back by `max_batch_delay`
     // were seen.
     let mut holding_since: Option<Instant> = None;
@@ -376,6 +377,13 @@ fn send_loop<S: RingSource>(
             if let Some(next) = batch.gap() {
                 cursor = resync::fill_hole(&mut sink, cursor, next, cfg)?;
                 continue;
+            }
+            if !detached && view.is_unsynced() && !initial_prepared {
+                // A new attach: mark what the backup lacks; the resync
+                // below sends it and returns the device to recording.
+                initial_prepared = true;
+                crate::initial::prepare(ring, cfg)?;
+                owed = true;
             }
             if !detached && (view.is_tracking() || owed) {
                 let pending = std::mem::take(&mut first_resync);

@@ -2,7 +2,7 @@
 //! server (the `rtbackup-server` library on a temporary store), across a
 //! server restart; then the restored image must be what was written.
 
-use rtbackup_abi::{RTB_OP_FLUSH, RTB_OP_WRITE};
+use rtbackup_abi::{RTB_OP_FLUSH, RTB_OP_RESYNC, RTB_OP_WRITE};
 use rtbackup_agent::{run, AgentConfig};
 use rtbackup_ring::mem::MemRing;
 use rtbackup_ring::RingSource;
@@ -141,4 +141,93 @@ fn streams_to_the_real_server_across_a_restart() {
         restored == image,
         "the restored image differs from what was written"
     );
+}
+
+/// Runs the agent on `ring` until its initial sync is done and the server
+/// holds every seq, with `during` writing meanwhile.
+fn initial_sync(ring: &MemRing, cfg: &AgentConfig, during: impl FnOnce() + Send) {
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let agent = s.spawn(|| run(ring, cfg, &stop));
+        s.spawn(during).join().unwrap();
+        let v = ring.view();
+        wait_until("the initial sync", Duration::from_secs(60), || {
+            !v.is_unsynced() && !v.is_tracking() && !v.resync_owed() && v.tail() == v.head()
+        });
+        // A last write and flush, recorded and acknowledged after the sync.
+        ring.device_write(0, &[9; 512]).unwrap().unwrap();
+        let seq = ring.device_flush().unwrap().unwrap();
+        wait_until("the last write", Duration::from_secs(60), || {
+            v.tail_seq() == seq + 1
+        });
+        stop.store(true, Ordering::SeqCst);
+        agent.join().unwrap().unwrap();
+    });
+}
+
+/// RESYNC records of ring `ring_id` in the volume's journal with data.
+fn resync_chunks_sent(store: &Store, volume: &str, ring_id: u64) -> usize {
+    let mut n = 0;
+    store
+        .log(volume, None, |r| {
+            if r.ring_id == ring_id && r.op == RTB_OP_RESYNC && r.len > 0 {
+                n += 1;
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    n
+}
+
+#[test]
+fn the_initial_sync_sends_what_the_backup_lacks_and_a_reattach_sends_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let (server, addr) = start_server(&store_dir, "127.0.0.1:0");
+    let mut cfg = AgentConfig::new(addr.to_string(), "vol-i", "test-host");
+    cfg.batch_bytes = 64 << 10;
+    cfg.poll_interval = Duration::from_millis(20);
+    const CHUNK: u64 = 64 << 10;
+
+    // A device with data on 5 of its 64 chunks before the attach.
+    let ring = MemRing::new(1 << 20, RING_ID, SECTORS, 512)
+        .unwrap()
+        .with_device(CHUNK, true)
+        .unsynced();
+    for c in [0u64, 3, 17, 40, 63] {
+        ring.device_preload(c * CHUNK + 100, &[c as u8 + 1; 3000]);
+    }
+    initial_sync(&ring, &cfg, || {
+        // Writes during the initial sync (tracked, then resynced).
+        for i in 0..50u64 {
+            ring.device_write((i * 97 % 8000) / 8 * 8, &[i as u8; 4096])
+                .unwrap();
+        }
+    });
+    server.stop();
+    let store = Store::open(&store_dir).unwrap();
+    let out = dir.path().join("restored.img");
+    store.restore("vol-i", &out).unwrap();
+    assert!(
+        std::fs::read(&out).unwrap() == ring.device_image(),
+        "the restore after the initial sync differs from the device"
+    );
+    // Only chunks with data (preloaded or written meanwhile) were sent.
+    let sent = resync_chunks_sent(&store, "vol-i", RING_ID);
+    assert!((5..64).contains(&sent), "{sent} chunks sent");
+
+    // Re-attach (a new ring) over the same data: the verify finds nothing
+    // to send.
+    let (server, addr2) = start_server(&store_dir, "127.0.0.1:0");
+    cfg.server = addr2.to_string();
+    let again = MemRing::new(1 << 20, RING_ID + 1, SECTORS, 512)
+        .unwrap()
+        .with_device(CHUNK, true)
+        .unsynced();
+    again.device_preload(0, &ring.device_image());
+    initial_sync(&again, &cfg, || {});
+    server.stop();
+    assert_eq!(resync_chunks_sent(&store, "vol-i", RING_ID + 1), 0);
+    store.restore("vol-i", &out).unwrap();
+    assert!(std::fs::read(&out).unwrap() == again.device_image());
 }

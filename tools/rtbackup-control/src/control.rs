@@ -6,11 +6,11 @@ use crate::ioctl;
 use crate::status::DeviceStatus;
 use nix::errno::Errno;
 use rtbackup_abi::{
-    c_str_bytes, check_mark_name, RtbAttach, RtbDetach, RtbDeviceInfo, RtbList, RtbMark, RtbResync,
-    RtbRingAck, RtbRingOpen, RtbVersion, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_ATTACH_TRACK,
-    RTB_CHUNK_MAX, RTB_CHUNK_MIN, RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX, RTB_RESYNC_DONE,
-    RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM, RTB_RESYNC_TRACK_ALL,
-    RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
+    c_str_bytes, check_mark_name, RtbAttach, RtbDetach, RtbDeviceInfo, RtbDirty, RtbList, RtbMark,
+    RtbResync, RtbRingAck, RtbRingOpen, RtbVersion, RTB_ABI_VERSION, RTB_ACK_CONNECTED,
+    RTB_ATTACH_TRACK, RTB_CHUNK_MAX, RTB_CHUNK_MIN, RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX,
+    RTB_RESYNC_DONE, RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM,
+    RTB_RESYNC_TRACK_ALL, RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -335,6 +335,39 @@ impl Control {
             _ => self.permission(errno, &format!("mark {disk} as '{name}'")),
         })?;
         Ok(req.seq)
+    }
+}
+
+impl Control {
+    /// Marks `chunks` (chunk numbers, at most the device's `chunks`) of
+    /// device `index` dirty and starts tracking, so that its agent resyncs
+    /// them (`RTB_IOC_DIRTY`). Returns how many were newly marked.
+    pub fn dirty(&self, index: u32, chunk_count: u64, chunks: &[u64]) -> Result<u64> {
+        let mut words = vec![0u64; chunk_count.div_ceil(64) as usize];
+        for &c in chunks {
+            let Some(w) = words.get_mut((c / 64) as usize).filter(|_| c < chunk_count) else {
+                return Err(Error::Inconsistent(format!(
+                    "chunk {c} is past the device's {chunk_count} chunks"
+                )));
+            };
+            *w |= 1 << (c % 64);
+        }
+        for w in &mut words {
+            *w = w.to_le();
+        }
+        let mut req = RtbDirty::ZERO;
+        req.abi_version = RTB_ABI_VERSION;
+        req.index = index;
+        req.bitmap = words.as_ptr() as u64;
+        req.bitmap_bytes = (words.len() * 8) as u64;
+        let disk = format!("{RTB_DISK_PREFIX}{index}");
+        // SAFETY: `req` is a valid `RtbDirty`; `bitmap` points to
+        // `bitmap_bytes` readable bytes that live until the call returns.
+        unsafe { ioctl::dirty(self.fd(), &mut req) }.map_err(|errno| match errno {
+            Errno::ENXIO => Error::NoSuchDevice { name: disk.clone() },
+            _ => self.permission(errno, &format!("mark chunks of {disk} dirty")),
+        })?;
+        Ok(req.count)
     }
 }
 

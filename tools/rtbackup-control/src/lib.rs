@@ -7,6 +7,7 @@
 
 mod control;
 mod diagnose;
+mod direct;
 mod error;
 mod freeze;
 mod ioctl;
@@ -16,6 +17,7 @@ pub use control::{
     ring_ack, ring_resync, validate_mark_name, AttachOptions, AttachedDevice, Control,
     ModuleVersion, Resync, ResyncOp, CONTROL_PATH,
 };
+pub use direct::DirectReader;
 pub use error::{Error, Result};
 pub use freeze::{flush_device, Frozen};
 pub use status::{DeviceStatus, RingStatus, Stats};

@@ -2,7 +2,7 @@
 
 use rtbackup_abi::{
     c_str_bytes, RtbDeviceInfo, RtbRingInfo, RtbStats, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN,
-    RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_STATE_DETACHING,
+    RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_F_UNSYNCED, RTB_STATE_DETACHING,
 };
 use serde::Serialize;
 
@@ -65,9 +65,11 @@ pub struct RingStatus {
     /// Age in milliseconds of the oldest record not acknowledged, when the
     /// status was read (0 when the server has everything).
     pub lag_ms: u64,
-    /// `recording` (writes go to the ring), `tracking` (the ring
-    /// overflowed, or an initial sync runs: writes set dirty-bitmap bits)
-    /// or `resyncing` (recording again; chunks of a resync are being sent).
+    /// `initial-sync` (attached, the backup not yet told what the device
+    /// holds: writes set dirty-bitmap bits until the agent's initial sync
+    /// completes), `tracking` (the ring overflowed: writes set bits),
+    /// `resyncing` (recording again; chunks of a resync are being sent) or
+    /// `recording` (every write goes to the ring).
     pub mode: &'static str,
     /// Chunks dirty and not yet fetched by the agent.
     pub dirty_chunks: u64,
@@ -110,7 +112,9 @@ impl From<&RtbRingInfo> for RingStatus {
             agent_attached: r.agent & RTB_AGENT_OPEN != 0,
             agent_connected: r.agent & RTB_AGENT_CONNECTED != 0,
             ring_id: r.ring_id,
-            mode: if r.flags & u64::from(RTB_RING_F_TRACKING) != 0 {
+            mode: if r.flags & u64::from(RTB_RING_F_UNSYNCED) != 0 {
+                "initial-sync"
+            } else if r.flags & u64::from(RTB_RING_F_TRACKING) != 0 {
                 "tracking"
             } else if r.flags & u64::from(RTB_RING_F_RESYNC) != 0 {
                 "resyncing"

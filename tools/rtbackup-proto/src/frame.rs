@@ -5,12 +5,16 @@ use std::io::{self, IoSlice, Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::record::RECORD_HEADER_LEN;
+use crate::verify::{
+    decode_checksums, encode_checksums, ChunkChecksum, VerifyPoint, VerifyRequest,
+    CHECKSUMS_HEADER_LEN, CHECKSUM_LEN, MAX_CHECKSUMS_PAYLOAD,
+};
 
 /// Bytes of a frame header.
 pub const FRAME_HEADER_LEN: usize = 16;
 /// Largest frame payload.
 pub const MAX_FRAME_PAYLOAD: usize = 64 << 20;
-/// Largest payload of a JSON frame (HELLO, WELCOME, ERROR): checked before
+/// Largest payload of a JSON frame (HELLO, WELCOME, ERROR, …): checked before
 /// anything is allocated, so a peer cannot make the receiver reserve a
 /// [`MAX_FRAME_PAYLOAD`] buffer before the handshake.
 pub const MAX_JSON_PAYLOAD: usize = 4 << 10;
@@ -40,9 +44,19 @@ pub mod frame_type {
     /// Server → client: [`super::EXTENT_MAGIC`], 4 zero bytes, 8 bytes of
     /// byte offset, then the data to write there.
     pub const EXTENT: u16 = 8;
-    /// Server → client: the rollback's extents are all sent
-    /// ([`super::RollbackDone`]).
+    /// Server → client: the rollback's extents, or the verify's checksums,
+    /// are all sent ([`super::RollbackDone`]).
     pub const DONE: u16 = 9;
+    /// Client → server: a verify request ([`crate::VerifyRequest`]).
+    pub const VERIFY: u16 = 10;
+    /// Server → client: the point a verify's checksums describe
+    /// ([`crate::VerifyPoint`]).
+    pub const VERIFY_POINT: u16 = 11;
+    /// Server → client: [`crate::CHECKSUMS_MAGIC`], 4 zero bytes, u64 first
+    /// chunk, u32 count, 4 zero bytes, then `count` 16-byte checksums.
+    pub const CHECKSUMS: u16 = 12;
+    /// The highest type code.
+    pub(crate) const LAST: u16 = CHECKSUMS;
 }
 
 /// `code`s of [`ErrorMsg`] the server sends.
@@ -72,6 +86,10 @@ pub mod error_code {
     pub const STALE_RING: &str = "stale-ring";
     /// The server has as many connections as it accepts; retry later.
     pub const TOO_MANY_CONNECTIONS: &str = "too-many-connections";
+    /// The volume of a request that reads one (VERIFY) does not exist.
+    pub const NO_SUCH_VOLUME: &str = "no-such-volume";
+    /// The server is shutting down and ended the request; retry later.
+    pub const SHUTDOWN: &str = "shutdown";
 }
 
 /// The agent's handshake.
@@ -149,7 +167,9 @@ pub struct RollbackPlan {
     pub bytes: u64,
 }
 
-/// The end of a rollback's extents.
+/// The end of a rollback's extents (`frames` EXTENT frames, `bytes` of
+/// data), or of a verify's checksums (`frames` CHECKSUMS frames covering
+/// `bytes` of the volume: its size).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollbackDone {
     /// EXTENT frames sent.
@@ -210,6 +230,19 @@ pub enum Frame {
     },
     /// DONE.
     Done(RollbackDone),
+    /// VERIFY.
+    Verify(VerifyRequest),
+    /// VERIFY_POINT.
+    VerifyPoint(VerifyPoint),
+    /// CHECKSUMS: the checksums of chunks `first_chunk`, `first_chunk + 1`,
+    /// … (see [`crate::verify`]).
+    Checksums {
+        /// Number of the first chunk.
+        first_chunk: u64,
+        /// Its checksum and those of the chunks after it, 1 to
+        /// [`crate::MAX_CHECKSUMS_PER_FRAME`].
+        sums: Vec<ChunkChecksum>,
+    },
 }
 
 impl Frame {
@@ -225,6 +258,9 @@ impl Frame {
             Frame::Plan(_) => frame_type::PLAN,
             Frame::Extent { .. } => frame_type::EXTENT,
             Frame::Done(_) => frame_type::DONE,
+            Frame::Verify(_) => frame_type::VERIFY,
+            Frame::VerifyPoint(_) => frame_type::VERIFY_POINT,
+            Frame::Checksums { .. } => frame_type::CHECKSUMS,
         }
     }
 
@@ -246,6 +282,9 @@ pub fn frame_type_name(t: u16) -> &'static str {
         frame_type::PLAN => "PLAN",
         frame_type::EXTENT => "EXTENT",
         frame_type::DONE => "DONE",
+        frame_type::VERIFY => "VERIFY",
+        frame_type::VERIFY_POINT => "VERIFY_POINT",
+        frame_type::CHECKSUMS => "CHECKSUMS",
         _ => "unknown",
     }
 }
@@ -306,6 +345,9 @@ pub enum ProtoError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A verify chunk size that is not a power of two from 4 KiB to 16 MiB.
+    #[error("chunk size {0} is not a power of two from 4096 to 16 MiB")]
+    BadChunkSize(u64),
     /// An I/O error.
     #[error("{0}")]
     Io(#[from] io::Error),
@@ -318,6 +360,7 @@ impl ProtoError {
             ProtoError::UnsupportedVersion(_) => error_code::UNSUPPORTED_VERSION,
             ProtoError::BadVolume { .. } => error_code::BAD_VOLUME,
             ProtoError::Io(_) => error_code::INTERNAL,
+            ProtoError::BadChunkSize(_) => error_code::PROTOCOL,
             _ => error_code::BAD_FRAME,
         }
     }
@@ -361,50 +404,11 @@ fn encode_header(t: u16, len: usize, crc: u32) -> [u8; FRAME_HEADER_LEN] {
 
 /// Encodes a frame (header and payload) into bytes.
 pub fn encode_frame(f: &Frame) -> Result<Vec<u8>, ProtoError> {
-    let json = |v: Result<Vec<u8>, serde_json::Error>| {
-        v.map_err(|e| ProtoError::Malformed {
-            kind: f.name(),
-            reason: e.to_string(),
-        })
-    };
     let owned;
     let payload: &[u8] = match f {
-        Frame::Hello(h) => {
-            owned = json(serde_json::to_vec(h))?;
-            &owned
-        }
-        Frame::Welcome(w) => {
-            owned = json(serde_json::to_vec(w))?;
-            &owned
-        }
-        Frame::Error(e) => {
-            owned = json(serde_json::to_vec(e))?;
-            &owned
-        }
-        Frame::Ack(seq) => {
-            owned = seq.to_le_bytes().to_vec();
-            &owned
-        }
         Frame::Records(r) => r,
-        Frame::Rollback(r) => {
-            owned = json(serde_json::to_vec(r))?;
-            &owned
-        }
-        Frame::Plan(p) => {
-            owned = json(serde_json::to_vec(p))?;
-            &owned
-        }
-        Frame::Done(d) => {
-            owned = json(serde_json::to_vec(d))?;
-            &owned
-        }
-        Frame::Extent { offset, data } => {
-            let mut v = Vec::with_capacity(EXTENT_HEADER_LEN + data.len());
-            v.extend_from_slice(&EXTENT_MAGIC.to_le_bytes());
-            v.extend_from_slice(&[0u8; 4]);
-            v.extend_from_slice(&offset.to_le_bytes());
-            v.extend_from_slice(data);
-            owned = v;
+        f => {
+            owned = encode_payload(f)?;
             &owned
         }
     };
@@ -419,6 +423,35 @@ pub fn encode_frame(f: &Frame) -> Result<Vec<u8>, ProtoError> {
     ));
     out.extend_from_slice(payload);
     Ok(out)
+}
+
+/// The payload of a frame (of a RECORDS frame, a copy of its records).
+fn encode_payload(f: &Frame) -> Result<Vec<u8>, ProtoError> {
+    let json = match f {
+        Frame::Hello(h) => serde_json::to_vec(h),
+        Frame::Welcome(w) => serde_json::to_vec(w),
+        Frame::Error(e) => serde_json::to_vec(e),
+        Frame::Rollback(r) => serde_json::to_vec(r),
+        Frame::Plan(p) => serde_json::to_vec(p),
+        Frame::Done(d) => serde_json::to_vec(d),
+        Frame::Verify(r) => serde_json::to_vec(r),
+        Frame::VerifyPoint(p) => serde_json::to_vec(p),
+        Frame::Records(r) => return Ok(r.clone()),
+        Frame::Ack(seq) => return Ok(seq.to_le_bytes().to_vec()),
+        Frame::Checksums { first_chunk, sums } => return encode_checksums(*first_chunk, sums),
+        Frame::Extent { offset, data } => {
+            let mut v = Vec::with_capacity(EXTENT_HEADER_LEN + data.len());
+            v.extend_from_slice(&EXTENT_MAGIC.to_le_bytes());
+            v.extend_from_slice(&[0u8; 4]);
+            v.extend_from_slice(&offset.to_le_bytes());
+            v.extend_from_slice(data);
+            return Ok(v);
+        }
+    };
+    json.map_err(|e| ProtoError::Malformed {
+        kind: f.name(),
+        reason: e.to_string(),
+    })
 }
 
 /// Writes one frame. Small frames go out with a single write; call `flush`
@@ -522,7 +555,7 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
         return Err(ProtoError::UnsupportedVersion(version));
     }
     let t = u16::from_le_bytes([h[6], h[7]]);
-    if !(frame_type::HELLO..=frame_type::DONE).contains(&t) {
+    if !(frame_type::HELLO..=frame_type::LAST).contains(&t) {
         return Err(ProtoError::UnknownType(t));
     }
     let len = u32::from_le_bytes([h[8], h[9], h[10], h[11]]) as usize;
@@ -565,6 +598,8 @@ fn check_payload_len(t: u16, len: usize) -> Result<(), ProtoError> {
         | frame_type::ROLLBACK
         | frame_type::PLAN
         | frame_type::DONE
+        | frame_type::VERIFY
+        | frame_type::VERIFY_POINT
             if len > MAX_JSON_PAYLOAD =>
         {
             Err(ProtoError::Malformed {
@@ -582,6 +617,19 @@ fn check_payload_len(t: u16, len: usize) -> Result<(), ProtoError> {
                 "{len} bytes of payload, less than its {EXTENT_HEADER_LEN}-byte header"
             ),
         }),
+        frame_type::CHECKSUMS
+            if !(CHECKSUMS_HEADER_LEN + CHECKSUM_LEN..=MAX_CHECKSUMS_PAYLOAD).contains(&len)
+                || !(len - CHECKSUMS_HEADER_LEN).is_multiple_of(CHECKSUM_LEN) =>
+        {
+            Err(ProtoError::Malformed {
+                kind,
+                reason: format!(
+                    "{len} bytes of payload, not a {CHECKSUMS_HEADER_LEN}-byte header and 1 to \
+                     {} checksums of {CHECKSUM_LEN} bytes",
+                    crate::MAX_CHECKSUMS_PER_FRAME
+                ),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -601,6 +649,14 @@ pub fn decode_frame(t: u16, payload: Vec<u8>) -> Result<Frame, ProtoError> {
         }
         frame_type::PLAN => Frame::Plan(serde_json::from_slice(&payload).map_err(json_err)?),
         frame_type::DONE => Frame::Done(serde_json::from_slice(&payload).map_err(json_err)?),
+        frame_type::VERIFY => Frame::Verify(serde_json::from_slice(&payload).map_err(json_err)?),
+        frame_type::VERIFY_POINT => {
+            Frame::VerifyPoint(serde_json::from_slice(&payload).map_err(json_err)?)
+        }
+        frame_type::CHECKSUMS => {
+            let (first_chunk, sums) = decode_checksums(&payload)?;
+            Frame::Checksums { first_chunk, sums }
+        }
         frame_type::EXTENT => {
             if payload.len() < EXTENT_HEADER_LEN {
                 return Err(malformed(format!(
@@ -709,6 +765,24 @@ mod tests {
                 frames: 2,
                 bytes: 4096,
             }),
+            Frame::Verify(VerifyRequest {
+                protocol: 1,
+                volume: "db1".into(),
+                client: "host-a".into(),
+                chunk_size: 64 << 10,
+                size_bytes: 1 << 30,
+            }),
+            Frame::VerifyPoint(VerifyPoint {
+                seq: 40,
+                ring_id: 7,
+                time: "2026-11-26T05:00:00Z".into(),
+                chunk_size: 64 << 10,
+                chunks: 16384,
+            }),
+            Frame::Checksums {
+                first_chunk: 65536,
+                sums: vec![[3; 16], crate::chunk_checksum(b"x")],
+            },
         ]
     }
 
@@ -815,6 +889,12 @@ mod tests {
             (frame_type::ERROR, 1 << 20),
             (frame_type::ACK, 9),
             (frame_type::ACK, 0),
+            (frame_type::VERIFY, MAX_JSON_PAYLOAD + 1),
+            (frame_type::VERIFY_POINT, MAX_JSON_PAYLOAD + 1),
+            (frame_type::CHECKSUMS, 0),
+            (frame_type::CHECKSUMS, CHECKSUMS_HEADER_LEN),
+            (frame_type::CHECKSUMS, CHECKSUMS_HEADER_LEN + 17),
+            (frame_type::CHECKSUMS, MAX_CHECKSUMS_PAYLOAD + CHECKSUM_LEN),
         ] {
             let wire = encode_header(t, len, 0);
             let mut payload = Vec::new();
@@ -899,6 +979,29 @@ mod tests {
                 client: "c".into()
             })),
             ".{0,40}".prop_map(|m| Frame::Error(ErrorMsg::new("internal", m))),
+            ("[a-z]{1,10}", any::<u64>(), any::<u64>()).prop_map(|(v, c, s)| {
+                Frame::Verify(VerifyRequest {
+                    protocol: 1,
+                    volume: v,
+                    client: "c".into(),
+                    chunk_size: c,
+                    size_bytes: s,
+                })
+            }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(seq, ring_id, chunks)| {
+                Frame::VerifyPoint(VerifyPoint {
+                    seq,
+                    ring_id,
+                    time: "2026-11-26T05:00:00Z".into(),
+                    chunk_size: 4096,
+                    chunks,
+                })
+            }),
+            (
+                0u64..1 << 50,
+                proptest::collection::vec(any::<[u8; 16]>(), 1..20)
+            )
+                .prop_map(|(first_chunk, sums)| Frame::Checksums { first_chunk, sums }),
             proptest::collection::vec(any::<u8>(), 1..200).prop_map(|d| {
                 Frame::Records(build_record(RTB_OP_WRITE, 0, 1, 0, d.len() as u64, 0, &d))
             }),
@@ -950,7 +1053,7 @@ mod tests {
 
         #[test]
         fn garbage_after_a_valid_header_never_panics(
-            t in 0u16..8, body in proptest::collection::vec(any::<u8>(), 0..300)
+            t in 0u16..14, body in proptest::collection::vec(any::<u8>(), 0..300)
         ) {
             let mut wire = encode_header(t, body.len(), crc32c::crc32c(&body)).to_vec();
             wire.extend_from_slice(&body);

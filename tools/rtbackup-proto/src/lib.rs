@@ -5,10 +5,17 @@
 //!   (`RtbRecordHeader` in `rust/uapi.rs`).
 //! * [`frame`]: the framing of the agent ↔ server TCP protocol
 //!   (Documentation/protocol.rst).
+//! * [`verify`]: the payloads of a verify and the chunk checksum that
+//!   clients and the server compute alike.
+//! * [`client`]: connecting to the server for a one-shot request
+//!   (rollback, verify), and its errors.
 
+pub mod client;
 pub mod frame;
 pub mod record;
+pub mod verify;
 
+pub use client::{connect, ClientError, CLIENT_TIMEOUT};
 pub use frame::{
     decode_frame, encode_frame, error_code, frame_type, frame_type_name, read_frame,
     read_frame_raw, read_full, validate_volume_name, write_frame, write_records_frame, ErrorMsg,
@@ -24,4 +31,9 @@ pub use rtbackup_abi::{
     check_mark_name, record_size, RtbRecordHeader, RTB_MARK_NAME_MAX, RTB_OP_DISCARD, RTB_OP_FLUSH,
     RTB_OP_MARK, RTB_OP_PAD, RTB_OP_RESYNC, RTB_OP_RESYNC_END, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
     RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH, RTB_RESYNC_END_PAYLOAD,
+};
+pub use verify::{
+    check_chunk_size, chunk_checksum, chunk_count, chunk_extent, decode_checksums,
+    encode_checksums, ChunkChecksum, VerifyPoint, VerifyRequest, CHECKSUMS_HEADER_LEN,
+    CHECKSUMS_MAGIC, CHECKSUM_LEN, MAX_CHECKSUMS_PAYLOAD, MAX_CHECKSUMS_PER_FRAME,
 };

@@ -7,14 +7,9 @@ use memmap2::{Mmap, MmapOptions};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rtbackup_abi::{RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE, RTB_RING_PAGE};
-use rtbackup_control::{Control, DeviceStatus, Resync, ResyncOp};
-use std::fs::OpenOptions;
+use rtbackup_control::{Control, DeviceStatus, DirectReader, Resync, ResyncOp};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::Duration;
-
-/// Alignment of `O_DIRECT` buffers (a page: enough for any block size).
-const DIRECT_ALIGN: usize = 4096;
 
 /// The write-journal ring of one device, mapped read-only: the agent's
 /// handle (the kernel lets one be open per device).
@@ -122,29 +117,31 @@ impl RingSource for Ring {
         Ok(rtbackup_control::ring_resync(self.fd.as_fd(), op, chunks)?)
     }
 
+    fn chunk_size(&self) -> Result<u64> {
+        Ok(self.device.ring.chunk_size)
+    }
+
+    fn mark_dirty(&self, chunks: &[u64]) -> Result<()> {
+        let chunk = self.device.ring.chunk_size.max(1);
+        let count = self.device.size_bytes.div_ceil(chunk);
+        Control::open()?.dirty(self.device.index, count, chunks)?;
+        Ok(())
+    }
+
     /// Opens `/dev/rtbackupN` with `O_DIRECT` for each call (holding it
     /// open would make a detach fail with EBUSY), so callers read runs of
     /// chunks, not single blocks.
     fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let path = &self.device.device;
+        let len = buf.len();
         let err = |source| RingError::DeviceRead {
             device: path.clone(),
             offset,
-            len: buf.len(),
+            len,
             source,
         };
-        let f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .map_err(err)?;
-        // An aligned bounce buffer: O_DIRECT needs the memory aligned too.
-        let mut bounce = vec![0u8; buf.len() + DIRECT_ALIGN];
-        let at = bounce.as_ptr().align_offset(DIRECT_ALIGN);
-        let aligned = &mut bounce[at..at + buf.len()];
-        f.read_exact_at(aligned, offset).map_err(err)?;
-        buf.copy_from_slice(aligned);
-        Ok(())
+        let mut r = DirectReader::open(path).map_err(err)?;
+        r.read_at(buf, offset).map_err(err)
     }
 
     fn wait(&self, timeout: Duration) -> Result<Wakeup> {

@@ -22,8 +22,8 @@ use crate::view::{
 };
 use rtbackup_abi::{
     record_size, RTB_ABI_VERSION, RTB_OP_FLUSH, RTB_OP_PAD, RTB_OP_WRITE, RTB_RECORD_ALIGN,
-    RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_MAGIC, RTB_RING_MAX_SIZE,
-    RTB_RING_PAGE,
+    RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_F_UNSYNCED,
+    RTB_RING_MAGIC, RTB_RING_MAX_SIZE, RTB_RING_PAGE,
 };
 use rtbackup_control::{Resync, ResyncOp};
 use rtbackup_proto::build_record;
@@ -156,6 +156,7 @@ struct Device {
     chunk_size: u64,
     track_on_full: bool,
     tracking: bool,
+    unsynced: bool,
     dirty: BTreeSet<u64>,
     resync: BTreeSet<u64>,
 }
@@ -180,6 +181,9 @@ impl Device {
         }
         if !self.resync.is_empty() {
             f |= RTB_RING_F_RESYNC;
+        }
+        if self.unsynced {
+            f |= RTB_RING_F_UNSYNCED;
         }
         f
     }
@@ -284,9 +288,23 @@ impl MemRing {
             chunk_size,
             track_on_full,
             tracking: false,
+            unsynced: false,
             dirty: BTreeSet::new(),
             resync: BTreeSet::new(),
         });
+        self
+    }
+
+    /// Puts the simulated device in the state of a fresh attach: tracking,
+    /// with no dirty chunk, until an initial sync returns it to recording.
+    pub fn unsynced(self) -> Self {
+        {
+            let mut st = self.lock();
+            let dev = Self::device_mut(&mut st);
+            dev.tracking = true;
+            dev.unsynced = true;
+            self.publish_device_flags(&st);
+        }
         self
     }
 
@@ -357,6 +375,14 @@ impl MemRing {
         self.device_record(&mut st, |seq| {
             build_record(RTB_OP_FLUSH, 0, seq, 0, 0, now_ns(), &[])
         })
+    }
+
+    /// Puts `data` on the simulated device at `offset` as if it had been
+    /// written before the attach: neither recorded nor tracked.
+    pub fn device_preload(&self, offset: u64, data: &[u8]) {
+        let mut st = self.lock();
+        let dev = Self::device_mut(&mut st);
+        dev.image[offset as usize..offset as usize + data.len()].copy_from_slice(data);
     }
 
     /// The simulated device's bytes.
@@ -630,6 +656,7 @@ impl RingSource for MemRing {
                 reserve = out.dirty.len() as u64 + u64::from(stream);
                 if stream {
                     dev.tracking = false;
+                    dev.unsynced = false;
                 }
             }
         }
@@ -640,6 +667,32 @@ impl RingSource for MemRing {
         self.publish_device_flags(&st);
         self.changed.notify_all();
         Ok(out)
+    }
+
+    fn chunk_size(&self) -> Result<u64> {
+        self.lock()
+            .device
+            .as_ref()
+            .map(|d| d.chunk_size)
+            .ok_or(RingError::Unsupported("a dirty bitmap"))
+    }
+
+    fn mark_dirty(&self, chunks: &[u64]) -> Result<()> {
+        let mut st = self.lock();
+        let Some(dev) = st.device.as_mut() else {
+            return Err(RingError::Unsupported("marking chunks dirty"));
+        };
+        if let Some(&c) = chunks.iter().find(|&&c| c >= dev.chunks()) {
+            return Err(rtbackup_control::Error::Inconsistent(format!(
+                "chunk {c} is past the device"
+            ))
+            .into());
+        }
+        dev.dirty.extend(chunks.iter().copied());
+        dev.tracking = true;
+        self.publish_device_flags(&st);
+        self.changed.notify_all();
+        Ok(())
     }
 
     fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

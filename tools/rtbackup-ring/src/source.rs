@@ -57,6 +57,18 @@ pub trait RingSource: Sync {
         Err(crate::RingError::Unsupported("resync"))
     }
 
+    /// Bytes per chunk of the device's dirty bitmap.
+    fn chunk_size(&self) -> Result<u64> {
+        Err(crate::RingError::Unsupported("a dirty bitmap"))
+    }
+
+    /// Marks `chunks` (sorted chunk numbers) of the device dirty and starts
+    /// tracking (`RTB_IOC_DIRTY`), so that the next resync sends them.
+    fn mark_dirty(&self, chunks: &[u64]) -> Result<()> {
+        let _ = chunks;
+        Err(crate::RingError::Unsupported("marking chunks dirty"))
+    }
+
     /// Reads `buf.len()` bytes of the device under the ring at byte
     /// `offset` (a resync chunk), bypassing any cache: what the device
     /// holds now.

@@ -8,7 +8,8 @@ use crate::error::{Result, RingError};
 use crate::memory::SharedMemory;
 use rtbackup_abi::{
     RtbRingHeader, RTB_ABI_VERSION, RTB_OP_PAD, RTB_RECORD_ALIGN, RTB_RING_F_DETACHED,
-    RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_MAGIC, RTB_RING_MAX_SIZE, RTB_RING_PAGE,
+    RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_F_UNSYNCED, RTB_RING_MAGIC, RTB_RING_MAX_SIZE,
+    RTB_RING_PAGE,
 };
 use rtbackup_proto::{parse_header, RecordError, RecordRef, RECORD_HEADER_LEN};
 use std::mem::offset_of;
@@ -343,6 +344,12 @@ impl<M: SharedMemory> RingView<M> {
     /// recorded ([`RTB_RING_F_TRACKING`]): a resync is due.
     pub fn is_tracking(&self) -> bool {
         self.flags() & RTB_RING_F_TRACKING != 0
+    }
+
+    /// Whether the initial sync of this attach is still to be done
+    /// ([`RTB_RING_F_UNSYNCED`]).
+    pub fn is_unsynced(&self) -> bool {
+        self.flags() & RTB_RING_F_UNSYNCED != 0
     }
 
     /// Whether chunks of an unfinished resync wait ([`RTB_RING_F_RESYNC`]).

@@ -8,44 +8,19 @@
 //! rollback` holds it open exclusively and syncs it first.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
 use rtbackup_proto::{
-    read_frame, write_frame, Frame, ProtoError, RollbackDone, RollbackPlan, RollbackRequest,
-    PROTOCOL_VERSION,
+    connect, read_frame, write_frame, ClientError, Frame, ProtoError, RollbackDone, RollbackPlan,
+    RollbackRequest, PROTOCOL_VERSION,
 };
-
-/// How long to wait for the server to connect or answer.
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
-    /// The server cannot be reached.
-    #[error("cannot connect to the backup server {server}: {source}")]
-    Connect {
-        /// HOST:PORT.
-        server: String,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The server refused.
-    #[error("the backup server refused the rollback: {code}: {message}")]
-    Refused {
-        /// Its error code.
-        code: String,
-        /// Its message.
-        message: String,
-    },
-    /// The wire failed or the server broke the protocol.
-    #[error("talking to the backup server: {0}")]
-    Protocol(#[from] ProtoError),
-    /// The server sent something that does not fit.
-    #[error("the backup server sent {0}")]
-    Unexpected(String),
+    /// Connecting, the wire, or the server's refusal or answer.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// Writing the device failed.
     #[error("writing {len} bytes at offset {offset} of the device: {source} (the device is now partly rolled back: run the rollback again)")]
     Write {
@@ -59,11 +34,14 @@ pub enum RollbackError {
     },
 }
 
-fn refused(e: rtbackup_proto::ErrorMsg) -> RollbackError {
-    RollbackError::Refused {
-        code: e.code,
-        message: e.message,
+impl From<ProtoError> for RollbackError {
+    fn from(e: ProtoError) -> Self {
+        RollbackError::Client(e.into())
     }
+}
+
+fn unexpected(what: String) -> RollbackError {
+    ClientError::Unexpected(what).into()
 }
 
 /// A rollback to ask for.
@@ -103,25 +81,8 @@ pub fn run(
     device: &impl FileExt,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Outcome, RollbackError> {
-    let connect_err = |source| RollbackError::Connect {
-        server: req.server.clone(),
-        source,
-    };
-    let addr = req
-        .server
-        .to_socket_addrs()
-        .map_err(connect_err)?
-        .next()
-        .ok_or_else(|| {
-            connect_err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "no address for this name",
-            ))
-        })?;
-    let conn = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(connect_err)?;
-    conn.set_read_timeout(Some(TIMEOUT)).map_err(connect_err)?;
-    let _ = conn.set_nodelay(true);
-    let mut w = conn.try_clone().map_err(connect_err)?;
+    let conn = connect(&req.server)?;
+    let mut w = conn.try_clone().map_err(ProtoError::from)?;
     write_frame(
         &mut w,
         &Frame::Rollback(RollbackRequest {
@@ -137,18 +98,8 @@ pub fn run(
     let mut r = BufReader::with_capacity(2 << 20, conn);
     let plan = match read_frame(&mut r)? {
         Frame::Plan(p) => p,
-        Frame::Error(e) => {
-            return Err(RollbackError::Refused {
-                code: e.code,
-                message: e.message,
-            })
-        }
-        f => {
-            return Err(RollbackError::Unexpected(format!(
-                "{} instead of PLAN",
-                f.name()
-            )))
-        }
+        Frame::Error(e) => return Err(ClientError::from(e).into()),
+        f => return Err(unexpected(format!("{} instead of PLAN", f.name()))),
     };
     let mut frames = 0u64;
     let mut written = 0u64;
@@ -158,7 +109,7 @@ pub fn run(
             Frame::Extent { offset, data } => {
                 let end = offset.checked_add(data.len() as u64);
                 if req.dry_run || end.is_none_or(|e| e > req.size_bytes) {
-                    return Err(RollbackError::Unexpected(format!(
+                    return Err(unexpected(format!(
                         "an extent of {} bytes at {offset} (device of {} bytes{})",
                         data.len(),
                         req.size_bytes,
@@ -178,12 +129,12 @@ pub fn run(
             }
             Frame::Done(RollbackDone { frames: f, bytes }) => {
                 if f != frames || bytes != written {
-                    return Err(RollbackError::Unexpected(format!(
+                    return Err(unexpected(format!(
                         "DONE with {f} extents and {bytes} bytes, but {frames} and {written} arrived"
                     )));
                 }
                 if !req.dry_run && written != plan.bytes {
-                    return Err(RollbackError::Unexpected(format!(
+                    return Err(unexpected(format!(
                         "{written} bytes, but its plan said {}",
                         plan.bytes
                     )));
@@ -194,13 +145,8 @@ pub fn run(
                     bytes_written: written,
                 });
             }
-            Frame::Error(e) => return Err(refused(e)),
-            f => {
-                return Err(RollbackError::Unexpected(format!(
-                    "{} during the extents",
-                    f.name()
-                )))
-            }
+            Frame::Error(e) => return Err(ClientError::from(e).into()),
+            f => return Err(unexpected(format!("{} during the extents", f.name()))),
         }
     }
 }

@@ -7,5 +7,6 @@ mod maintenance;
 pub mod nbd;
 mod rollback;
 pub mod server;
+mod verify;
 
 pub use server::{Server, SERVER_VERSION};

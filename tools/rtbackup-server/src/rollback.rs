@@ -3,18 +3,14 @@
 //! bring the device back by writing only what changed
 //! (Documentation/protocol.rst, "Rollback").
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
-use rtbackup_proto::{
-    error_code, validate_volume_name, write_frame, Frame, RollbackDone, RollbackPlan,
-    RollbackRequest, PROTOCOL_VERSION,
-};
-use rtbackup_store::{PointSpec, Store, StoreError};
+use rtbackup_proto::{error_code, Frame, RollbackDone, RollbackPlan, RollbackRequest};
+use rtbackup_store::Store;
 use tracing::info;
 
-use crate::server::{session_error, SessionError};
+use crate::server::{open_point_for_client, send_frame, SessionError};
 
 /// Data bytes per EXTENT frame.
 const EXTENT_CHUNK: u64 = 1 << 20;
@@ -26,37 +22,15 @@ pub(crate) fn serve_rollback(
     writer: &Mutex<std::net::TcpStream>,
     peer: SocketAddr,
 ) -> Result<(), SessionError> {
-    if req.protocol != PROTOCOL_VERSION {
-        return Err(session_error(
-            error_code::UNSUPPORTED_VERSION,
-            format!(
-                "protocol {} in ROLLBACK; this server speaks {PROTOCOL_VERSION}",
-                req.protocol
-            ),
-        ));
-    }
-    validate_volume_name(&req.volume)?;
-    let spec: PointSpec = req
-        .point
-        .parse()
-        .map_err(|e: String| session_error(error_code::PROTOCOL, e))?;
-    let reader = store.open_point(&req.volume, &spec).map_err(|e| match e {
-        StoreError::NoSuchVolume(_) | StoreError::NoSuchPoint(_) => {
-            session_error(error_code::BAD_VOLUME, e.to_string())
-        }
-        e => SessionError::from(e),
-    })?;
-    if reader.size() != req.size_bytes {
-        return Err(session_error(
-            error_code::SIZE_MISMATCH,
-            format!(
-                "the device has {} bytes, volume {} {}",
-                req.size_bytes,
-                req.volume,
-                reader.size()
-            ),
-        ));
-    }
+    let reader = open_point_for_client(
+        store,
+        "ROLLBACK",
+        req.protocol,
+        &req.volume,
+        req.size_bytes,
+        req.point.parse(),
+        error_code::BAD_VOLUME,
+    )?;
     let extents = reader.changed_extents()?;
     let bytes: u64 = extents.iter().map(|(a, b)| b - a).sum();
     let p = reader.point();
@@ -64,11 +38,7 @@ pub(crate) fn serve_rollback(
         %peer, volume = req.volume, client = req.client, point = %p.time, seq = p.seq,
         extents = extents.len(), bytes, dry_run = req.dry_run, "rollback"
     );
-    let send = |f: &Frame| -> Result<(), SessionError> {
-        let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-        write_frame(&mut *w, f)?;
-        Ok(())
-    };
+    let send = |f: &Frame| send_frame(writer, f);
     send(&Frame::Plan(RollbackPlan {
         time: p.time.clone(),
         ring_id: p.ring_id,
@@ -100,11 +70,5 @@ pub(crate) fn serve_rollback(
     send(&Frame::Done(RollbackDone {
         frames,
         bytes: sent,
-    }))?;
-    writer
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .flush()
-        .map_err(rtbackup_proto::ProtoError::from)?;
-    Ok(())
+    }))
 }

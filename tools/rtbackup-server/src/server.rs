@@ -19,7 +19,7 @@ use rtbackup_proto::{
     error_code, frame_type, read_frame, read_frame_raw, validate_volume_name, write_frame,
     ErrorMsg, Frame, Hello, ProtoError, Welcome, PROTOCOL_VERSION,
 };
-use rtbackup_store::{Store, StoreError, Volume};
+use rtbackup_store::{PointReader, PointSpec, Store, StoreError, Volume};
 
 use crate::maintenance::{Maintained, Waker};
 use tracing::{debug, error, info, warn};
@@ -273,6 +273,14 @@ fn refuse(conn: TcpStream) {
     }
 }
 
+/// Sends a frame to a client of a read-only request (ROLLBACK, VERIFY):
+/// one write under the writer's lock. The socket is unbuffered: nothing
+/// waits for a flush.
+pub(crate) fn send_frame(writer: &Mutex<TcpStream>, f: &Frame) -> Result<(), SessionError> {
+    write_frame(&mut *lock(writer), f)?;
+    Ok(())
+}
+
 /// Sends an ERROR frame, best effort.
 fn send_error(w: &Mutex<TcpStream>, code: &str, message: &str) {
     let f = Frame::Error(ErrorMsg::new(code, message));
@@ -348,6 +356,46 @@ pub(crate) fn session_error(code: &'static str, message: impl Into<String>) -> S
     }
 }
 
+/// Opens `volume` at `point` for a client's read-only request (ROLLBACK,
+/// VERIFY: `kind`), after checking, in this order, its protocol version,
+/// the volume name and the point (an unparsable one is `protocol`); then
+/// checks that the client's device has the volume's size. A volume the
+/// store does not hold is `missing_volume`, a point it does not hold
+/// `bad-volume`.
+pub(crate) fn open_point_for_client(
+    store: &Store,
+    kind: &str,
+    protocol: u16,
+    volume: &str,
+    size_bytes: u64,
+    point: Result<PointSpec, String>,
+    missing_volume: &'static str,
+) -> Result<PointReader, SessionError> {
+    if protocol != PROTOCOL_VERSION {
+        return Err(session_error(
+            error_code::UNSUPPORTED_VERSION,
+            format!("protocol {protocol} in {kind}; this server speaks {PROTOCOL_VERSION}"),
+        ));
+    }
+    validate_volume_name(volume)?;
+    let spec = point.map_err(|e| session_error(error_code::PROTOCOL, e))?;
+    let reader = store.open_point(volume, &spec).map_err(|e| match e {
+        StoreError::NoSuchVolume(_) => session_error(missing_volume, e.to_string()),
+        StoreError::NoSuchPoint(_) => session_error(error_code::BAD_VOLUME, e.to_string()),
+        e => SessionError::from(e),
+    })?;
+    if reader.size() != size_bytes {
+        return Err(session_error(
+            error_code::SIZE_MISMATCH,
+            format!(
+                "the device has {size_bytes} bytes, volume {volume} {}",
+                reader.size()
+            ),
+        ));
+    }
+    Ok(reader)
+}
+
 fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr, id: u64) {
     let writer = match conn.try_clone() {
         Ok(w) => Mutex::new(w),
@@ -420,10 +468,15 @@ fn session(
             crate::rollback::serve_rollback(&shared.store, &req, writer, peer)?;
             return Ok(End::Closed);
         }
+        Ok(Frame::Verify(req)) => {
+            volume_name.clone_from(&req.volume);
+            crate::verify::serve_verify(&shared.store, &req, writer, peer, &shared.stopping)?;
+            return Ok(End::Closed);
+        }
         Ok(f) => {
             return Err(session_error(
                 error_code::PROTOCOL,
-                format!("expected HELLO or ROLLBACK, got {}", f.name()),
+                format!("expected HELLO, ROLLBACK or VERIFY, got {}", f.name()),
             ))
         }
         Err(ProtoError::Closed) => return Ok(End::Closed),

@@ -11,8 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rtbackup_proto::{
-    append_record, build_record, read_frame, write_frame, write_records_frame, ErrorMsg, Frame,
-    Hello, Welcome, PROTOCOL_VERSION, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_RESYNC,
+    append_record, build_record, chunk_checksum, read_frame, write_frame, write_records_frame,
+    ChunkChecksum, ErrorMsg, Frame, Hello, ProtoError, VerifyPoint, VerifyRequest, Welcome,
+    MAX_CHECKSUMS_PER_FRAME, PROTOCOL_VERSION, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_RESYNC,
     RTB_OP_RESYNC_END, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_REC_PREFLUSH,
 };
 
@@ -1080,7 +1081,7 @@ fn rollback_writes_back_only_what_changed() {
         (req("not a point", false), "protocol"),
     ] {
         match rtbackup_rollback::run(&r, &f, |_, _| {}) {
-            Err(rtbackup_rollback::RollbackError::Refused { code: c, .. }) => assert_eq!(c, code),
+            Err(rtbackup_rollback::RollbackError::Client(e)) => assert_eq!(e.code(), Some(code)),
             other => panic!("{r:?}: {other:?}"),
         }
     }
@@ -1180,4 +1181,186 @@ fn a_resync_section_hides_its_points_until_it_closes() {
     );
     assert_eq!(log[4]["consistent_seq"], 8, "{log}");
     assert!(log[0].get("consistent_seq").is_none(), "{log}");
+}
+
+/// Opens a connection and sends `req` as its first frame.
+fn verify_conn(addr: &str, req: &VerifyRequest) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write_frame(&mut s, &Frame::Verify(req.clone())).unwrap();
+    s
+}
+
+/// Reads a verify's answer after its VERIFY_POINT: the CHECKSUMS frames
+/// (checked to come in order, 1 to 65536 each) up to DONE, which must
+/// count them and the volume's bytes; then the server closes.
+fn read_checksums(s: &mut TcpStream, p: &VerifyPoint, size: u64) -> Vec<ChunkChecksum> {
+    let mut all = Vec::new();
+    let mut frames = 0;
+    loop {
+        match read_frame(s).unwrap() {
+            Frame::Checksums { first_chunk, sums } => {
+                assert_eq!(first_chunk, all.len() as u64);
+                assert!((1..=MAX_CHECKSUMS_PER_FRAME).contains(&sums.len()));
+                all.extend(sums);
+                frames += 1;
+            }
+            Frame::Done(d) => {
+                assert_eq!((d.frames, d.bytes), (frames, size));
+                break;
+            }
+            f => panic!("unexpected {f:?}"),
+        }
+    }
+    assert_eq!(all.len() as u64, p.chunks);
+    assert!(matches!(read_frame(s), Err(ProtoError::Closed)));
+    all
+}
+
+fn expect_verify_point(s: &mut TcpStream) -> VerifyPoint {
+    match read_frame(s).unwrap() {
+        Frame::VerifyPoint(p) => p,
+        f => panic!("unexpected {f:?}"),
+    }
+}
+
+/// A verify through the real server, while the volume's agent is connected
+/// and streams: the checksums of the latest point (not of records after
+/// it), equal to the chunks of `restore`'s output, at every chunk size;
+/// through the client crate too; refusals.
+#[test]
+fn verify_sends_the_checksums_of_the_latest_point() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+    let mut s = Stream::new(11);
+    s.random(400);
+    let point_seq = s.recs.len() as u64;
+    // Not followed by a consistency point: not in the latest state.
+    s.write(5, &[0x5a; 1024], 0);
+    let n = s.recs.len() as u64;
+    let (mut agent, _) = Client::connect(&srv.addr, &hello("v", SIZE, 0x42)).unwrap();
+    send_all(&mut agent, &s.recs, 0, n as usize);
+    assert_eq!(agent.wait_ack(n), n);
+    let out = d.path().join("restored.img");
+    let rep = restore(&store, "v", &out);
+    assert_eq!(rep["seq"], point_seq);
+    let img = fs::read(&out).unwrap();
+    assert!(img == s.at_cp);
+    let points = cli_json(&["points", "--volume", "v"], &store).unwrap();
+    let latest = points.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(latest["seq"], point_seq);
+
+    for chunk_size in [4096u64, 64 << 10, 16 << 20] {
+        let req = VerifyRequest::new("v", "test", chunk_size, SIZE);
+        let mut v = verify_conn(&srv.addr, &req);
+        let p = expect_verify_point(&mut v);
+        assert_eq!((p.seq, p.ring_id), (point_seq, 0x42));
+        assert_eq!(p.time, latest["time"], "{latest}");
+        assert_eq!(
+            (p.chunk_size, p.chunks),
+            (chunk_size, SIZE.div_ceil(chunk_size))
+        );
+        if chunk_size == 16 << 20 {
+            // The agent goes on meanwhile: a new point does not change
+            // what this verify describes.
+            s.flush();
+            agent.send(&s.recs[n as usize..]).unwrap();
+            assert_eq!(agent.wait_ack(n + 1), n + 1);
+        }
+        let sums = read_checksums(&mut v, &p, SIZE);
+        let want: Vec<_> = img
+            .chunks(chunk_size as usize)
+            .map(chunk_checksum)
+            .collect();
+        assert!(sums == want, "chunk size {chunk_size}: checksums differ");
+    }
+
+    // The client crate, at the new latest point (with the last write).
+    let req = VerifyRequest::new("v", "test", 8192, SIZE);
+    let mut got = Vec::new();
+    let p = rtbackup_verify::fetch_checksums(&srv.addr, &req, |first, sums| {
+        assert_eq!(first, got.len() as u64);
+        got.extend_from_slice(sums);
+        Ok::<_, rtbackup_verify::VerifyError>(())
+    })
+    .unwrap();
+    assert_eq!(p.seq, n + 1);
+    let want: Vec<_> = s.image.chunks(8192).map(chunk_checksum).collect();
+    assert!(got == want);
+    let e = rtbackup_verify::fetch_checksums(
+        &srv.addr,
+        &VerifyRequest::new("nope", "test", 4096, SIZE),
+        |_, _| Ok::<_, rtbackup_verify::VerifyError>(()),
+    )
+    .unwrap_err();
+    assert!(e.is_no_such_volume(), "{e}");
+
+    // Refusals, each an ERROR and the end of the connection.
+    let refused = |req: VerifyRequest, code: &str| {
+        let mut v = verify_conn(&srv.addr, &req);
+        match read_frame(&mut v).unwrap() {
+            Frame::Error(e) => assert_eq!(e.code, code, "{req:?}: {e}"),
+            f => panic!("{req:?}: unexpected {f:?}"),
+        }
+        assert!(read_frame(&mut v).is_err());
+    };
+    refused(
+        VerifyRequest::new("v", "t", 4096, SIZE * 2),
+        "size-mismatch",
+    );
+    refused(
+        VerifyRequest::new("v", "t", 4096, SIZE - 4096),
+        "size-mismatch",
+    );
+    refused(
+        VerifyRequest::new("nope", "t", 4096, SIZE),
+        "no-such-volume",
+    );
+    refused(VerifyRequest::new("../v", "t", 4096, SIZE), "bad-volume");
+    for bad in [0, 512, 2048, 4095, 12288, 32 << 20, u64::MAX] {
+        refused(VerifyRequest::new("v", "t", bad, SIZE), "protocol");
+    }
+    refused(
+        VerifyRequest {
+            protocol: 2,
+            ..VerifyRequest::new("v", "t", 4096, SIZE)
+        },
+        "unsupported-version",
+    );
+    // The agent was never disturbed.
+    s.write(9, &[0x77; 512], 0);
+    s.flush();
+    agent.send(&s.recs[n as usize + 1..]).unwrap();
+    assert_eq!(agent.wait_ack(n + 3), n + 3);
+    let log = srv.log();
+    assert!(log.contains("verify done"), "{log}");
+}
+
+/// A volume of more than 65536 chunks: several CHECKSUMS frames, the last
+/// chunk short; the data at both ends.
+#[test]
+fn verify_of_a_large_volume_takes_several_frames() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let srv = ServerProc::start(&store);
+    let size: u64 = (256 << 20) + 2048;
+    let (mut agent, _) = Client::connect(&srv.addr, &hello("big", size, 0x43)).unwrap();
+    let last_sector = size / 512 - 4;
+    let recs = vec![
+        build_record(RTB_OP_WRITE, 0, 1, 0, 4096, 1, &[0x11; 4096]),
+        build_record(RTB_OP_WRITE, 0, 2, last_sector, 2048, 2, &[0x22; 2048]),
+        build_record(RTB_OP_FLUSH, 0, 3, 0, 0, 3, &[]),
+    ];
+    agent.send(&recs).unwrap();
+    assert_eq!(agent.wait_ack(3), 3);
+    let req = VerifyRequest::new("big", "test", 4096, size);
+    let mut v = verify_conn(&srv.addr, &req);
+    let p = expect_verify_point(&mut v);
+    assert_eq!((p.seq, p.chunks), (3, 65537));
+    let sums = read_checksums(&mut v, &p, size);
+    let zero = chunk_checksum(&[0; 4096]);
+    assert_eq!(sums[0], chunk_checksum(&[0x11; 4096]));
+    assert!(sums[1..65536].iter().all(|s| *s == zero));
+    assert_eq!(sums[65536], chunk_checksum(&[0x22; 2048]));
 }

@@ -157,6 +157,7 @@ impl StoreError {
             StoreError::SizeMismatch { .. } => error_code::SIZE_MISMATCH,
             StoreError::Busy(_) | StoreError::Locked(_) => error_code::VOLUME_BUSY,
             StoreError::StaleRing { .. } => error_code::STALE_RING,
+            StoreError::NoSuchVolume(_) => error_code::NO_SUCH_VOLUME,
             _ => error_code::INTERNAL,
         }
     }

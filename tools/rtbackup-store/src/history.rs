@@ -310,15 +310,20 @@ impl HistoryView {
         let mut sections = SectionTracker::default();
         let mut index = index;
         if let Some(ix) = &index {
-            match ix.indexed()? {
-                Some(i) if !base.pos.is_after(&i) => {
-                    from = i;
-                    last_point = ix.last_point()?.map_or(base.pos, |p| p.pos);
-                    last_time = ix.last_record_time()?;
-                    sections = ix.indexed_sections()?;
-                }
+            // All of one commit: the server may index more meanwhile.
+            let state = ix.read_consistent(|ix| match ix.indexed()? {
+                Some(i) if !base.pos.is_after(&i) => Ok(Some((
+                    i,
+                    ix.last_point()?.map_or(base.pos, |p| p.pos),
+                    ix.last_record_time()?,
+                    ix.indexed_sections()?,
+                ))),
+                _ => Ok(None),
+            })?;
+            match state {
+                Some(s) => (from, last_point, last_time, sections) = s,
                 // Behind the base (a compaction trims it next): unusable.
-                _ => index = None,
+                None => index = None,
             }
         }
         let tail = scan(

@@ -330,6 +330,24 @@ impl Index {
             .map_err(|e| self.err("writing meta", e))
     }
 
+    /// Runs `f`'s reads in one read transaction, so that they see the index
+    /// as of one commit. A reader's connection needs it while the server
+    /// adds rows: separate reads (say, the four keys of the indexed
+    /// position) may otherwise straddle a commit and mix two states. Not
+    /// for use inside another transaction of this connection.
+    pub(crate) fn read_consistent<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        // A deferred transaction: its snapshot is taken at its first read
+        // and kept until it ends (WAL mode); ended by dropping (a rollback
+        // of nothing).
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| self.err("starting a read transaction", e))?;
+        let out = f(self);
+        drop(tx);
+        out
+    }
+
     /// The journal position indexed so far (`None`: nothing yet).
     pub(crate) fn indexed(&self) -> Result<Option<Position>> {
         let get = |k| self.meta(k);
@@ -854,4 +872,48 @@ pub(crate) struct Rows {
     pub(crate) records: Vec<RecordRow>,
     pub(crate) points: Vec<PointRow>,
     pub(crate) marks: Vec<MarkRow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(segment: u64, offset: u64, ring_id: u64, seq: u64) -> Position {
+        Position {
+            segment,
+            offset,
+            ring_id,
+            seq,
+        }
+    }
+
+    /// A reader's reads inside `read_consistent` see one commit, though the
+    /// server commits between them; outside, each read sees the newest (so
+    /// the four keys of a position read apart could mix two commits).
+    #[test]
+    fn consistent_reads_see_one_commit() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("index.sqlite");
+        let (mut w, _) = Index::open_rw(&path).unwrap();
+        let none = SectionTracker::default();
+        let (p1, p2, p3) = (
+            pos(1, 64, 0, 0),
+            pos(2, 6400, 0x43, 3),
+            pos(2, 9000, 0x43, 9),
+        );
+        w.add(&Rows::default(), p1, none).unwrap();
+        let r = Index::open_ro(&path).unwrap().unwrap();
+        let (a, b) = r
+            .read_consistent(|r| {
+                let a = r.indexed()?;
+                w.add(&Rows::default(), p2, none)?;
+                Ok((a, r.indexed()?))
+            })
+            .unwrap();
+        assert_eq!((a, b), (Some(p1), Some(p1)));
+        assert_eq!(r.indexed().unwrap(), Some(p2));
+        let a = r.indexed().unwrap();
+        w.add(&Rows::default(), p3, none).unwrap();
+        assert_eq!((a, r.indexed().unwrap()), (Some(p2), Some(p3)));
+    }
 }

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 
 use nix::fcntl::FlockArg;
 use rtbackup_proto::{
-    parse_record, RTB_OP_DISCARD, RTB_OP_RESYNC, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
+    check_chunk_size, chunk_checksum, chunk_count, parse_record, ChunkChecksum, RTB_OP_DISCARD,
+    RTB_OP_RESYNC, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
 };
 
 use crate::error::{IoContext, Result, StoreError};
@@ -26,6 +27,9 @@ use crate::volume::{lock_volume, BASE_FILE, IMAGE_FILE, STATE_FILE};
 /// Records kept decoded between reads (sequential reads of one big record
 /// read it once).
 const RECORD_CACHE: usize = 8;
+/// Bytes [`PointReader::chunk_checksums`] reads at once (or one chunk, if
+/// larger).
+const CHECKSUM_READ_BYTES: u64 = 4 << 20;
 
 /// A volume as of one consistency point, for reading.
 pub struct PointReader {
@@ -139,6 +143,37 @@ impl PointReader {
         Ok(merged)
     }
 
+    /// The checksum ([`chunk_checksum`]) of every chunk of `chunk_size`
+    /// bytes of the volume as of the point, in order; the last chunk is cut
+    /// at the volume's end. Reads 4 MiB (or one chunk, if larger) at
+    /// a time and calls `f(first_chunk, checksums)` with the chunks of each
+    /// read, so memory does not grow with the volume. `chunk_size` is a
+    /// power of two from 4 KiB to 16 MiB. An error of `f` stops the scan and
+    /// is returned. Returns the number of chunks.
+    pub fn chunk_checksums<E: From<StoreError>>(
+        &self,
+        chunk_size: u64,
+        mut f: impl FnMut(u64, &[ChunkChecksum]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<u64, E> {
+        check_chunk_size(chunk_size).map_err(|e| StoreError::BadParameters(e.to_string()))?;
+        let chunks = chunk_count(self.size, chunk_size);
+        let per_read = (CHECKSUM_READ_BYTES / chunk_size).max(1);
+        let mut buf = Vec::new();
+        let mut sums = Vec::with_capacity(per_read as usize);
+        let mut first = 0;
+        while first < chunks {
+            let offset = first * chunk_size;
+            let len = (per_read * chunk_size).min(self.size - offset);
+            buf.resize(len as usize, 0);
+            self.read_at(&mut buf, offset)?;
+            sums.clear();
+            sums.extend(buf.chunks(chunk_size as usize).map(chunk_checksum));
+            f(first, &sums)?;
+            first += sums.len() as u64;
+        }
+        Ok(chunks)
+    }
+
     /// Fills `buf` with the volume's bytes at `offset` as of the point.
     /// Fails if retention has folded the point away meanwhile.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -194,12 +229,15 @@ impl PointReader {
             }
         }
         if !uncovered.is_empty() {
-            if let Some(ix) = &inner.view.index {
-                let upto = if self.pos.is_after(&inner.view.tail_from) {
-                    inner.view.tail_from
-                } else {
-                    self.pos
-                };
+            let upto = if self.pos.is_after(&inner.view.tail_from) {
+                inner.view.tail_from
+            } else {
+                self.pos
+            };
+            // With nothing indexed between the image's state and the point
+            // (the latest point, applied) the image alone answers, without
+            // asking the index about the range's whole history.
+            if let Some(ix) = inner.view.index.as_ref().filter(|_| upto.is_after(&from)) {
                 let cache = &mut inner.cache;
                 ix.overlapping(offset, end, from, upto, |r| {
                     self.fill(cache, buf, offset, &mut uncovered, &r)?;

@@ -166,8 +166,10 @@ impl Garbage {
 }
 
 /// The errno the module must answer `m` with (0: recorded), `attached`
-/// being the one attached device, if any.
-fn mark_errno(m: &RtbMark, attached: Option<u32>) -> i32 {
+/// being the one attached device, if any, and `tracking` whether its ring
+/// tracks writes (a new attach does until an initial sync: marks are then
+/// refused with EBUSY).
+fn mark_errno(m: &RtbMark, attached: Option<u32>, tracking: bool) -> i32 {
     if m.abi_version != RTB_ABI_VERSION {
         return libc::EPROTO;
     }
@@ -181,7 +183,18 @@ fn mark_errno(m: &RtbMark, attached: Option<u32>) -> i32 {
     if Some(m.index) != attached {
         return libc::ENXIO;
     }
+    if tracking {
+        return libc::EBUSY;
+    }
     0
+}
+
+/// Whether the ring of device `index` tracks writes instead of recording.
+fn tracking(fd: i32, index: u32) -> bool {
+    infos(fd)
+        .iter()
+        .find(|d| d.index == index)
+        .is_some_and(|d| d.ring.flags & u64::from(RTB_RING_F_TRACKING) != 0)
 }
 
 fn main() {
@@ -410,6 +423,7 @@ fn main() {
     let attached = before.first().map(|d| d.0);
     let target = attached.unwrap_or(not_attached);
     let seq_before = attached.map(|i| head_seq(fd, i));
+    let is_tracking = attached.is_some_and(|i| tracking(fd, i));
     check(
         "mark, mis-sized structure",
         raw(fd, ioc(IOC_READ | IOC_WRITE, 5, 112), bad_ptr),
@@ -485,7 +499,7 @@ fn main() {
     let (mut wrong, mut recorded) = (0, 0);
     for _ in 0..2000 {
         let mut m = rng.mark(attached);
-        let want = mark_errno(&m, attached);
+        let want = mark_errno(&m, attached, is_tracking);
         let e = raw(fd, RTB_IOC_MARK, (&raw mut m).cast());
         if e != want || (e == 0 && m.seq == 0) {
             if wrong < 5 {
@@ -532,16 +546,106 @@ fn main() {
             0,
         );
         let mut m = mark_req(index, b"garbage-test.1");
+        if is_tracking {
+            check(
+                "valid mark of a tracking device",
+                raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+                libc::EBUSY,
+            );
+        } else {
+            check(
+                "valid mark of an attached device",
+                raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
+                0,
+            );
+            check(
+                "the mark got the next seq",
+                i32::from(m.seq != seq || head_seq(fd, index) != seq + 1),
+                0,
+            );
+        }
+    }
+
+    // RTB_IOC_DIRTY: every malformed request is refused before anything
+    // changes.
+    let geometry = attached.and_then(|i| infos(fd).into_iter().find(|d| d.index == i));
+    let chunks = geometry.as_ref().map_or(2048, |d| {
+        (d.capacity_sectors * 512).div_ceil(d.ring.chunk_size.max(1))
+    });
+    let mut words = vec![0u64; chunks.div_ceil(64) as usize];
+    let dirty_req = |words: &mut Vec<u64>| {
+        let mut d = RtbDirty::ZERO;
+        d.abi_version = RTB_ABI_VERSION;
+        d.index = target;
+        d.bitmap = words.as_mut_ptr() as u64;
+        d.bitmap_bytes = (words.len() * 8) as u64;
+        d
+    };
+    check(
+        "dirty from an unmapped address",
+        raw(fd, RTB_IOC_DIRTY, bad_ptr),
+        libc::EFAULT,
+    );
+    let mut d = dirty_req(&mut words);
+    d.abi_version = 3;
+    check(
+        "dirty, ABI version 3",
+        raw(fd, RTB_IOC_DIRTY, (&raw mut d).cast()),
+        libc::EPROTO,
+    );
+    let mut d = dirty_req(&mut words);
+    d.index = not_attached;
+    check(
+        "dirty, index not attached",
+        raw(fd, RTB_IOC_DIRTY, (&raw mut d).cast()),
+        libc::ENXIO,
+    );
+    for (what, change) in [
+        ("unknown flags", 0usize),
+        ("padding set", 1),
+        ("reserved field set", 2),
+        ("output field set", 3),
+    ] {
+        let mut d = dirty_req(&mut words);
+        match change {
+            0 => d.flags = 1,
+            1 => d.pad = 1,
+            2 => d.reserved[2] = 1,
+            _ => d.count = 5,
+        }
         check(
-            "valid mark of an attached device",
-            raw(fd, RTB_IOC_MARK, (&raw mut m).cast()),
-            0,
+            &format!("dirty, {what}"),
+            raw(fd, RTB_IOC_DIRTY, (&raw mut d).cast()),
+            libc::EINVAL,
         );
+    }
+    if attached.is_some() {
+        let mut d = dirty_req(&mut words);
+        d.bitmap_bytes += 8;
         check(
-            "the mark got the next seq",
-            i32::from(m.seq != seq || head_seq(fd, index) != seq + 1),
-            0,
+            "dirty, bitmap of the wrong size",
+            raw(fd, RTB_IOC_DIRTY, (&raw mut d).cast()),
+            libc::EINVAL,
         );
+        let mut d = dirty_req(&mut words);
+        d.bitmap = bad_ptr as u64;
+        check(
+            "dirty, bitmap at an unmapped address",
+            raw(fd, RTB_IOC_DIRTY, (&raw mut d).cast()),
+            libc::EFAULT,
+        );
+        if !chunks.is_multiple_of(64) {
+            if let Some(w) = words.last_mut() {
+                *w = u64::MAX;
+            }
+            let mut d = dirty_req(&mut words);
+            check(
+                "dirty, a bit past the last chunk",
+                raw(fd, RTB_IOC_DIRTY, (&raw mut d).cast()),
+                libc::EINVAL,
+            );
+            words.iter_mut().for_each(|w| *w = 0);
+        }
     }
 
     // With a device attached: its ring file refuses everything but a valid
@@ -584,6 +688,83 @@ fn main() {
                 "ack from an unmapped address",
                 raw(ring, RTB_RING_IOC_ACK, bad_ptr),
                 libc::EFAULT,
+            );
+            // RTB_RING_IOC_RESYNC garbage.
+            let mut words = vec![0u64; chunks.div_ceil(64) as usize];
+            let fetch = |words: &mut Vec<u64>| {
+                let mut r = RtbResync::ZERO;
+                r.abi_version = RTB_ABI_VERSION;
+                r.op = RTB_RESYNC_FETCH;
+                r.bitmap = words.as_mut_ptr() as u64;
+                r.bitmap_bytes = (words.len() * 8) as u64;
+                r
+            };
+            let seq = head_seq(fd, *index);
+            let mut r = fetch(&mut words);
+            r.abi_version = 3;
+            check(
+                "resync, ABI version 3",
+                raw(ring, RTB_RING_IOC_RESYNC, (&raw mut r).cast()),
+                libc::EPROTO,
+            );
+            check(
+                "resync from an unmapped address",
+                raw(ring, RTB_RING_IOC_RESYNC, bad_ptr),
+                libc::EFAULT,
+            );
+            for (what, change) in [
+                ("op 0", 0usize),
+                ("op 99", 1),
+                ("unknown flags", 2),
+                ("padding set", 3),
+                ("reserved field set", 4),
+                ("first_seq set on input", 5),
+                ("bitmap too small", 6),
+                ("track-all with a bitmap", 7),
+                ("done with flags", 8),
+            ] {
+                let mut r = fetch(&mut words);
+                match change {
+                    0 => r.op = 0,
+                    1 => r.op = 99,
+                    2 => r.flags = 0x80,
+                    3 => r.pad = 1,
+                    4 => r.reserved[1] = 1,
+                    5 => r.first_seq = 1,
+                    6 => r.bitmap_bytes -= 8,
+                    7 => r.op = RTB_RESYNC_TRACK_ALL,
+                    _ => {
+                        r.op = RTB_RESYNC_DONE;
+                        r.flags = RTB_RESYNC_F_STREAM;
+                    }
+                }
+                check(
+                    &format!("resync, {what}"),
+                    raw(ring, RTB_RING_IOC_RESYNC, (&raw mut r).cast()),
+                    libc::EINVAL,
+                );
+            }
+            let mut r = fetch(&mut words);
+            r.bitmap = bad_ptr as u64;
+            check(
+                "resync fetch into an unmapped bitmap",
+                raw(ring, RTB_RING_IOC_RESYNC, (&raw mut r).cast()),
+                libc::EFAULT,
+            );
+            if tracking(fd, *index) {
+                let mut r = RtbResync::ZERO;
+                r.abi_version = RTB_ABI_VERSION;
+                r.op = RTB_RESYNC_DONE;
+                check(
+                    "resync done while tracking",
+                    raw(ring, RTB_RING_IOC_RESYNC, (&raw mut r).cast()),
+                    libc::EBUSY,
+                );
+            }
+            check(
+                "refused resyncs reserved no seq",
+                i32::from(head_seq(fd, *index) != seq),
+                0,
             );
             check(
                 "unknown ioctl on a ring",

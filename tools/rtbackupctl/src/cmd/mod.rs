@@ -6,6 +6,7 @@ mod mark;
 mod rollback;
 mod status;
 mod sync;
+mod verify;
 mod version;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,7 @@ enum Command {
     Rollback(rollback::Args),
     Status(status::Args),
     Sync(sync::Args),
+    Verify(verify::Args),
     Version(version::Args),
 }
 
@@ -44,6 +46,7 @@ impl Cli {
             Command::Rollback(a) => a.run(&open()?),
             Command::Status(a) => a.run(&open()?),
             Command::Sync(a) => a.run(&open()?),
+            Command::Verify(a) => a.run(&open()?),
             Command::Version(a) => a.run(&self.control),
         }
     }
@@ -53,4 +56,11 @@ impl Cli {
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// This host's name, for the server's logs.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }

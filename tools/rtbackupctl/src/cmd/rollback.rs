@@ -83,9 +83,7 @@ impl Args {
         // written before now.
         super::sync::flush_and_wait(control, &dev.device, self.sync_timeout)
             .context("before the rollback, the server must hold everything written")?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default();
+        let host = super::hostname();
         let req = rtbackup_rollback::Request {
             server: self.server.clone(),
             volume: self.volume.clone(),
