@@ -84,19 +84,26 @@ fio_verify() {
 STORE=/tmp/rtbstore
 PORT=7420
 
-# start_server [ARGS...]: rtbackup-server on 127.0.0.1:$PORT with its store
-# in $STORE and ARGS (remembered: a restart without ARGS reuses them).
+# The server listens on $SERVER_HOST:$PORT, in network namespace
+# $SERVER_NETNS when set (the agent connects there).
+SERVER_HOST=127.0.0.1
+SERVER_NETNS=""
+# in_server_ns CMD...: CMD in the server's network namespace.
+in_server_ns() { if [ -n "$SERVER_NETNS" ]; then ip netns exec "$SERVER_NETNS" "$@"; else "$@"; fi; }
+
+# start_server [ARGS...]: rtbackup-server on $SERVER_HOST:$PORT with its
+# store in $STORE and ARGS (remembered: a restart without ARGS reuses them).
 SERVER_ARGS=""
 start_server() {
     [ $# -eq 0 ] || SERVER_ARGS="$*"
     mkdir -p "$STORE"
     # shellcheck disable=SC2086
-    rtbackup-server serve --store "$STORE" --listen 127.0.0.1:$PORT $SERVER_ARGS \
+    in_server_ns rtbackup-server serve --store "$STORE" --listen $SERVER_HOST:$PORT $SERVER_ARGS \
         >>/tmp/server.log 2>&1 &
     SERVER_PID=$!
     background $!
     i=0
-    while ! ss -Hltn "sport = :$PORT" | grep -q LISTEN; do
+    while ! in_server_ns ss -Hltn "sport = :$PORT" | grep -q LISTEN; do
         i=$((i + 1)); [ $i -lt 300 ] || { cat /tmp/server.log; fail "server did not start"; }
         kill -0 $SERVER_PID 2>/dev/null || { cat /tmp/server.log; fail "server exited"; }
         sleep 0.1
@@ -109,7 +116,7 @@ start_server() {
 # (a new attach tracks writes until then; see `mode` below).
 start_agent() {
     n=$1; vol=$2; shift 2
-    rtbackup-agent --device /dev/rtbackup$n --server 127.0.0.1:$PORT --volume "$vol" "$@" \
+    rtbackup-agent --device /dev/rtbackup$n --server $SERVER_HOST:$PORT --volume "$vol" "$@" \
         >>/tmp/agent$n.log 2>&1 &
     eval "AGENT_PID_$n=$!"
     background $!

@@ -46,6 +46,11 @@ pub struct Cli {
     /// tracked and resent; the backup is consistent again once it is done.
     #[arg(long, value_enum, default_value_t = InitialSyncArg::Verify)]
     pub initial_sync: InitialSyncArg,
+    /// Most bytes per second a resync or initial sync reads from the
+    /// device and sends (suffixes K, M, G; default: no limit), so that it
+    /// leaves room for the applications and the network.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_rate: Option<u64>,
     /// Log filter (error, warn, info, debug, trace, or a tracing
     /// directive); default: RUST_LOG, else info.
     #[arg(long, value_name = "FILTER")]
@@ -70,6 +75,7 @@ impl Cli {
         cfg.batch_bytes = self.batch_bytes;
         cfg.max_batch_delay = Duration::from_millis(self.max_batch_delay_ms);
         cfg.ack_timeout = Duration::from_secs(self.ack_timeout_secs);
+        cfg.resync_max_rate = self.max_rate;
         cfg.initial_sync = match self.initial_sync {
             InitialSyncArg::Verify => InitialSync::Verify,
             InitialSyncArg::Full => InitialSync::Full,

@@ -43,6 +43,9 @@ pub struct AgentConfig {
     pub drain_timeout: Duration,
     /// What the initial sync of a new attach sends.
     pub initial_sync: InitialSync,
+    /// Most bytes per second a resync (or initial sync) reads and sends
+    /// (`None`: as fast as it goes).
+    pub resync_max_rate: Option<u64>,
 }
 
 /// What the initial sync of a new attach sends (Documentation/design.rst,
@@ -83,6 +86,7 @@ impl AgentConfig {
             poll_interval: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(2),
             initial_sync: InitialSync::Verify,
+            resync_max_rate: None,
         }
     }
 }

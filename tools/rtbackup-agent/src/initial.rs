@@ -8,6 +8,7 @@
 
 use crate::config::{AgentConfig, InitialSync};
 use crate::error::AgentError;
+use crate::resync::Pace;
 use rtbackup_ring::{ResyncOp, RingSource};
 use rtbackup_verify::{chunk_checksum, fetch_checksums, VerifyRequest};
 
@@ -44,7 +45,12 @@ fn differing_chunks<S: RingSource>(ring: &S, cfg: &AgentConfig) -> Result<Vec<u6
     let chunk = ring.chunk_size()?;
     let size = ring.view().capacity_sectors() * 512;
     let req = VerifyRequest::new(&cfg.volume, &cfg.client, chunk, size);
-    let mut local = LocalChunks::new(ring, chunk, size);
+    let mut local = LocalChunks::new(
+        ring,
+        chunk,
+        size,
+        Pace::new("initial verify", cfg.resync_max_rate, size),
+    );
     let mut differ = Vec::new();
     let point = fetch_checksums(&cfg.server, &req, |first, sums| {
         for (i, sum) in sums.iter().enumerate() {
@@ -67,6 +73,7 @@ fn differing_chunks<S: RingSource>(ring: &S, cfg: &AgentConfig) -> Result<Vec<u6
 /// Reads the device's chunks in order, a run at a time, and hashes them.
 struct LocalChunks<'a, S> {
     ring: &'a S,
+    pace: Pace,
     chunk: u64,
     size: u64,
     /// First chunk in `buf`.
@@ -75,9 +82,10 @@ struct LocalChunks<'a, S> {
 }
 
 impl<'a, S: RingSource> LocalChunks<'a, S> {
-    fn new(ring: &'a S, chunk: u64, size: u64) -> Self {
+    fn new(ring: &'a S, chunk: u64, size: u64, pace: Pace) -> Self {
         Self {
             ring,
+            pace,
             chunk,
             size,
             first: 0,
@@ -98,6 +106,7 @@ impl<'a, S: RingSource> LocalChunks<'a, S> {
         if start < buf_start || start >= buf_start + held {
             let len = (READ_RUN_BYTES.max(self.chunk)).min(self.size - start);
             self.buf.resize(len as usize, 0);
+            self.pace.before(len);
             self.ring.read_device(start, &mut self.buf)?;
             self.first = c;
         }

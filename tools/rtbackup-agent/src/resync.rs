@@ -17,7 +17,7 @@ use rtbackup_abi::{RTB_OP_RESYNC, RTB_OP_RESYNC_END};
 use rtbackup_proto::append_record;
 use rtbackup_ring::{Cursor, RingSource};
 use rtbackup_ring::{Resync, ResyncOp};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Passes that fetch without returning to recording, at most: writes
 /// during a pass dirty chunks for the next; after this many the last pass
@@ -27,6 +27,8 @@ const MAX_PASSES: u32 = 8;
 const LAST_PASS_BYTES: u64 = 4 << 20;
 /// Most bytes read from the device at once (a run of adjacent chunks).
 const READ_RUN_BYTES: u64 = 1 << 20;
+/// How often a long resync pass logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -177,6 +179,57 @@ pub(crate) fn run<S: RingSource>(
     }
 }
 
+/// Paces a resync pass (or an initial verify) to a byte rate and logs its
+/// progress now and then.
+pub(crate) struct Pace {
+    what: &'static str,
+    max_rate: Option<u64>,
+    total: u64,
+    done: u64,
+    started: Instant,
+    logged: Instant,
+}
+
+impl Pace {
+    pub(crate) fn new(what: &'static str, max_rate: Option<u64>, total: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            what,
+            max_rate,
+            total,
+            done: 0,
+            started: now,
+            logged: now,
+        }
+    }
+
+    /// Before `bytes` more are read: sleeps while the pass is ahead of
+    /// `max_rate`, and logs the progress every [`PROGRESS_EVERY`].
+    pub(crate) fn before(&mut self, bytes: u64) {
+        if let Some(rate) = self.max_rate.filter(|&r| r > 0) {
+            let due = Duration::from_secs_f64(self.done as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        if self.logged.elapsed() >= PROGRESS_EVERY {
+            self.logged = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = self.done as f64 / secs;
+            let left = (self.total - self.done.min(self.total)) as f64 / rate.max(1.0);
+            tracing::info!(
+                done_mib = self.done >> 20,
+                total_mib = self.total >> 20,
+                mib_per_s = format_args!("{:.1}", rate / (1 << 20) as f64),
+                eta_s = left.round() as u64,
+                "{} progress",
+                self.what
+            );
+        }
+        self.done += bytes;
+    }
+}
+
 /// Reads the `chunks` (sorted chunk numbers) from the device, runs of
 /// adjacent ones at a time, and sends each as a `RESYNC` record with the
 /// seqs from `at.seq` on.
@@ -193,6 +246,11 @@ fn send_chunks<S: RingSource>(
     let mut data = Vec::new();
     let mut seq = at.seq;
     let mut i = 0;
+    let mut pace = Pace::new(
+        "resync",
+        cfg.resync_max_rate,
+        chunks.len() as u64 * chunk_size,
+    );
     while i < chunks.len() {
         // A run of adjacent chunks, READ_RUN_BYTES at most.
         let first = chunks[i];
@@ -211,6 +269,7 @@ fn send_chunks<S: RingSource>(
             )));
         }
         data.resize((end - start) as usize, 0);
+        pace.before(data.len() as u64);
         ring.read_device(start, &mut data)?;
         for (k, piece) in data.chunks(chunk_size as usize).enumerate() {
             let offset = start + k as u64 * chunk_size;
@@ -236,4 +295,31 @@ fn send_chunks<S: RingSource>(
         sink.send_made(at.pos, &buf, seq - 1)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn pacing_holds_the_rate() {
+        let t = Instant::now();
+        let mut p = Pace::new("test", Some(4 << 20), 3 << 20);
+        for _ in 0..6 {
+            p.before(512 << 10);
+        }
+        // 2.5 MiB were due before the last read at 4 MiB/s: 0.625 s.
+        assert!(
+            t.elapsed() >= Duration::from_millis(600),
+            "{:?}",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        let mut p = Pace::new("test", None, 3 << 20);
+        for _ in 0..6 {
+            p.before(512 << 10);
+        }
+        assert!(t.elapsed() < Duration::from_millis(100));
+    }
 }
