@@ -572,7 +572,7 @@ impl Ring {
             return Err(EINVAL);
         }
         let mut st = self.state.lock();
-        if req.tail < st.tail || req.tail > st.head {
+        if req.tail < st.tail || req.tail > st.head || req.acked_seq >= st.head_seq {
             return Err(EINVAL);
         }
         let mut pos = st.tail;
@@ -593,6 +593,8 @@ impl Ring {
         if pos != req.tail {
             return Err(EINVAL);
         }
+        // Seqs reserved for resync records the server acknowledged.
+        let seq = seq.max(req.acked_seq.saturating_add(1)).max(st.tail_seq);
         let moved = req.tail != st.tail;
         st.tail = req.tail;
         st.tail_seq = seq;

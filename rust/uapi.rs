@@ -558,8 +558,13 @@ pub struct RtbRingAck {
     /// `[tail, head]` (`EINVAL` otherwise). Equal to `tail` only reports
     /// the connection state.
     pub tail: u64,
+    /// In (ABI v4): the highest seq the server holds durably, or 0. Seqs
+    /// reserved for resync records are never in the ring, so `tail_seq`
+    /// could not pass them otherwise; it becomes at least `acked_seq + 1`
+    /// (`EINVAL` unless below `head_seq`).
+    pub acked_seq: u64,
     /// In: must be zero.
-    pub reserved: [u64; 4],
+    pub reserved: [u64; 3],
 }
 
 /// State of a device's ring in [`RtbDeviceInfo`].
@@ -721,7 +726,8 @@ impl RtbRingAck {
         abi_version: 0,
         flags: 0,
         tail: 0,
-        reserved: [0; 4],
+        acked_seq: 0,
+        reserved: [0; 3],
     };
 }
 

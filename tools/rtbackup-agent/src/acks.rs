@@ -139,7 +139,7 @@ impl AckTracker {
         // the batch it is writing only until the write returns: nothing up
         // to `target` is still in use. `self` is behind the connection's
         // mutex, so acknowledgements do not run concurrently.
-        unsafe { ring.set_tail(to.pos, true) }?;
+        unsafe { ring.set_tail_at(to, true) }?;
         self.acked = to;
         self.progressed = true;
         Ok(Some(to))

@@ -64,6 +64,9 @@ pub enum AgentError {
     /// The server's state and the ring's cannot both be right.
     #[error("inconsistent state: {0}")]
     Inconsistent(String),
+    /// The agent is stopping: a long operation was given up.
+    #[error("interrupted: the agent is stopping")]
+    Interrupted,
     /// Comparing the device with the backup's checksums failed.
     #[error("verifying the device against the backup: {0}")]
     Verify(#[from] rtbackup_verify::VerifyError),
@@ -76,9 +79,10 @@ impl AgentError {
     /// Whether reconnecting cannot help: the agent should exit.
     pub fn is_fatal(&self) -> bool {
         match self {
-            AgentError::Connect { .. } | AgentError::Protocol(_) | AgentError::AckTimeout(_) => {
-                false
-            }
+            AgentError::Connect { .. }
+            | AgentError::Protocol(_)
+            | AgentError::AckTimeout(_)
+            | AgentError::Interrupted => false,
             AgentError::Wire { source, .. } => matches!(
                 source,
                 ProtoError::UnsupportedVersion(_) | ProtoError::TooLarge(_)

@@ -16,7 +16,12 @@ use rtbackup_verify::{chunk_checksum, fetch_checksums, VerifyRequest};
 const READ_RUN_BYTES: u64 = 1 << 20;
 
 /// Marks what the initial sync must send, as `cfg.initial_sync` says.
-pub(crate) fn prepare<S: RingSource>(ring: &S, cfg: &AgentConfig) -> Result<(), AgentError> {
+/// `closing` says when to give up (the agent is stopping).
+pub(crate) fn prepare<S: RingSource>(
+    ring: &S,
+    cfg: &AgentConfig,
+    closing: &dyn Fn() -> bool,
+) -> Result<(), AgentError> {
     match cfg.initial_sync {
         InitialSync::Full => {
             tracing::info!("initial sync: every chunk of the device");
@@ -28,7 +33,7 @@ pub(crate) fn prepare<S: RingSource>(ring: &S, cfg: &AgentConfig) -> Result<(), 
             );
         }
         InitialSync::Verify => {
-            let differ = differing_chunks(ring, cfg)?;
+            let differ = differing_chunks(ring, cfg, closing)?;
             tracing::info!(
                 chunks = differ.len(),
                 "initial sync: chunks that differ from the backup"
@@ -41,7 +46,11 @@ pub(crate) fn prepare<S: RingSource>(ring: &S, cfg: &AgentConfig) -> Result<(), 
 
 /// The chunks whose checksums differ between the device and the server's
 /// latest state of the volume (HELLO created it, zeroes, if it is new).
-fn differing_chunks<S: RingSource>(ring: &S, cfg: &AgentConfig) -> Result<Vec<u64>, AgentError> {
+fn differing_chunks<S: RingSource>(
+    ring: &S,
+    cfg: &AgentConfig,
+    closing: &dyn Fn() -> bool,
+) -> Result<Vec<u64>, AgentError> {
     let chunk = ring.chunk_size()?;
     let size = ring.view().capacity_sectors() * 512;
     let req = VerifyRequest::new(&cfg.volume, &cfg.client, chunk, size);
@@ -53,6 +62,9 @@ fn differing_chunks<S: RingSource>(ring: &S, cfg: &AgentConfig) -> Result<Vec<u6
     );
     let mut differ = Vec::new();
     let point = fetch_checksums(&cfg.server, &req, |first, sums| {
+        if closing() {
+            return Err(AgentError::Interrupted);
+        }
         for (i, sum) in sums.iter().enumerate() {
             let c = first + i as u64;
             if local.checksum(c)? != *sum {

@@ -155,9 +155,16 @@ pub(crate) fn run<S: RingSource>(
         )?;
         cursor.seq += r.dirty.len() as u64;
         if stream {
-            // Read after the last chunk: no chunk holds a write newer than
-            // the ring's last seq now.
-            let consistent_seq = view.head_seq().saturating_sub(1);
+            // Read after the last chunk: no chunk holds a recorded write
+            // newer than the ring's last seq now. If the ring tracks again
+            // (it overflowed, or chunks were marked dirty, during this
+            // pass), chunks may hold writes that have no seq at all: the
+            // section must stay open until the next resync's end.
+            let consistent_seq = if view.is_tracking() {
+                u64::MAX
+            } else {
+                view.head_seq().saturating_sub(1)
+            };
             let mut buf = Vec::new();
             append_record(
                 &mut buf,

@@ -376,13 +376,17 @@ fn send_loop<S: RingSource>(
             cursor = batch.end();
             if let Some(next) = batch.gap() {
                 cursor = resync::fill_hole(&mut sink, cursor, next, cfg)?;
+                // The filler opens a resync section on the server (its
+                // resync's end may be among the lost seqs): a resync, even
+                // of nothing, closes it.
+                owed = true;
                 continue;
             }
             if !detached && view.is_unsynced() && !initial_prepared {
                 // A new attach: mark what the backup lacks; the resync
                 // below sends it and returns the device to recording.
                 initial_prepared = true;
-                crate::initial::prepare(ring, cfg)?;
+                crate::initial::prepare(ring, cfg, &closing)?;
                 owed = true;
             }
             if !detached && (view.is_tracking() || owed) {
@@ -392,7 +396,18 @@ fn send_loop<S: RingSource>(
                     let mut end = lock(&conn.resync_end);
                     *end = None;
                     Ok(ring.resync(op)?)
-                })?;
+                });
+                let fin = match fin {
+                    Ok(f) => f,
+                    Err(e) if view.is_detached() => {
+                        // Detached mid-resync: deliver what was sent; the
+                        // backup's newest consistent point stays before it.
+                        tracing::warn!("the device was detached during a resync ({e}); the backup stays at its last consistent point");
+                        finish(conn, cursor);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                };
                 *lock(&conn.resync_end) = Some(fin.end_seq);
                 cursor = fin.cursor;
                 continue;
@@ -669,7 +684,7 @@ pub(crate) fn run_session<S: RingSource>(
     // Records the server already has leave the ring now; this also reports
     // the connection.
     // SAFETY: no batch of the ring is in use: the sender has not started.
-    unsafe { ring.set_tail(start.pos, true) }?;
+    unsafe { ring.set_tail_at(start, true) }?;
     tracing::info!(
         server = %cfg.server,
         volume = %cfg.volume,

@@ -397,10 +397,13 @@ fn mark_request(index: u32, name: &str) -> Result<RtbMark> {
 /// that the records before byte position `tail` are durable on the server
 /// (they leave the ring), and whether the agent is connected to it.
 /// `tail` must be the end of a record between the current tail and head.
-pub fn ring_ack(ring: BorrowedFd<'_>, tail: u64, connected: bool) -> Result<()> {
+/// `acked_seq` (0: not given) is the highest seq the server holds: the
+/// ring's `tail_seq` passes seqs reserved for resync records up to it.
+pub fn ring_ack(ring: BorrowedFd<'_>, tail: u64, acked_seq: u64, connected: bool) -> Result<()> {
     let mut req = RtbRingAck::ZERO;
     req.abi_version = RTB_ABI_VERSION;
     req.tail = tail;
+    req.acked_seq = acked_seq;
     if connected {
         req.flags = RTB_ACK_CONNECTED;
     }

@@ -2,7 +2,7 @@
 
 use crate::error::{Result, RingError};
 use crate::source::{RingSource, Wakeup};
-use crate::view::{RingGeometry, RingView};
+use crate::view::{Cursor, RingGeometry, RingView};
 use memmap2::{Mmap, MmapOptions};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -107,7 +107,13 @@ impl RingSource for Ring {
     }
 
     unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()> {
-        rtbackup_control::ring_ack(self.fd.as_fd(), position, connected)?;
+        rtbackup_control::ring_ack(self.fd.as_fd(), position, 0, connected)?;
+        Ok(())
+    }
+
+    unsafe fn set_tail_at(&self, cursor: Cursor, connected: bool) -> Result<()> {
+        let acked = cursor.seq.saturating_sub(1);
+        rtbackup_control::ring_ack(self.fd.as_fd(), cursor.pos, acked, connected)?;
         Ok(())
     }
 

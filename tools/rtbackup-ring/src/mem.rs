@@ -589,12 +589,29 @@ impl RingSource for MemRing {
     }
 
     unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()> {
+        // SAFETY: forwarded to our caller.
+        unsafe {
+            self.set_tail_at(
+                crate::view::Cursor {
+                    pos: position,
+                    seq: 0,
+                },
+                connected,
+            )
+        }
+    }
+
+    /// As the kernel: `tail_seq` from the records, and at least
+    /// `cursor.seq` (seqs reserved for resync records the server holds).
+    unsafe fn set_tail_at(&self, cursor: crate::view::Cursor, connected: bool) -> Result<()> {
+        let position = cursor.pos;
         let mut st = self.lock();
         let from = crate::view::Cursor {
             pos: st.tail,
             seq: st.tail_seq,
         };
-        let cur = self.view.cursor_at(from, position)?;
+        let mut cur = self.view.cursor_at(from, position)?;
+        cur.seq = cur.seq.max(cursor.seq).min(st.staged_seq);
         st.tail = cur.pos;
         st.tail_seq = cur.seq;
         self.mem.store_u64(OFF_TAIL_SEQ, cur.seq, Ordering::Release);

@@ -41,6 +41,18 @@ pub trait RingSource: Sync {
     /// call on: the producer reuses those bytes.
     unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()>;
 
+    /// [`RingSource::set_tail`] to `cursor.pos`, also telling the producer
+    /// that every seq before `cursor.seq` is durable on the server, so that
+    /// its `tail_seq` passes seqs reserved for resync records there.
+    ///
+    /// # Safety
+    ///
+    /// As for [`RingSource::set_tail`].
+    unsafe fn set_tail_at(&self, cursor: Cursor, connected: bool) -> Result<()> {
+        // SAFETY: forwarded to our caller.
+        unsafe { self.set_tail(cursor.pos, connected) }
+    }
+
     /// Waits up to `timeout` for the ring to become readable, or for the
     /// device to be detached. How "readable" is decided depends on the
     /// producer: the kernel's ring is readable while records are
@@ -103,7 +115,7 @@ pub trait RingSource: Sync {
             self.view().end_of(tail, up_to_seq)?
         };
         // SAFETY: forwarded to our caller.
-        unsafe { self.set_tail(end.pos, connected) }?;
+        unsafe { self.set_tail_at(end, connected) }?;
         Ok(end)
     }
 }

@@ -52,20 +52,12 @@ pub(crate) fn flush_and_wait(control: &Control, device: &str, timeout: u64) -> a
         }
     };
     let (target, ring_id) = loop {
-        // fsync of the block device writes back its page cache and sends a
-        // flush, which the ring records after every write it covers.
-        let file = File::open(device).with_context(|| format!("open {device}"))?;
-        file.sync_all().with_context(|| format!("flush {device}"))?;
-        drop(file);
-        let after = control.resolve(device)?;
-        if in_stream(&after) {
-            break (after.ring.last_written_seq, after.ring.ring_id);
-        }
-        // Wait for the resync, then flush again.
-        loop {
+        // Wait for the resync, if any: a flush while the ring tracks is
+        // not in the record stream.
+        let before = loop {
             let now = control.resolve(device)?;
             if in_stream(&now) {
-                break;
+                break now;
             }
             warn_no_agent(&now);
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -77,6 +69,20 @@ pub(crate) fn flush_and_wait(control: &Control, device: &str, timeout: u64) -> a
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        };
+        // fsync of the block device writes back its page cache and sends a
+        // flush, which the ring records after every write it covers.
+        let file = File::open(device).with_context(|| format!("open {device}"))?;
+        file.sync_all().with_context(|| format!("flush {device}"))?;
+        drop(file);
+        let after = control.resolve(device)?;
+        // Recording before and after with no overflow between: the flush
+        // was recorded, and the last seq now is at or after it.
+        if in_stream(&after)
+            && after.ring.ring_id == before.ring.ring_id
+            && after.ring.overflows == before.ring.overflows
+        {
+            break (after.ring.last_written_seq, after.ring.ring_id);
         }
     };
     loop {
