@@ -76,8 +76,9 @@ fn differing_chunks<S: RingSource>(
     tracing::info!(
         seq = point.seq,
         time = %point.time,
+        consistent = point.consistent,
         chunks = size.div_ceil(chunk),
-        "compared with the backup's latest point"
+        "compared with the backup's durable end"
     );
     Ok(differ)
 }

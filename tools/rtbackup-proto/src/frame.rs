@@ -778,6 +778,7 @@ mod tests {
                 time: "2026-11-26T05:00:00Z".into(),
                 chunk_size: 64 << 10,
                 chunks: 16384,
+                consistent: false,
             }),
             Frame::Checksums {
                 first_chunk: 65536,
@@ -988,15 +989,18 @@ mod tests {
                     size_bytes: s,
                 })
             }),
-            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(seq, ring_id, chunks)| {
-                Frame::VerifyPoint(VerifyPoint {
-                    seq,
-                    ring_id,
-                    time: "2026-11-26T05:00:00Z".into(),
-                    chunk_size: 4096,
-                    chunks,
-                })
-            }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(seq, ring_id, chunks, consistent)| {
+                    Frame::VerifyPoint(VerifyPoint {
+                        seq,
+                        ring_id,
+                        time: "2026-11-26T05:00:00Z".into(),
+                        chunk_size: 4096,
+                        chunks,
+                        consistent,
+                    })
+                }
+            ),
             (
                 0u64..1 << 50,
                 proptest::collection::vec(any::<[u8; 16]>(), 1..20)

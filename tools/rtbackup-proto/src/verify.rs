@@ -1,6 +1,6 @@
 //! The payloads of a verify (Documentation/protocol.rst, "Verify"): a
-//! client asks for the checksum of every chunk of a volume at its latest
-//! consistency point, to compare with its device.
+//! client asks for the checksum of every chunk of a volume at the end of
+//! its durable journal, to compare with its device.
 //!
 //! A chunk's checksum is the first 16 bytes of the BLAKE3 hash of its bytes
 //! ([`chunk_checksum`]); chunk `i` is the bytes `[i * chunk_size, (i + 1) *
@@ -31,8 +31,8 @@ pub type ChunkChecksum = [u8; CHECKSUM_LEN];
 /// The frame type name CHECKSUMS errors carry.
 const CHECKSUMS: &str = "CHECKSUMS";
 
-/// A client asking for the checksums of a volume's chunks at its latest
-/// consistency point (the first frame of its connection).
+/// A client asking for the checksums of a volume's chunks at the end of its
+/// durable journal (the first frame of its connection).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyRequest {
     /// [`crate::PROTOCOL_VERSION`].
@@ -62,20 +62,34 @@ impl VerifyRequest {
 }
 
 /// The server's answer to [`VerifyRequest`], before the checksums: the
-/// point they describe.
+/// state they describe, the end of the volume's durable journal (where the
+/// next records of the volume will be applied).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyPoint {
-    /// Seq of the last record before the point (0: none of this ring).
+    /// Seq of the last durable record (0: none of this ring).
     pub seq: u64,
-    /// Ring of the last record before the point.
+    /// Ring of the last durable record.
     pub ring_id: u64,
-    /// Time of the point (RFC 3339, as the points listing prints it).
+    /// Time of the last durable record (RFC 3339, as the points listing
+    /// prints times).
     pub time: String,
     /// Bytes per chunk (the request's).
     pub chunk_size: u64,
     /// Checksums that follow: the volume's size divided by `chunk_size`,
     /// rounded up.
     pub chunks: u64,
+    /// Whether that state is a consistency point's: no record after the
+    /// volume's latest consistency point changes data. False when the
+    /// journal ends with writes no flush followed yet, or inside a resync
+    /// section. A server that does not send it answered with its latest
+    /// consistency point: true.
+    #[serde(default = "answered_a_point")]
+    pub consistent: bool,
+}
+
+/// [`VerifyPoint::consistent`] of servers that do not send it.
+fn answered_a_point() -> bool {
+    true
 }
 
 /// The checksum of a chunk's bytes, as the server computes it: the first
@@ -233,6 +247,24 @@ mod tests {
         assert_eq!(chunk_extent(2, 4096, 10000), (8192, 1808));
         assert_eq!(chunk_extent(3, 4096, 10000), (10000, 0));
         assert_eq!(chunk_extent(u64::MAX, 4096, 10000), (10000, 0));
+    }
+
+    #[test]
+    fn verify_point_json_of_older_servers_is_a_point() {
+        let old = br#"{"seq": 40, "ring_id": 7, "time": "2026-11-26T05:00:00Z",
+                       "chunk_size": 65536, "chunks": 3}"#;
+        let p = crate::decode_frame(crate::frame_type::VERIFY_POINT, old.to_vec()).unwrap();
+        let crate::Frame::VerifyPoint(p) = p else {
+            panic!("{p:?}");
+        };
+        assert!(p.consistent);
+        assert_eq!((p.seq, p.ring_id, p.chunks), (40, 7, 3));
+        let json = serde_json::to_value(VerifyPoint {
+            consistent: false,
+            ..p
+        })
+        .unwrap();
+        assert_eq!(json["consistent"], false);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use rtbackup_proto::{error_code, Frame, RollbackDone, RollbackPlan, RollbackRequ
 use rtbackup_store::Store;
 use tracing::info;
 
-use crate::server::{open_point_for_client, send_frame, SessionError};
+use crate::server::{open_point_for_client, send_frame, ReadAt, SessionError};
 
 /// Data bytes per EXTENT frame.
 const EXTENT_CHUNK: u64 = 1 << 20;
@@ -28,7 +28,7 @@ pub(crate) fn serve_rollback(
         req.protocol,
         &req.volume,
         req.size_bytes,
-        req.point.parse(),
+        req.point.parse().map(ReadAt::Point),
         error_code::BAD_VOLUME,
     )?;
     let extents = reader.changed_extents()?;

@@ -19,7 +19,7 @@ use rtbackup_proto::{
     error_code, frame_type, read_frame, read_frame_raw, validate_volume_name, write_frame,
     ErrorMsg, Frame, Hello, ProtoError, Welcome, PROTOCOL_VERSION,
 };
-use rtbackup_store::{PointReader, PointSpec, Store, StoreError, Volume};
+use rtbackup_store::{PointReader, PointSpec, Position, Store, StoreError, Volume};
 
 use crate::maintenance::{Maintained, Waker};
 use tracing::{debug, error, info, warn};
@@ -356,7 +356,17 @@ pub(crate) fn session_error(code: &'static str, message: impl Into<String>) -> S
     }
 }
 
-/// Opens `volume` at `point` for a client's read-only request (ROLLBACK,
+/// Where a client's read-only request reads a volume.
+pub(crate) enum ReadAt {
+    /// A consistency point (ROLLBACK).
+    Point(PointSpec),
+    /// The end of the journal (VERIFY): up to this position after the last
+    /// durable record, taken before the store is read, if the volume is
+    /// open for ingest ([`Store::open_end`]).
+    End(Option<Position>),
+}
+
+/// Opens `volume` at `at` for a client's read-only request (ROLLBACK,
 /// VERIFY: `kind`), after checking, in this order, its protocol version,
 /// the volume name and the point (an unparsable one is `protocol`); then
 /// checks that the client's device has the volume's size. A volume the
@@ -368,7 +378,7 @@ pub(crate) fn open_point_for_client(
     protocol: u16,
     volume: &str,
     size_bytes: u64,
-    point: Result<PointSpec, String>,
+    at: Result<ReadAt, String>,
     missing_volume: &'static str,
 ) -> Result<PointReader, SessionError> {
     if protocol != PROTOCOL_VERSION {
@@ -378,8 +388,12 @@ pub(crate) fn open_point_for_client(
         ));
     }
     validate_volume_name(volume)?;
-    let spec = point.map_err(|e| session_error(error_code::PROTOCOL, e))?;
-    let reader = store.open_point(volume, &spec).map_err(|e| match e {
+    let at = at.map_err(|e| session_error(error_code::PROTOCOL, e))?;
+    let reader = match at {
+        ReadAt::Point(spec) => store.open_point(volume, &spec),
+        ReadAt::End(durable) => store.open_end(volume, durable),
+    }
+    .map_err(|e| match e {
         StoreError::NoSuchVolume(_) => session_error(missing_volume, e.to_string()),
         StoreError::NoSuchPoint(_) => session_error(error_code::BAD_VOLUME, e.to_string()),
         e => SessionError::from(e),
@@ -470,7 +484,19 @@ fn session(
         }
         Ok(Frame::Verify(req)) => {
             volume_name.clone_from(&req.volume);
-            crate::verify::serve_verify(&shared.store, &req, writer, peer, &shared.stopping)?;
+            // The durable end, taken before the store is read: records
+            // appended but not durable yet stay out of the answer.
+            let durable = lock(&shared.volumes)
+                .get(&req.volume)
+                .map(|m| m.volume.durable_position());
+            crate::verify::serve_verify(
+                &shared.store,
+                durable,
+                &req,
+                writer,
+                peer,
+                &shared.stopping,
+            )?;
             return Ok(End::Closed);
         }
         Ok(f) => {

@@ -1,7 +1,15 @@
-//! Serving a verify: the checksum of every chunk of a volume at its latest
-//! consistency point, so that a client (the agent at re-attach,
+//! Serving a verify: the checksum of every chunk of a volume at the end of
+//! its durable journal, so that a client (the agent at re-attach,
 //! `rtbackupctl verify`) can compare them with its device and send only
 //! the chunks that differ (Documentation/protocol.rst, "Verify").
+//!
+//! The end, not the latest consistency point: the records a new attach
+//! sends are applied on top of the end, which holds the old attach's
+//! records after its last flush (its ring's end becomes a consistency point
+//! once the new ring starts) and any resync section still open. A chunk
+//! whose device bytes differ from the end must be sent again, or the backup
+//! would keep bytes the device lost (a write that never reached the media
+//! before a power cut).
 //!
 //! Read-only, like a rollback: it reads through the store's point reader,
 //! a bounded piece at a time, so it runs while an agent streams the volume
@@ -16,19 +24,22 @@ use rtbackup_proto::{
     check_chunk_size, chunk_count, error_code, ChunkChecksum, Frame, RollbackDone, VerifyPoint,
     VerifyRequest, MAX_CHECKSUMS_PER_FRAME,
 };
-use rtbackup_store::{PointSpec, Store};
+use rtbackup_store::{Position, Store};
 use tracing::info;
 
-use crate::server::{open_point_for_client, send_frame, session_error, SessionError};
+use crate::server::{open_point_for_client, send_frame, session_error, ReadAt, SessionError};
 
 /// Longest a filled part of a CHECKSUMS frame waits for more: a client sees
 /// progress about this often even when a frame takes long to fill (large
 /// chunks, a slow store), and can keep a read timeout.
 const FRAME_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Answers a VERIFY: VERIFY_POINT, the CHECKSUMS frames, DONE.
+/// Answers a VERIFY: VERIFY_POINT, the CHECKSUMS frames, DONE. `durable`
+/// is the position after the last durable record of the volume if it is
+/// open for ingest, taken before this call.
 pub(crate) fn serve_verify(
     store: &Store,
+    durable: Option<Position>,
     req: &VerifyRequest,
     writer: &Mutex<TcpStream>,
     peer: SocketAddr,
@@ -41,24 +52,32 @@ pub(crate) fn serve_verify(
         req.protocol,
         &req.volume,
         req.size_bytes,
-        Ok(PointSpec::Latest),
+        Ok(ReadAt::End(durable)),
         error_code::NO_SUCH_VOLUME,
     )?;
+    let Some(end) = reader.journal_end() else {
+        return Err(session_error(
+            error_code::INTERNAL,
+            "the store opened a point, not the journal's end",
+        ));
+    };
     let p = reader.point();
     let chunks = chunk_count(reader.size(), req.chunk_size);
     info!(
-        %peer, volume = req.volume, client = req.client, point = %p.time, seq = p.seq,
+        %peer, volume = req.volume, client = req.client, time = %end.time, seq = end.seq,
+        consistent = end.consistent, latest_point_seq = p.seq,
         chunk_size = req.chunk_size, chunks, "verify"
     );
     let started = Instant::now();
     send_frame(
         writer,
         &Frame::VerifyPoint(VerifyPoint {
-            seq: p.seq,
-            ring_id: p.ring_id,
-            time: p.time.clone(),
+            seq: end.seq,
+            ring_id: end.ring_id,
+            time: end.time.clone(),
             chunk_size: req.chunk_size,
             chunks,
+            consistent: end.consistent,
         }),
     )?;
     let mut out = Batcher {
@@ -87,7 +106,7 @@ pub(crate) fn serve_verify(
     )?;
     let secs = started.elapsed().as_secs_f64();
     info!(
-        %peer, volume = req.volume, seq = p.seq, chunks, frames = out.frames,
+        %peer, volume = req.volume, seq = end.seq, chunks, frames = out.frames,
         seconds = format_args!("{secs:.3}"),
         mib_per_s = format_args!("{:.1}", reader.size() as f64 / (1 << 20) as f64 / secs.max(1e-6)),
         "verify done"

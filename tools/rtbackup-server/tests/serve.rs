@@ -1123,6 +1123,11 @@ fn a_resync_section_hides_its_points_until_it_closes() {
     assert_eq!(st["resync_since_seq"], 3, "{st}");
     assert_eq!(point_seqs().0, [0, 2]);
     assert_restores(&store, "rs", &at2, 2);
+    // A verify describes the end, where the section's next chunks apply:
+    // its chunks and writes included, no consistency point.
+    let (p, sums) = verify_all(&srv.addr, "rs", 4096);
+    assert_eq!((p.seq, p.consistent), (6, false));
+    assert!(sums == chunk_sums(&s.image, 4096));
     let out = d.path().join("at.img");
     let rep = restore_at(&store, "rs", &out, "seq:6").unwrap();
     assert_eq!(rep["seq"], 2, "{rep}");
@@ -1161,6 +1166,9 @@ fn a_resync_section_hides_its_points_until_it_closes() {
     assert_eq!(p[2]["kind"], "flush");
     assert_restores(&store, "rs", &s.image, 9);
     image_at(9, &s.image);
+    let (p, sums) = verify_all(&srv.addr, "rs", 4096);
+    assert_eq!((p.seq, p.consistent), (9, true));
+    assert!(sums == chunk_sums(&s.image, 4096));
     let log = cli_json(&["log", "--volume", "rs", "--since", "seq:2"], &store).unwrap();
     let ops: Vec<_> = log
         .as_array()
@@ -1181,6 +1189,26 @@ fn a_resync_section_hides_its_points_until_it_closes() {
     );
     assert_eq!(log[4]["consistent_seq"], 8, "{log}");
     assert!(log[0].get("consistent_seq").is_none(), "{log}");
+}
+
+/// A verify of all of `volume` (of [`SIZE`]) through the client crate.
+fn verify_all(addr: &str, volume: &str, chunk_size: u64) -> (VerifyPoint, Vec<ChunkChecksum>) {
+    let req = VerifyRequest::new(volume, "test", chunk_size, SIZE);
+    let mut got = Vec::new();
+    let p = rtbackup_verify::fetch_checksums(addr, &req, |first, sums| {
+        assert_eq!(first, got.len() as u64);
+        got.extend_from_slice(sums);
+        Ok::<_, rtbackup_verify::VerifyError>(())
+    })
+    .unwrap();
+    (p, got)
+}
+
+fn chunk_sums(image: &[u8], chunk_size: u64) -> Vec<ChunkChecksum> {
+    image
+        .chunks(chunk_size as usize)
+        .map(chunk_checksum)
+        .collect()
 }
 
 /// Opens a connection and sends `req` as its first frame.
@@ -1225,18 +1253,21 @@ fn expect_verify_point(s: &mut TcpStream) -> VerifyPoint {
 }
 
 /// A verify through the real server, while the volume's agent is connected
-/// and streams: the checksums of the latest point (not of records after
-/// it), equal to the chunks of `restore`'s output, at every chunk size;
-/// through the client crate too; refusals.
+/// and streams: the checksums of the end of the durable journal, where the
+/// agent's next records apply (the write after the last flush included:
+/// `consistent` false), at every chunk size, while `restore` and `points`
+/// stay at the latest point; after a flush, `consistent`. Through the
+/// client crate too; refusals.
 #[test]
-fn verify_sends_the_checksums_of_the_latest_point() {
+fn verify_sends_the_checksums_of_the_durable_end() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     let srv = ServerProc::start(&store);
     let mut s = Stream::new(11);
     s.random(400);
     let point_seq = s.recs.len() as u64;
-    // Not followed by a consistency point: not in the latest state.
+    // Not followed by a consistency point: not in the latest point, but
+    // durable, and what the next records of the volume apply on top of.
     s.write(5, &[0x5a; 1024], 0);
     let n = s.recs.len() as u64;
     let (mut agent, _) = Client::connect(&srv.addr, &hello("v", SIZE, 0x42)).unwrap();
@@ -1245,49 +1276,45 @@ fn verify_sends_the_checksums_of_the_latest_point() {
     let out = d.path().join("restored.img");
     let rep = restore(&store, "v", &out);
     assert_eq!(rep["seq"], point_seq);
-    let img = fs::read(&out).unwrap();
-    assert!(img == s.at_cp);
+    assert!(fs::read(&out).unwrap() == s.at_cp);
     let points = cli_json(&["points", "--volume", "v"], &store).unwrap();
     let latest = points.as_array().unwrap().last().unwrap().clone();
     assert_eq!(latest["seq"], point_seq);
+    let log = cli_json(&["log", "--volume", "v", "--since", "seq:400"], &store).unwrap();
+    let last = log.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["seq"], n, "{last}");
+    let img = s.image.clone();
+    assert!(img != s.at_cp);
 
     for chunk_size in [4096u64, 64 << 10, 16 << 20] {
         let req = VerifyRequest::new("v", "test", chunk_size, SIZE);
         let mut v = verify_conn(&srv.addr, &req);
         let p = expect_verify_point(&mut v);
-        assert_eq!((p.seq, p.ring_id), (point_seq, 0x42));
-        assert_eq!(p.time, latest["time"], "{latest}");
+        assert_eq!((p.seq, p.ring_id, p.consistent), (n, 0x42, false));
+        assert_eq!(p.time, last["time"], "{last}");
         assert_eq!(
             (p.chunk_size, p.chunks),
             (chunk_size, SIZE.div_ceil(chunk_size))
         );
         if chunk_size == 16 << 20 {
-            // The agent goes on meanwhile: a new point does not change
-            // what this verify describes.
+            // The agent goes on meanwhile: new records do not change what
+            // this verify describes.
+            s.write(0, &[0x6b; 4096], 0);
             s.flush();
             agent.send(&s.recs[n as usize..]).unwrap();
-            assert_eq!(agent.wait_ack(n + 1), n + 1);
+            assert_eq!(agent.wait_ack(n + 2), n + 2);
         }
         let sums = read_checksums(&mut v, &p, SIZE);
-        let want: Vec<_> = img
-            .chunks(chunk_size as usize)
-            .map(chunk_checksum)
-            .collect();
-        assert!(sums == want, "chunk size {chunk_size}: checksums differ");
+        assert!(
+            sums == chunk_sums(&img, chunk_size),
+            "chunk size {chunk_size}: checksums differ"
+        );
     }
 
-    // The client crate, at the new latest point (with the last write).
-    let req = VerifyRequest::new("v", "test", 8192, SIZE);
-    let mut got = Vec::new();
-    let p = rtbackup_verify::fetch_checksums(&srv.addr, &req, |first, sums| {
-        assert_eq!(first, got.len() as u64);
-        got.extend_from_slice(sums);
-        Ok::<_, rtbackup_verify::VerifyError>(())
-    })
-    .unwrap();
-    assert_eq!(p.seq, n + 1);
-    let want: Vec<_> = s.image.chunks(8192).map(chunk_checksum).collect();
-    assert!(got == want);
+    // The client crate, after the flush: the end is the latest point.
+    let (p, got) = verify_all(&srv.addr, "v", 8192);
+    assert_eq!((p.seq, p.consistent), (n + 2, true));
+    assert!(got == chunk_sums(&s.image, 8192));
     let e = rtbackup_verify::fetch_checksums(
         &srv.addr,
         &VerifyRequest::new("nope", "test", 4096, SIZE),
@@ -1331,8 +1358,8 @@ fn verify_sends_the_checksums_of_the_latest_point() {
     // The agent was never disturbed.
     s.write(9, &[0x77; 512], 0);
     s.flush();
-    agent.send(&s.recs[n as usize + 1..]).unwrap();
-    assert_eq!(agent.wait_ack(n + 3), n + 3);
+    agent.send(&s.recs[n as usize + 2..]).unwrap();
+    assert_eq!(agent.wait_ack(n + 4), n + 4);
     let log = srv.log();
     assert!(log.contains("verify done"), "{log}");
 }

@@ -284,6 +284,31 @@ impl PointInfo {
     }
 }
 
+/// The end of a volume's journal, where the next record will be applied:
+/// after the last (durable) record held, whatever the consistency points
+/// say ([`crate::Store::open_end`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalEnd {
+    /// Time of the last record (the protected host's clock; the base
+    /// point's if the journal holds no record after it).
+    pub time: String,
+    /// The same, ns since the epoch.
+    pub time_ns: u64,
+    /// Ring of the last record (the base point's if none).
+    pub ring_id: u64,
+    /// Seq of the last record (the base point's if none).
+    pub seq: u64,
+    /// Whether the volume's bytes there are those of a consistency point:
+    /// no record after the newest point at or before the end changes data.
+    /// False after writes that no flush followed yet, and inside a resync
+    /// section.
+    pub consistent: bool,
+    /// Journal position (segment, offset).
+    pub segment: u64,
+    /// Byte offset in the segment.
+    pub offset: u64,
+}
+
 /// The history of a volume as read-only commands see it: the index (if
 /// usable) plus the journal after what it holds, scanned now.
 pub(crate) struct HistoryView {
@@ -293,6 +318,9 @@ pub(crate) struct HistoryView {
     pub(crate) tail: Rows,
     /// Where the tail starts.
     pub(crate) tail_from: Position,
+    /// Where the journal ended when it was scanned: after its last valid
+    /// record (durable or not: a server may be appending).
+    pub(crate) end: Position,
 }
 
 impl HistoryView {
@@ -340,6 +368,7 @@ impl HistoryView {
             index,
             tail: tail.rows,
             tail_from: from,
+            end: tail.end,
         })
     }
 
@@ -408,7 +437,8 @@ impl HistoryView {
         Ok(self.base)
     }
 
-    fn point_at_or_before(&self, pos: Position) -> Result<PointRow> {
+    /// The newest point at or before `pos` (the base point if none).
+    pub(crate) fn point_at_or_before(&self, pos: Position) -> Result<PointRow> {
         if let Some(p) = self
             .tail
             .points
@@ -492,6 +522,73 @@ impl HistoryView {
                 }
             }
         }
+    }
+
+    /// The journal's end at `pos`, a record boundary at or before
+    /// [`HistoryView::end`] and not before the base point: the last record
+    /// before it and whether the bytes there are a consistency point's;
+    /// with the newest point at or before it.
+    pub(crate) fn end_at(&self, pos: Position) -> Result<(JournalEnd, PointRow)> {
+        if self.base.pos.is_after(&pos) || pos.is_after(&self.end) {
+            return Err(StoreError::NoSuchPoint(format!(
+                "journal position {}:{} is outside the history held",
+                pos.segment, pos.offset
+            )));
+        }
+        // Index rows stop at the tail's start.
+        let indexed_upto = if pos.is_after(&self.tail_from) {
+            self.tail_from
+        } else {
+            pos
+        };
+        let last = match self
+            .tail
+            .records
+            .iter()
+            .rev()
+            .find(|r| pos.is_after(&r.start()))
+        {
+            Some(r) => Some(*r),
+            None => match &self.index {
+                Some(ix) => ix.last_record_before(indexed_upto)?,
+                None => None,
+            },
+        }
+        // A record before the base point is folded into the base image.
+        .filter(|r| !self.base.pos.is_after(&r.start()));
+        if let Some(r) = last.filter(|r| r.end().is_after(&pos)) {
+            return Err(StoreError::BadParameters(format!(
+                "journal position {}:{} is inside the record of seq {}",
+                pos.segment, pos.offset, r.seq
+            )));
+        }
+        let point = self.point_at_or_before(pos)?;
+        let between = |r: &&RecordRow| !point.pos.is_after(&r.start()) && pos.is_after(&r.start());
+        let mut changed = self
+            .tail
+            .records
+            .iter()
+            .filter(between)
+            .any(RecordRow::changes_data);
+        if let Some(ix) = self.index.as_ref() {
+            if !changed && indexed_upto.is_after(&point.pos) {
+                changed = ix.changes_data_between(point.pos, indexed_upto)?;
+            }
+        }
+        let (ring_id, seq, time_ns) = match last {
+            Some(r) => (r.ring_id, r.seq, r.time_ns),
+            None => (self.base.pos.ring_id, self.base.pos.seq, self.base.time_ns),
+        };
+        let end = JournalEnd {
+            time: format_time(time_ns),
+            time_ns,
+            ring_id,
+            seq,
+            consistent: !changed,
+            segment: pos.segment,
+            offset: pos.offset,
+        };
+        Ok((end, point))
     }
 
     /// Every record from `from` on, oldest first.

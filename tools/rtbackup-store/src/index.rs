@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rtbackup_proto::{RTB_OP_DISCARD, RTB_OP_RESYNC, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
@@ -139,7 +140,21 @@ impl RecordRow {
             seq: self.seq,
         }
     }
+
+    /// Whether the record changes bytes of the volume: a WRITE, DISCARD,
+    /// WRITE_ZEROES or RESYNC of at least one byte.
+    pub fn changes_data(&self) -> bool {
+        self.len > 0 && DATA_OPS.contains(&self.op)
+    }
 }
+
+/// The operations that change bytes of the volume (when `len > 0`).
+const DATA_OPS: [u8; 4] = [
+    RTB_OP_WRITE,
+    RTB_OP_DISCARD,
+    RTB_OP_WRITE_ZEROES,
+    RTB_OP_RESYNC,
+];
 
 /// A consistency point: a state of the volume a restore can produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -648,6 +663,48 @@ impl Index {
             )
             .optional()
             .map_err(|e| self.err("finding a record by seq", e))
+    }
+
+    /// The newest record that starts before `pos`.
+    pub(crate) fn last_record_before(&self, pos: Position) -> Result<Option<RecordRow>> {
+        self.conn
+            .query_row(
+                "SELECT segment, offset, size, ring_id, seq, time_ns, op, flags, start, len,
+                        consistent_seq
+                 FROM records WHERE (segment, offset) < (?1, ?2)
+                 ORDER BY segment DESC, offset DESC LIMIT 1",
+                params![to_i(pos.segment), to_i(pos.offset)],
+                Self::record_from,
+            )
+            .optional()
+            .map_err(|e| self.err("finding the last record", e))
+    }
+
+    /// Whether a record that starts in `[from, to)` changes bytes of the
+    /// volume ([`RecordRow::changes_data`]).
+    pub(crate) fn changes_data_between(&self, from: Position, to: Position) -> Result<bool> {
+        let [w, d, z, r] = DATA_OPS;
+        self.conn
+            .query_row(
+                "SELECT 1 FROM records
+                 WHERE (segment, offset) >= (?1, ?2) AND (segment, offset) < (?3, ?4)
+                   AND len > 0 AND op IN (?5, ?6, ?7, ?8)
+                 LIMIT 1",
+                params![
+                    to_i(from.segment),
+                    to_i(from.offset),
+                    to_i(to.segment),
+                    to_i(to.offset),
+                    w,
+                    d,
+                    z,
+                    r
+                ],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|o| o.is_some())
+            .map_err(|e| self.err("finding records that change data", e))
     }
 
     /// Records from position `from` on, oldest first, passed to `f`.

@@ -28,7 +28,7 @@ use rtbackup_proto::validate_volume_name;
 use serde::Serialize;
 
 pub use error::{Result, StoreError};
-pub use history::{format_time, parse_duration, PointInfo, PointSpec};
+pub use history::{format_time, parse_duration, JournalEnd, PointInfo, PointSpec};
 pub use index::{PointKind, RecordRow};
 pub use point::PointReader;
 pub use segment::{
@@ -459,6 +459,43 @@ impl Store {
     /// [`PointReader`]); the point is fixed now ("latest" is the newest
     /// point at this moment).
     pub fn open_point(&self, name: &str, at: &PointSpec) -> Result<PointReader> {
+        self.open_reader(name, |view| {
+            let p = view.resolve(at)?;
+            Ok((p.pos, p, None))
+        })
+    }
+
+    /// Opens volume `name` for reading as of the end of its journal: after
+    /// its last record, where the next record will be applied, whatever the
+    /// consistency points say (writes after the last flush, an open resync
+    /// section count). The reader's [`PointReader::journal_end`] tells the
+    /// last record and whether the state there is a consistency point's;
+    /// its [`PointReader::point`] is the newest point at or before it.
+    ///
+    /// A server appends records before they are durable: `durable`, the
+    /// position after the last durable record of the volume's ingesting
+    /// [`Volume`] ([`Volume::durable_position`]) taken before this call,
+    /// keeps them out; `None` reads after the last valid record found (a
+    /// volume that no process ingests). The end is fixed now: records
+    /// stored later never show in the reads.
+    pub fn open_end(&self, name: &str, durable: Option<Position>) -> Result<PointReader> {
+        self.open_reader(name, |view| {
+            let pos = durable
+                .filter(|d| !d.is_after(&view.end))
+                .unwrap_or(view.end);
+            let (end, p) = view.end_at(pos)?;
+            Ok((pos, p, Some(end)))
+        })
+    }
+
+    /// Opens a reader of volume `name` at the position `at` finds in its
+    /// history (with the newest point at or before it, and the journal's
+    /// end if it reads there).
+    fn open_reader(
+        &self,
+        name: &str,
+        at: impl FnOnce(&HistoryView) -> Result<(Position, PointRow, Option<JournalEnd>)>,
+    ) -> Result<PointReader> {
         let (src, _lock, st, last) = self.read_snapshot(name)?;
         if st.base.is_none() {
             return Err(StoreError::BadParameters(format!(
@@ -466,16 +503,13 @@ impl Store {
             )));
         }
         let view = self.history_view(name, &src, &st, last)?;
-        let p = view.resolve(at)?;
+        let (pos, p, end) = at(&view)?;
         let info = view.info(&p)?;
-        Ok(PointReader::new(
-            self.volume_dir(name),
-            src,
-            view,
-            info,
-            p.pos,
-            &st,
-        ))
+        let reader = PointReader::new(self.volume_dir(name), src, view, info, pos, &st);
+        Ok(match end {
+            Some(e) => reader.at_end(e),
+            None => reader,
+        })
     }
 
     /// Finds the restore point `at` names, without restoring.

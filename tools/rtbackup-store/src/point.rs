@@ -1,7 +1,16 @@
-//! Reading a volume as of a past consistency point, without writing an
-//! image first (the NBD export): each read takes the newest data at or
-//! before the point from the journal records that cover it (newest first,
-//! found through the index) and the rest from the image or the base image.
+//! Reading a volume as of a past consistency point (the NBD export, a
+//! rollback) or as of the end of its journal (a verify), without writing an
+//! image first: each read takes the newest data before the position read
+//! from the journal records that cover it (newest first, found through the
+//! index) and the rest from the image or the base image.
+//!
+//! The position need not be a consistency point: every record before it
+//! counts (RESYNC records as writes), none after. It is fixed when the
+//! reader is opened, and reads stay there while the volume moves on: the
+//! records scanned after the index's end are those of that moment, index
+//! rows are taken only up to where that scan started, and the image is
+//! used only while its checkpoint is not past the position (else the base
+//! image and the journal from the base point).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -18,7 +27,7 @@ use rtbackup_proto::{
 };
 
 use crate::error::{IoContext, Result, StoreError};
-use crate::history::{HistoryView, PointInfo};
+use crate::history::{HistoryView, JournalEnd, PointInfo};
 use crate::index::RecordRow;
 use crate::journal::SegmentSource;
 use crate::state::{Position, VolumeState};
@@ -31,11 +40,14 @@ const RECORD_CACHE: usize = 8;
 /// larger).
 const CHECKSUM_READ_BYTES: u64 = 4 << 20;
 
-/// A volume as of one consistency point, for reading.
+/// A volume as of one consistency point, or as of the end of its journal,
+/// for reading.
 pub struct PointReader {
     dir: PathBuf,
     src: SegmentSource,
     point: PointInfo,
+    /// Set when the reader reads the journal's end ([`crate::Store::open_end`]).
+    end: Option<JournalEnd>,
     pos: Position,
     size: u64,
     block_size: u32,
@@ -88,6 +100,7 @@ impl PointReader {
             dir,
             src,
             point,
+            end: None,
             pos,
             size: st.size_bytes,
             block_size: st.block_size,
@@ -98,9 +111,24 @@ impl PointReader {
         }
     }
 
-    /// The point read.
+    /// Makes a reader of the journal's end, at `end`.
+    pub(crate) fn at_end(mut self, end: JournalEnd) -> Self {
+        self.end = Some(end);
+        self
+    }
+
+    /// The point read; for a reader of the journal's end, the newest
+    /// consistency point at or before it (the end may have records after
+    /// it: see [`PointReader::journal_end`]).
     pub fn point(&self) -> &PointInfo {
         &self.point
+    }
+
+    /// The journal's end, for a reader opened there
+    /// ([`crate::Store::open_end`]): its last record and whether it is a
+    /// consistency point's state.
+    pub fn journal_end(&self) -> Option<&JournalEnd> {
+        self.end.as_ref()
     }
 
     /// Size of the volume.
@@ -123,11 +151,7 @@ impl PointReader {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut v = Vec::new();
         inner.view.records_from(self.pos, |r| {
-            let changes = matches!(
-                r.op,
-                RTB_OP_WRITE | RTB_OP_DISCARD | RTB_OP_WRITE_ZEROES | RTB_OP_RESYNC
-            );
-            if r.len > 0 && changes {
+            if r.changes_data() {
                 v.push((r.start, r.start + r.len));
             }
             ControlFlow::Continue(())
@@ -174,7 +198,8 @@ impl PointReader {
         Ok(chunks)
     }
 
-    /// Fills `buf` with the volume's bytes at `offset` as of the point.
+    /// Fills `buf` with the volume's bytes at `offset` as of the point (or
+    /// the journal's end).
     /// Fails if retention has folded the point away meanwhile.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let end = offset

@@ -628,6 +628,13 @@ impl Volume {
         (j.durable.ring_id, j.durable.seq)
     }
 
+    /// The journal position after the last durable record (what
+    /// [`crate::Store::open_end`] takes to leave out records not durable
+    /// yet).
+    pub fn durable_position(&self) -> Position {
+        lock(&self.journal).durable
+    }
+
     /// Seq of the first RESYNC record of the resync section the durable
     /// journal ends in, if it does (Documentation/design.rst, "Overflow and
     /// resync").

@@ -373,6 +373,7 @@ proptest! {
         prop_assert_eq!(st.resyncing, m.section.is_some());
         prop_assert_eq!(st.resync_since_seq, m.section.map(|s| s.0));
         prop_assert_eq!(st.applied_seq, m.at_cp.1);
+        end_matches(&store, Some(&vol), &m)?;
         drop(vol);
         // Fold up to the newest point at or before seq `fold_at` with a
         // store that keeps only from there.
@@ -428,5 +429,34 @@ proptest! {
         }
         let (latest, _) = restore_at(&store, d.path(), &PointSpec::Latest).unwrap();
         prop_assert!(latest == m.at_cp.0);
+        end_matches(&store, Some(&vol), &m)?;
     }
+}
+
+/// The end of the journal (`Store::open_end`) holds every record of the
+/// model, the last one's seq, and is consistent when no record after the
+/// model's last point changes data.
+fn end_matches(
+    store: &Store,
+    vol: Option<&rtbackup_store::Volume>,
+    m: &Model,
+) -> Result<(), TestCaseError> {
+    let r = store
+        .open_end("v", vol.map(rtbackup_store::Volume::durable_position))
+        .unwrap();
+    let end = r.journal_end().unwrap();
+    let last_point = m.points.last().map_or(0, |p| p.0);
+    let changed = m.ops[last_point as usize..].iter().any(|(op, _)| match op {
+        Op::Write { data, .. } | Op::Resync { data, .. } => !data.is_empty(),
+        Op::Discard { len, .. } | Op::Zeroes { len, .. } => *len > 0,
+        _ => false,
+    });
+    prop_assert_eq!(
+        (end.ring_id, end.seq, end.consistent),
+        (RING, m.ops.len() as u64, !changed)
+    );
+    let mut buf = vec![0u8; SIZE as usize];
+    r.read_at(&mut buf, 0).unwrap();
+    prop_assert!(buf == m.image, "the end is not after every record");
+    Ok(())
 }

@@ -11,28 +11,7 @@ use std::path::Path;
 
 use common::*;
 use rtbackup_proto::{RTB_OP_RESYNC, RTB_OP_RESYNC_END, RTB_REC_PREFLUSH};
-use rtbackup_store::{PointKind, PointSpec, Store, Volume, VolumeOptions};
-
-/// A new store (in a temporary directory) with volume "v".
-fn fresh() -> (tempfile::TempDir, Store, Volume) {
-    let d = fast_tempdir();
-    let store = store_with(d.path(), VolumeOptions::default());
-    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
-    (d, store, vol)
-}
-
-fn commit(vol: &Volume, ring: u64, batch: &[u8]) {
-    vol.append(ring, batch).unwrap();
-    vol.sync().unwrap();
-    vol.apply(true).unwrap();
-}
-
-fn resync(sector: u64, byte: u8, len: usize) -> Op {
-    Op::Resync {
-        sector,
-        data: vec![byte; len],
-    }
-}
+use rtbackup_store::{PointKind, PointSpec, Store};
 
 /// (ring, seq, kind, marks) of every point listed.
 fn points(store: &Store) -> Vec<(u64, u64, PointKind, Vec<String>)> {
@@ -279,15 +258,6 @@ fn sections_and_ring_ends() {
     let (bytes, seq) = restore_at(&store, d.path(), &PointSpec::Seq(9)).unwrap();
     assert_eq!(seq, 9);
     assert!(bytes == b9);
-}
-
-/// A model of a new ring continuing the device state of `m`.
-fn continued(m: &Model) -> Model {
-    Model {
-        image: m.image.clone(),
-        at_cp: m.at_cp.clone(),
-        ..Model::new()
-    }
 }
 
 #[test]

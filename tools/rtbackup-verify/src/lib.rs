@@ -1,8 +1,10 @@
 //! Client side of a verify (Documentation/protocol.rst, "Verify"): asks the
-//! backup server for the checksum of every chunk of a volume at its latest
-//! consistency point, so that a client can compare them with its device
-//! and send (resync) only the chunks that differ. What a client does with
-//! the differences is up to it.
+//! backup server for the checksum of every chunk of a volume at the end of
+//! its durable journal (the state the volume's next records will be applied
+//! to; [`VerifyPoint::consistent`] tells whether it is also a consistency
+//! point's), so that a client can compare them with its device and send
+//! (resync) only the chunks that differ. What a client does with the
+//! differences is up to it.
 //!
 //! ```no_run
 //! use rtbackup_verify::{chunk_checksum, fetch_checksums, VerifyError, VerifyRequest};
@@ -34,7 +36,7 @@ use rtbackup_proto::{read_frame, write_frame, Frame, ProtoError, RollbackDone};
 
 /// Asks the server at HOST:PORT for the checksums `req` describes and calls
 /// `f(first_chunk, checksums)` for each batch as it arrives: in chunk
-/// order, every chunk once, batches of 1 to 65536. Returns the point they
+/// order, every chunk once, batches of 1 to 65536. Returns the state they
 /// describe once all arrived (checked against the server's DONE). An error
 /// of `f` ends the verify (closing the connection) and is returned. The
 /// server sends a frame at least about every second while it reads, so
@@ -105,8 +107,8 @@ impl<S: Read + Write> Checksums<S> {
 }
 
 impl<S: Read> Checksums<S> {
-    /// The point the checksums describe (the volume's latest consistency
-    /// point when the server answered).
+    /// The state the checksums describe: the end of the volume's durable
+    /// journal when the server answered.
     pub fn point(&self) -> &VerifyPoint {
         &self.point
     }
@@ -170,6 +172,7 @@ mod tests {
             time: "2026-11-26T05:00:00Z".into(),
             chunk_size: 4096,
             chunks,
+            consistent: true,
         })
     }
 

@@ -11,7 +11,9 @@ use rtbackup_proto::{
     append_record, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_RESYNC, RTB_OP_RESYNC_END,
     RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_REC_PREFLUSH,
 };
-use rtbackup_store::{LocalDirStore, PointSpec, Retention, Store, StoreError, VolumeOptions};
+use rtbackup_store::{
+    LocalDirStore, PointSpec, Retention, Store, StoreError, Volume, VolumeOptions,
+};
 
 pub const SIZE: u64 = 64 * 1024;
 pub const RING: u64 = 0xabcdef;
@@ -182,6 +184,30 @@ impl Model {
     }
 }
 
+/// A model of a new ring continuing the device state of `m`.
+pub fn continued(m: &Model) -> Model {
+    Model {
+        image: m.image.clone(),
+        at_cp: m.at_cp.clone(),
+        ..Model::new()
+    }
+}
+
+/// A new store (in a temporary directory) with volume "v".
+pub fn fresh() -> (tempfile::TempDir, Store, Volume) {
+    let d = fast_tempdir();
+    let store = store_with(d.path(), VolumeOptions::default());
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    (d, store, vol)
+}
+
+/// Appends `batch` to `vol`, syncs it and applies (which also indexes it).
+pub fn commit(vol: &Volume, ring: u64, batch: &[u8]) {
+    vol.append(ring, batch).unwrap();
+    vol.sync().unwrap();
+    vol.apply(true).unwrap();
+}
+
 pub fn store_with(dir: &Path, opts: VolumeOptions) -> Store {
     Store::with_segment_store(dir, Arc::new(LocalDirStore::new(dir.join("sealed"))), opts).unwrap()
 }
@@ -240,6 +266,13 @@ pub fn point_at_or_before(m: &Model, seq: u64, from: u64) -> u64 {
 
 pub fn write(sector: u64, byte: u8, len: usize) -> Op {
     Op::Write {
+        sector,
+        data: vec![byte; len],
+    }
+}
+
+pub fn resync(sector: u64, byte: u8, len: usize) -> Op {
+    Op::Resync {
         sector,
         data: vec![byte; len],
     }
