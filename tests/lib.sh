@@ -97,9 +97,19 @@ SERVER_ARGS=""
 start_server() {
     [ $# -eq 0 ] || SERVER_ARGS="$*"
     mkdir -p "$STORE"
+    # A server left from before would answer in place of this one.
+    ! in_server_ns ss -Hltn "sport = :$PORT" | grep -q LISTEN ||
+        fail "port $PORT is still in use: $(in_server_ns ss -Hltnp "sport = :$PORT")"
+    # Started directly (not through a shell function, whose subshell would
+    # get $! and the signals): `ip netns exec` execs the server.
     # shellcheck disable=SC2086
-    in_server_ns rtbackup-server serve --store "$STORE" --listen $SERVER_HOST:$PORT $SERVER_ARGS \
-        >>/tmp/server.log 2>&1 &
+    if [ -n "$SERVER_NETNS" ]; then
+        ip netns exec "$SERVER_NETNS" rtbackup-server serve --store "$STORE" \
+            --listen $SERVER_HOST:$PORT $SERVER_ARGS >>/tmp/server.log 2>&1 &
+    else
+        rtbackup-server serve --store "$STORE" --listen $SERVER_HOST:$PORT $SERVER_ARGS \
+            >>/tmp/server.log 2>&1 &
+    fi
     SERVER_PID=$!
     background $!
     i=0
@@ -123,8 +133,9 @@ start_agent() {
     say "agent for rtbackup$n -> volume $vol started (pid $!)"
     i=0
     while [ "$(mode $n)" = initial-sync ]; do
-        i=$((i + 1)); [ $i -lt 600 ] || { cat /tmp/agent$n.log; fail "initial sync of rtbackup$n not done"; }
+        i=$((i + 1)); [ $i -lt 400 ] || { cat /tmp/agent$n.log; fail "initial sync of rtbackup$n not done"; }
         kill -0 "$(eval echo \$AGENT_PID_$n)" 2>/dev/null || { cat /tmp/agent$n.log; fail "the agent exited"; }
+        [ $((i % 30)) -ne 0 ] || say "initial sync of rtbackup$n: $(tail -1 /tmp/agent$n.log)"
         sleep 1
     done
 }
