@@ -218,7 +218,8 @@ impl Control {
             return Err(EINVAL);
         }
         let ring = self.ring_of(req.index)?;
-        let len = ring.bitmap_bytes();
+        let geometry = ring.bitmap_geometry();
+        let len = geometry.abi_bytes;
         if req.bitmap_bytes != len as u64 {
             return Err(EINVAL);
         }
@@ -228,10 +229,9 @@ impl Control {
             .read_slice(&mut bitmap)?;
         // Fault before anything changes if the answer cannot be written.
         writer.write(&req)?;
-        let (count, chunks, chunk_size) = ring.mark_dirty(&bitmap)?;
-        req.count = count;
-        req.chunks = chunks;
-        req.chunk_size = chunk_size;
+        req.count = ring.mark_dirty(&bitmap)?;
+        req.chunks = geometry.chunks;
+        req.chunk_size = geometry.chunk_size;
         UserSlice::new(arg, size_of::<RtbDirty>())
             .writer()
             .write(&req)

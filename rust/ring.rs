@@ -240,6 +240,17 @@ enum Room {
     Track,
 }
 
+/// The geometry of a device's bitmaps.
+#[derive(Clone, Copy)]
+pub(crate) struct BitmapGeometry {
+    /// Chunks of the device.
+    pub(crate) chunks: u64,
+    /// Bytes per chunk.
+    pub(crate) chunk_size: u64,
+    /// Bytes of a bitmap in the ABI's form.
+    pub(crate) abi_bytes: usize,
+}
+
 /// The buffers of a fetch, allocated at attach.
 struct FetchBuf {
     /// The fetched bitmap in its ABI form, copied to the agent.
@@ -265,6 +276,8 @@ pub(crate) struct Ring {
     track_on_full: bool,
     /// Serializes fetches; never taken by writers. Taken before `state`.
     fetch: Pin<KBox<Mutex<FetchBuf>>>,
+    /// The bitmaps' geometry, fixed at attach: read without the mutex.
+    geometry: BitmapGeometry,
     ring_id: u64,
     data_size: u64,
     full_waits: AtomicU64,
@@ -286,6 +299,11 @@ impl Ring {
     ) -> Result<Arc<Self>> {
         let dirty = ChunkBitmap::new(capacity_sectors, chunk_size)?;
         let resync = ChunkBitmap::new(capacity_sectors, chunk_size)?;
+        let geometry = BitmapGeometry {
+            chunks: dirty.chunks(),
+            chunk_size: dirty.chunk_size(),
+            abi_bytes: dirty.abi_bytes(),
+        };
         let bytes = KVVec::from_elem(0, dirty.abi_bytes(), GFP_KERNEL)?;
         let fetch = KBox::pin_init(
             new_mutex!(
@@ -347,6 +365,7 @@ impl Ring {
                 agent_open: AtomicBool::new(false),
                 track_on_full,
                 fetch,
+                geometry,
                 ring_id,
                 data_size,
                 full_waits: AtomicU64::new(0),
@@ -629,22 +648,22 @@ impl Ring {
         }
     }
 
-    /// Bytes of a bitmap of this device in the ABI's form.
-    pub(crate) fn bitmap_bytes(&self) -> usize {
-        self.state.lock().dirty.abi_bytes()
+    /// The geometry of the device's bitmaps.
+    pub(crate) fn bitmap_geometry(&self) -> BitmapGeometry {
+        self.geometry
     }
 
     /// Marks the chunks set in `bitmap` (the ABI's form, validated here)
-    /// dirty and starts tracking; returns how many were newly marked and
-    /// the bitmap's geometry (chunks, chunk size). `ENXIO` once detached.
-    pub(crate) fn mark_dirty(&self, bitmap: &[u8]) -> Result<(u64, u64, u64)> {
+    /// dirty and starts tracking; returns how many were newly marked.
+    /// `ENXIO` once detached.
+    pub(crate) fn mark_dirty(&self, bitmap: &[u8]) -> Result<u64> {
         let mut st = self.state.lock();
         if st.detached {
             return Err(ENXIO);
         }
         let added = st.dirty.or_abi(bitmap)?;
         self.start_tracking(&mut st);
-        Ok((added, st.dirty.chunks(), st.dirty.chunk_size()))
+        Ok(added)
     }
 
     /// Handles `RTB_RING_IOC_RESYNC`: validates the request completely,
@@ -691,11 +710,8 @@ impl Ring {
             }
             _ => return Err(EINVAL),
         }
-        {
-            let st = self.state.lock();
-            req.chunk_size = st.dirty.chunk_size();
-            req.chunks = st.dirty.chunks();
-        }
+        req.chunk_size = self.geometry.chunk_size;
+        req.chunks = self.geometry.chunks;
         writer.write(&req)
     }
 
@@ -830,7 +846,7 @@ impl Ring {
             flags: u64::from(st.flags),
             dirty_chunks: st.dirty.count(),
             resync_chunks: st.resync.count(),
-            chunk_size: st.dirty.chunk_size(),
+            chunk_size: self.geometry.chunk_size,
             overflows: st.overflows,
             ..RtbRingInfo::ZERO
         }
