@@ -33,12 +33,12 @@ use crate::sys::{
 };
 use crate::uapi::{
     check_mark_name, record_size, RtbRecordHeader, RtbResync, RtbRingAck, RtbRingHeader,
-    RtbRingInfo, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN,
-    RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
-    RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH, RTB_RESYNC_DONE,
-    RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM, RTB_RESYNC_TRACK_ALL,
-    RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_F_UNSYNCED,
-    RTB_RING_IOC_ACK, RTB_RING_IOC_RESYNC, RTB_RING_MAGIC, RTB_RING_PAGE,
+    RtbRingInfo, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_ACK_SPOOLED, RTB_AGENT_CONNECTED,
+    RTB_AGENT_OPEN, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE,
+    RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH,
+    RTB_RESYNC_DONE, RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM,
+    RTB_RESYNC_TRACK_ALL, RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING,
+    RTB_RING_F_UNSYNCED, RTB_RING_IOC_ACK, RTB_RING_IOC_RESYNC, RTB_RING_MAGIC, RTB_RING_PAGE,
 };
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -166,6 +166,9 @@ struct RingState {
     head_seq: u64,
     /// Sequence number of the first record not acknowledged.
     tail_seq: u64,
+    /// The highest seq the server holds durably: `tail_seq - 1`, or less
+    /// while records before the tail are only in the agent's spool.
+    durable_seq: u64,
     /// When the tail last moved.
     last_ack_ns: u64,
     /// What the agent said with its last acknowledgement.
@@ -341,6 +344,7 @@ impl Ring {
                     tail: 0,
                     head_seq: 1,
                     tail_seq: 1,
+                    durable_seq: 0,
                     last_ack_ns: 0,
                     connected: false,
                     detached: false,
@@ -587,7 +591,9 @@ impl Ring {
         if req.abi_version != RTB_ABI_VERSION {
             return Err(sys::eproto());
         }
-        if req.flags & !RTB_ACK_CONNECTED != 0 || req.reserved.iter().any(|&r| r != 0) {
+        if req.flags & !(RTB_ACK_CONNECTED | RTB_ACK_SPOOLED) != 0
+            || req.reserved.iter().any(|&r| r != 0)
+        {
             return Err(EINVAL);
         }
         let mut st = self.state.lock();
@@ -616,6 +622,15 @@ impl Ring {
         let seq = seq.max(req.acked_seq.saturating_add(1)).max(st.tail_seq);
         let moved = req.tail != st.tail;
         st.tail = req.tail;
+        // What the server holds: as the agent says while records are only
+        // in its spool; otherwise everything before a tail that moved. An
+        // acknowledgement that moves nothing (a connection report) leaves
+        // it, so that it never claims spooled records for the server.
+        if req.flags & RTB_ACK_SPOOLED != 0 {
+            st.durable_seq = req.acked_seq.min(seq.saturating_sub(1));
+        } else if seq != st.tail_seq {
+            st.durable_seq = seq.saturating_sub(1);
+        }
         st.tail_seq = seq;
         st.connected = req.flags & RTB_ACK_CONNECTED != 0;
         if moved {
@@ -848,6 +863,7 @@ impl Ring {
             resync_chunks: st.resync.count(),
             chunk_size: self.geometry.chunk_size,
             overflows: st.overflows,
+            durable_seq: st.durable_seq,
             ..RtbRingInfo::ZERO
         }
     }

@@ -15,7 +15,7 @@
 //! Fields named `reserved` must be zero; later versions give them a meaning.
 
 /// The version of this ABI. Bumped on any incompatible change.
-pub const RTB_ABI_VERSION: u32 = 4;
+pub const RTB_ABI_VERSION: u32 = 5;
 
 /// The ioctl type byte ("magic") of rtbackup, free in
 /// Documentation/userspace-api/ioctl/ioctl-number.rst of Linux 6.12.
@@ -89,7 +89,8 @@ pub const RTB_IOC_RING_OPEN: u32 = ioc(IOC_WRITE, 4, core::mem::size_of::<RtbRin
 pub const RTB_IOC_MARK: u32 = ioc(IOC_READ | IOC_WRITE, 5, core::mem::size_of::<RtbMark>());
 
 /// `_IOW(0xBB, 16, struct rtb_ring_ack)`, on a ring file descriptor: the
-/// records before `tail` are durable on the backup server.
+/// records before `tail` are durable on the backup server (or, with
+/// [`RTB_ACK_SPOOLED`], in the agent's spool).
 pub const RTB_RING_IOC_ACK: u32 = ioc(IOC_WRITE, 16, core::mem::size_of::<RtbRingAck>());
 
 /// Mark chunks of a device dirty and start tracking ([`RtbDirty`]; ABI v4).
@@ -457,6 +458,12 @@ pub const RTB_AGENT_CONNECTED: u32 = 1 << 1;
 
 /// `RtbRingAck::flags` bit: the agent is connected to the server.
 pub const RTB_ACK_CONNECTED: u32 = 1 << 0;
+/// `RtbRingAck::flags` bit (ABI v5): the records before `tail` are safe in
+/// the agent's local spool but the server holds only those up to
+/// `acked_seq`: the ring may reuse their bytes, and reports `acked_seq`
+/// (not `tail_seq - 1`) as durable on the server (`RtbRingInfo::
+/// durable_seq`, what `rtbackupctl sync` waits for).
+pub const RTB_ACK_SPOOLED: u32 = 1 << 1;
 
 /// The control page at offset 0 of a ring mapping. The kernel updates
 /// `head`, `tail`, `head_seq` and `tail_seq`; userspace reads them as
@@ -603,8 +610,12 @@ pub struct RtbRingInfo {
     pub chunk_size: u64,
     /// Times the ring overflowed into tracking.
     pub overflows: u64,
+    /// (ABI v5) The highest seq the server holds durably, as the agent
+    /// last said: `tail_seq - 1` unless records before the tail are only in
+    /// the agent's spool ([`RTB_ACK_SPOOLED`]).
+    pub durable_seq: u64,
     /// Zero.
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
 }
 
 const _: () = assert!(core::mem::size_of::<RtbRingHeader>() == 128);
@@ -705,7 +716,8 @@ impl RtbRingInfo {
         resync_chunks: 0,
         chunk_size: 0,
         overflows: 0,
-        reserved: [0; 2],
+        durable_seq: 0,
+        reserved: [0; 1],
     };
 }
 

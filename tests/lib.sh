@@ -89,7 +89,13 @@ PORT=7420
 SERVER_HOST=127.0.0.1
 SERVER_NETNS=""
 # in_server_ns CMD...: CMD in the server's network namespace.
-in_server_ns() { if [ -n "$SERVER_NETNS" ]; then ip netns exec "$SERVER_NETNS" "$@"; else "$@"; fi; }
+# Only the network namespace is entered (nsenter --net), not `ip netns exec`:
+# that also makes a private mount namespace holding a copy of every mount of
+# the moment, so a filesystem the test mounted before stays mounted there
+# after its `umount` (and keeps writing back to the device).
+in_server_ns() {
+    if [ -n "$SERVER_NETNS" ]; then nsenter --net="/run/netns/$SERVER_NETNS" "$@"; else "$@"; fi
+}
 
 # start_server [ARGS...]: rtbackup-server on $SERVER_HOST:$PORT with its
 # store in $STORE and ARGS (remembered: a restart without ARGS reuses them).
@@ -101,10 +107,10 @@ start_server() {
     ! in_server_ns ss -Hltn "sport = :$PORT" | grep -q LISTEN ||
         fail "port $PORT is still in use: $(in_server_ns ss -Hltnp "sport = :$PORT")"
     # Started directly (not through a shell function, whose subshell would
-    # get $! and the signals): `ip netns exec` execs the server.
+    # get $! and the signals): nsenter execs the server.
     # shellcheck disable=SC2086
     if [ -n "$SERVER_NETNS" ]; then
-        ip netns exec "$SERVER_NETNS" rtbackup-server serve --store "$STORE" \
+        nsenter --net="/run/netns/$SERVER_NETNS" rtbackup-server serve --store "$STORE" \
             --listen $SERVER_HOST:$PORT $SERVER_ARGS >>/tmp/server.log 2>&1 &
     else
         rtbackup-server serve --store "$STORE" --listen $SERVER_HOST:$PORT $SERVER_ARGS \

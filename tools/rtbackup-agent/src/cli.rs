@@ -49,8 +49,20 @@ pub struct Cli {
     /// Most bytes per second a resync or initial sync reads from the
     /// device and sends (suffixes K, M, G; default: no limit), so that it
     /// leaves room for the applications and the network.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_rate: Option<u64>,
+    /// A directory on another disk than the protected device where, while
+    /// the server cannot be reached and the ring is more than half full,
+    /// the agent moves records out of the ring (made durable first); they
+    /// are sent first on the next connection. A long outage then neither
+    /// blocks the device's writers nor ends in a resync, as long as the
+    /// spool has room.
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<std::path::PathBuf>,
+    /// Most bytes the spool may hold (suffixes K, M, G, T); when it is full
+    /// the ring fills and its `--on-full` policy applies.
+    #[arg(long, value_name = "BYTES", default_value = "8G", value_parser = parse_bytes)]
+    pub spool_max: u64,
     /// Log filter (error, warn, info, debug, trace, or a tracing
     /// directive); default: RUST_LOG, else info.
     #[arg(long, value_name = "FILTER")]
@@ -76,6 +88,8 @@ impl Cli {
         cfg.max_batch_delay = Duration::from_millis(self.max_batch_delay_ms);
         cfg.ack_timeout = Duration::from_secs(self.ack_timeout_secs);
         cfg.resync_max_rate = self.max_rate;
+        cfg.spool = self.spool.clone();
+        cfg.spool_max_bytes = self.spool_max;
         cfg.initial_sync = match self.initial_sync {
             InitialSyncArg::Verify => InitialSync::Verify,
             InitialSyncArg::Full => InitialSync::Full,
@@ -85,9 +99,9 @@ impl Cli {
     }
 }
 
-/// Parses a byte count with an optional binary suffix: `4096`, `64K`,
-/// `4M`, `1G` (also `KiB`, `MB`...: all binary).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+/// Parses a non-zero byte count with an optional binary suffix: `4096`,
+/// `64K`, `4M`, `1G`, `2T` (also `KiB`, `MB`...: all binary).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(split);
@@ -99,17 +113,27 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
         other => {
             return Err(format!(
-                "unknown size suffix {other:?} in {s:?} (K, M or G)"
+                "unknown size suffix {other:?} in {s:?} (K, M, G or T)"
             ))
         }
     };
     let v = n
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))?;
+    if v == 0 {
+        return Err(format!("{s:?} must be at least 1 byte"));
+    }
+    Ok(v)
+}
+
+/// [`parse_bytes`] for a size that must fit in one frame: at most 64 MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let v = parse_bytes(s)?;
     let max = rtbackup_proto::MAX_FRAME_PAYLOAD as u64;
-    if v == 0 || v > max {
+    if v > max {
         return Err(format!("{s:?} must be between 1 byte and {}M", max >> 20));
     }
     Ok(v)
@@ -133,6 +157,10 @@ mod tests {
         assert!(parse_size("M").is_err());
         assert!(parse_size("4X").unwrap_err().contains("suffix"));
         assert!(parse_size("99999999999999999999").is_err());
+        assert_eq!(parse_bytes("8G"), Ok(8 << 30));
+        assert_eq!(parse_bytes("2T"), Ok(2 << 40));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("99999999T").is_err());
     }
 
     #[test]
@@ -159,6 +187,30 @@ mod tests {
         assert_eq!(cfg.batch_bytes, 1 << 20);
         assert_eq!(cfg.max_batch_delay, Duration::from_millis(5));
         assert_eq!(cfg.ack_timeout, Duration::from_secs(60));
+        assert_eq!((cfg.spool, cfg.spool_max_bytes), (None, 8 << 30));
+        let cli = Cli::try_parse_from([
+            "rtbackup-agent",
+            "--device",
+            "0",
+            "--server",
+            "s:1",
+            "--volume",
+            "v",
+            "--spool",
+            "/srv/spool",
+            "--spool-max",
+            "100G",
+            "--max-rate",
+            "1G",
+        ])
+        .unwrap();
+        let cfg = cli.config("h");
+        assert_eq!(
+            cfg.spool.as_deref(),
+            Some(std::path::Path::new("/srv/spool"))
+        );
+        assert_eq!(cfg.spool_max_bytes, 100 << 30);
+        assert_eq!(cfg.resync_max_rate, Some(1 << 30));
         let err = Cli::try_parse_from(["rtbackup-agent", "--device", "0", "--server", "s:1"])
             .unwrap_err();
         assert!(err.to_string().contains("--volume"), "{err}");

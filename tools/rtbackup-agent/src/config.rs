@@ -46,6 +46,11 @@ pub struct AgentConfig {
     /// Most bytes per second a resync (or initial sync) reads and sends
     /// (`None`: as fast as it goes).
     pub resync_max_rate: Option<u64>,
+    /// The local spool directory (`--spool`): records leave a filling ring
+    /// for it while the server cannot be reached.
+    pub spool: Option<std::path::PathBuf>,
+    /// Most bytes the spool may hold.
+    pub spool_max_bytes: u64,
 }
 
 /// What the initial sync of a new attach sends (Documentation/design.rst,
@@ -87,6 +92,8 @@ impl AgentConfig {
             drain_timeout: Duration::from_secs(2),
             initial_sync: InitialSync::Verify,
             resync_max_rate: None,
+            spool: None,
+            spool_max_bytes: 8 << 30,
         }
     }
 }

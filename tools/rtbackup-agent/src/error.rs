@@ -73,6 +73,9 @@ pub enum AgentError {
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// The local spool cannot be opened or read back.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 impl AgentError {
@@ -95,6 +98,7 @@ impl AgentError {
             AgentError::Ring(_)
             | AgentError::RecordTooLarge { .. }
             | AgentError::Inconsistent(_)
+            | AgentError::Spool(_)
             | AgentError::Config(_) => true,
         }
     }

@@ -18,14 +18,17 @@ mod error;
 mod initial;
 mod resync;
 mod session;
+mod spool;
 
 pub use config::{AgentConfig, InitialSync};
 pub use error::{is_fatal_code, AgentError};
 pub use session::AGENT_VERSION;
+pub use spool::SpoolError;
 
 use config::Backoff;
 use rtbackup_ring::RingSource;
 use session::{run_session, SessionEnd, SessionReport};
+use spool::Spool;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -65,14 +68,22 @@ pub fn run<S: RingSource>(
             rtbackup_proto::MAX_FRAME_PAYLOAD
         )));
     }
+    let mut spool = match &cfg.spool {
+        Some(dir) => Some(Spool::open(
+            dir,
+            ring.view().ring_id(),
+            cfg.spool_max_bytes,
+        )?),
+        None => None,
+    };
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     while !stop.load(Ordering::Relaxed) {
-        if all_delivered(ring) {
+        if all_delivered(ring) && spool.as_ref().is_none_or(Spool::is_empty) {
             return Ok(detached(ring));
         }
         let started = Instant::now();
         let mut report = SessionReport::default();
-        let result = run_session(ring, cfg, stop, &mut report);
+        let result = run_session(ring, cfg, stop, &mut report, spool.as_mut());
         // Whatever happened, the server no longer hears from us.
         if let Err(e) = ring.report_connected(false) {
             tracing::warn!("cannot report the disconnection to the ring: {e}");
@@ -92,7 +103,7 @@ pub fn run<S: RingSource>(
                 } else {
                     tracing::warn!(server = %cfg.server, "{e}; retrying in {delay:?}");
                 }
-                sleep_unless_stopped(delay, stop, cfg.poll_interval);
+                wait_spooling(ring, cfg, stop, delay, spool.as_mut());
             }
         }
     }
@@ -117,15 +128,79 @@ fn detached<S: RingSource>(ring: &S) -> Exit {
     Exit::Detached { records }
 }
 
-/// Sleeps `total`, waking every `tick` to see whether `stop` was set.
-fn sleep_unless_stopped(total: Duration, stop: &AtomicBool, tick: Duration) {
+/// Waits `total` before the next connection attempt, waking every poll
+/// interval to see whether `stop` was set and, with a spool, to move
+/// records out of a filling ring into it.
+fn wait_spooling<S: RingSource>(
+    ring: &S,
+    cfg: &AgentConfig,
+    stop: &AtomicBool,
+    total: Duration,
+    mut spool: Option<&mut Spool>,
+) {
     let end = Instant::now() + total;
-    let tick = tick.max(Duration::from_millis(1));
+    let tick = cfg.poll_interval.max(Duration::from_millis(1));
     while !stop.load(Ordering::Relaxed) {
+        if let Some(sp) = spool.as_deref_mut() {
+            if let Err(e) = spool_ring(ring, cfg, sp) {
+                tracing::warn!("cannot spool: {e}; the ring keeps its records");
+                spool = None;
+            }
+        }
         let now = Instant::now();
         if now >= end {
             break;
         }
         std::thread::sleep((end - now).min(tick));
     }
+}
+
+/// Moves the ring's records into `spool` when the ring is more than half
+/// full (a short outage leaves them in the ring), as far as the spool has
+/// room and up to a gap of seqs (reserved by a resync: their records are
+/// made when sent).
+fn spool_ring<S: RingSource>(
+    ring: &S,
+    cfg: &AgentConfig,
+    spool: &mut Spool,
+) -> Result<(), AgentError> {
+    let view = ring.view();
+    if view.head() - view.tail() <= view.data_size() / 2 {
+        return Ok(());
+    }
+    let mut cursor = view.tail_cursor();
+    // What the server holds: everything before the spool's first record
+    // (or before the tail when the spool is empty).
+    let durable = spool.first_seq().unwrap_or(cursor.seq).saturating_sub(1);
+    let (mut records, mut bytes) = (0u64, 0u64);
+    loop {
+        let batch = view.read_batch(cursor, cfg.batch_bytes)?;
+        let (Some(first), Some(last)) = (batch.first_seq(), batch.last_seq()) else {
+            break;
+        };
+        if batch.bytes() > spool.room() {
+            tracing::warn!(
+                spooled_bytes = spool.bytes(),
+                "the spool is full (--spool-max); the ring fills and its on-full policy applies"
+            );
+            break;
+        }
+        spool.append(batch.parts(), first, last)?;
+        records += batch.records();
+        bytes += batch.bytes();
+        cursor = batch.end();
+        // SAFETY: the batch's bytes were copied to the spool and are not
+        // used any more.
+        unsafe { ring.set_tail_spooled(cursor, durable, false) }?;
+    }
+    if records > 0 {
+        tracing::info!(
+            records,
+            bytes,
+            last_seq = cursor.seq - 1,
+            spooled_bytes = spool.bytes(),
+            "ring more than half full while disconnected: records moved to the spool"
+        );
+    }
+    Ok(())
 }

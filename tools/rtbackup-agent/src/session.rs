@@ -5,6 +5,7 @@ use crate::acks::AckTracker;
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::resync::{self, Sink};
+use crate::spool::Spool;
 use rtbackup_proto::{
     read_frame, write_frame, write_records_frame, Frame, Hello, ProtoError, Welcome,
     MAX_FRAME_PAYLOAD, PROTOCOL_VERSION,
@@ -672,6 +673,7 @@ pub(crate) fn run_session<S: RingSource>(
     cfg: &AgentConfig,
     stop: &AtomicBool,
     report: &mut SessionReport,
+    spool: Option<&mut Spool>,
 ) -> Result<SessionEnd, AgentError> {
     let stream = connect(cfg)?;
     let Some(welcome) = handshake(&stream, ring, cfg, stop)? else {
@@ -679,8 +681,14 @@ pub(crate) fn run_session<S: RingSource>(
     };
     report.welcomed = true;
     let view = ring.view();
+    let mut durable_seq = welcome.durable_seq;
+    if let Some(spool) = spool {
+        let acked = send_spool(&stream, ring, cfg, stop, spool, durable_seq)?;
+        report.progressed |= acked > durable_seq;
+        durable_seq = acked;
+    }
     let tail_seq = view.tail_seq();
-    let start = resume_point(view, welcome.durable_seq)?;
+    let start = resume_point(view, durable_seq)?;
     // Records the server already has leave the ring now; this also reports
     // the connection.
     // SAFETY: no batch of the ring is in use: the sender has not started.
@@ -689,7 +697,7 @@ pub(crate) fn run_session<S: RingSource>(
         server = %cfg.server,
         volume = %cfg.volume,
         server_version = %welcome.server_version,
-        durable_seq = welcome.durable_seq,
+        durable_seq,
         skipped = start.seq - tail_seq,
         resume_seq = start.seq,
         head_seq = view.head_seq(),
@@ -723,6 +731,93 @@ pub(crate) fn run_session<S: RingSource>(
             Ok(SessionEnd::Stopped)
         }
     }
+}
+
+/// Sends the spooled records after `durable_seq` (what the server holds),
+/// before anything of the ring, and waits for the server's ACKs file by
+/// file, telling the ring what the server holds as they come
+/// (`RTB_ACK_SPOOLED`); then removes what the server holds from the
+/// spool. Returns the highest seq the server holds.
+fn send_spool<S: RingSource>(
+    stream: &TcpStream,
+    ring: &S,
+    cfg: &AgentConfig,
+    stop: &AtomicBool,
+    spool: &mut Spool,
+    durable_seq: u64,
+) -> Result<u64, AgentError> {
+    spool.prune(durable_seq)?;
+    let (Some(first), Some(last)) = (spool.first_seq(), spool.last_seq()) else {
+        return Ok(durable_seq);
+    };
+    if first > durable_seq + 1 {
+        // The server lacks records before the spool's: resume_point says
+        // what that means.
+        tracing::warn!(
+            durable_seq,
+            spool_first_seq = first,
+            "the server lacks records before the spool's"
+        );
+        return Ok(durable_seq);
+    }
+    tracing::info!(
+        first_seq = durable_seq + 1,
+        last_seq = last,
+        bytes = spool.bytes(),
+        "sending the spooled records first"
+    );
+    let wire = |source| AgentError::Wire {
+        server: cfg.server.clone(),
+        source,
+    };
+    let io = |e: io::Error| wire(ProtoError::Io(e));
+    stream
+        .set_read_timeout(Some(cfg.poll_interval.max(Duration::from_millis(1))))
+        .map_err(io)?;
+    let mut acked = durable_seq;
+    spool.replay(
+        durable_seq,
+        cfg.batch_bytes,
+        |bytes, _last| write_records_frame(&mut &*stream, &[bytes]).map_err(wire),
+        |file_last| {
+            while acked < file_last {
+                let mut reader = HandshakeReader {
+                    stream,
+                    stop,
+                    deadline: Instant::now() + cfg.ack_timeout,
+                };
+                match read_frame(&mut reader) {
+                    Ok(Frame::Ack(seq)) => acked = acked.max(seq),
+                    Ok(Frame::Error(e)) => {
+                        return Err(AgentError::Server {
+                            code: e.code,
+                            message: e.message,
+                        })
+                    }
+                    Ok(f) => {
+                        return Err(AgentError::Protocol(format!(
+                            "unexpected {} frame while sending the spool",
+                            f.name()
+                        )))
+                    }
+                    Err(_) if stop.load(Ordering::Relaxed) => return Err(AgentError::Interrupted),
+                    Err(ProtoError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                        return Err(AgentError::AckTimeout(cfg.ack_timeout))
+                    }
+                    Err(e) => return Err(wire(e)),
+                }
+            }
+            let tail = ring.view().tail_cursor();
+            // SAFETY: the consumer position does not move.
+            unsafe { ring.set_tail_spooled(tail, acked, true) }?;
+            tracing::debug!(acked_seq = acked, "spooled records acknowledged");
+            Ok(())
+        },
+    )?;
+    stream.set_read_timeout(None).map_err(io)?;
+    spool.prune(acked)?;
+    tracing::info!(acked_seq = acked, "the server holds every spooled record");
+    Ok(acked)
 }
 
 /// Watches the connection: stops it when asked (after a short drain of

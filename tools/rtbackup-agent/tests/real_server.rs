@@ -73,6 +73,24 @@ fn produce(ring: &MemRing, image: &mut [u8], count: u64) {
         .unwrap();
 }
 
+/// Logs of the code under test, through the test harness.
+fn test_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+}
+
+/// An agent configuration for volume `vol` on `addr` with fast retries.
+fn fast_config(addr: SocketAddr, vol: &str, batch_bytes: u64) -> AgentConfig {
+    let mut cfg = AgentConfig::new(addr.to_string(), vol, "test-host");
+    cfg.batch_bytes = batch_bytes;
+    cfg.backoff_initial = Duration::from_millis(20);
+    cfg.backoff_max = Duration::from_millis(100);
+    cfg.poll_interval = Duration::from_millis(10);
+    cfg
+}
+
 fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
     let end = Instant::now() + timeout;
     while !f() {
@@ -83,19 +101,12 @@ fn wait_until(what: &str, timeout: Duration, f: impl Fn() -> bool) {
 
 #[test]
 fn streams_to_the_real_server_across_a_restart() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_test_writer()
-        .try_init();
+    test_logs();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let (server, addr) = start_server(&store, "127.0.0.1:0");
     let ring = MemRing::new(2 << 20, RING_ID, SECTORS, 512).unwrap();
-    let mut cfg = AgentConfig::new(addr.to_string(), "vol-a", "test-host");
-    cfg.batch_bytes = 64 << 10;
-    cfg.backoff_initial = Duration::from_millis(20);
-    cfg.backoff_max = Duration::from_millis(200);
-    cfg.poll_interval = Duration::from_millis(20);
+    let cfg = fast_config(addr, "vol-a", 64 << 10);
     let mut image = vec![0u8; (SECTORS * 512) as usize];
     let stop = AtomicBool::new(false);
     thread::scope(|s| {
@@ -230,4 +241,110 @@ fn the_initial_sync_sends_what_the_backup_lacks_and_a_reattach_sends_nothing() {
     assert_eq!(resync_chunks_sent(&store, "vol-i", RING_ID + 1), 0);
     store.restore("vol-i", &out).unwrap();
     assert!(std::fs::read(&out).unwrap() == again.device_image());
+}
+
+/// Files of records in a spool directory.
+fn spool_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".spool")
+        })
+        .count()
+}
+
+/// Every seq of ring `ring_id` in the volume's journal, in journal order.
+fn journal_seqs(store: &Store, volume: &str, ring_id: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    store
+        .log(volume, None, |r| {
+            if r.ring_id == ring_id {
+                seqs.push(r.seq);
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    seqs
+}
+
+#[test]
+fn a_long_outage_goes_to_the_spool_and_arrives_in_order_after_an_agent_restart() {
+    test_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let spool = dir.path().join("spool");
+    let (server, addr) = start_server(&store, "127.0.0.1:0");
+    // 256 KiB of ring for about 4.5 MiB of writes during the outage.
+    let ring = MemRing::new(256 << 10, RING_ID, SECTORS, 512).unwrap();
+    let mut cfg = fast_config(addr, "vol-s", 32 << 10);
+    cfg.spool = Some(spool.clone());
+    cfg.spool_max_bytes = 64 << 20;
+    let mut image = vec![0u8; (SECTORS * 512) as usize];
+    let stop = AtomicBool::new(false);
+    let first = thread::scope(|s| {
+        let agent = s.spawn(|| run(&ring, &cfg, &stop));
+        produce(&ring, &mut image, 50);
+        let first = ring.next_seq() - 1;
+        wait_until("the first records", Duration::from_secs(60), || {
+            ring.view().tail_seq() == first + 1
+        });
+        assert_eq!(ring.durable_seq(), first);
+        server.stop();
+        // Far more than the ring holds: the writer never waits more than
+        // the agent's poll interval for the spool to take records.
+        produce(&ring, &mut image, 2000);
+        let last = ring.next_seq() - 1;
+        wait_until("records to be spooled", Duration::from_secs(60), || {
+            ring.view().tail_seq() > first + 1000
+        });
+        // The ring gave their room back, but they are not on the server.
+        assert_eq!(
+            ring.durable_seq(),
+            first,
+            "spooled records counted as durable"
+        );
+        assert!(ring.acks().iter().any(|a| a.spooled_durable == Some(first)));
+        // The agent is stopped while the server is away.
+        stop.store(true, Ordering::SeqCst);
+        agent.join().unwrap().unwrap();
+        assert!(ring.view().tail_seq() <= last + 1);
+        first
+    });
+    assert!(spool_files(&spool) > 0, "nothing in the spool directory");
+    // A new agent on the same spool, and the server back: the spooled
+    // records go first, then the rest of the ring.
+    let (server, _) = start_server(&store, &addr.to_string());
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        let agent = s.spawn(|| run(&ring, &cfg, &stop));
+        produce(&ring, &mut image, 20);
+        let last = ring.next_seq() - 1;
+        wait_until("everything on the server", Duration::from_secs(60), || {
+            ring.durable_seq() == last && ring.view().tail_seq() == last + 1
+        });
+        stop.store(true, Ordering::SeqCst);
+        agent.join().unwrap().unwrap();
+        server.stop();
+    });
+    let store = Store::open(&store).unwrap();
+    let last = ring.next_seq() - 1;
+    assert_eq!(store.volume_status("vol-s").unwrap().durable_seq, last);
+    // Every record once, in order: no resync, no gap.
+    assert_eq!(
+        journal_seqs(&store, "vol-s", RING_ID),
+        (1..=last).collect::<Vec<_>>()
+    );
+    assert!(first < last);
+    let out = dir.path().join("restored.img");
+    assert_eq!(store.restore("vol-s", &out).unwrap().seq, last);
+    assert!(
+        std::fs::read(&out).unwrap() == image,
+        "the restored image differs"
+    );
+    // The spool is empty again.
+    assert_eq!(spool_files(&spool), 0);
 }

@@ -8,9 +8,9 @@ use nix::errno::Errno;
 use rtbackup_abi::{
     c_str_bytes, check_mark_name, RtbAttach, RtbDetach, RtbDeviceInfo, RtbDirty, RtbList, RtbMark,
     RtbResync, RtbRingAck, RtbRingOpen, RtbVersion, RTB_ABI_VERSION, RTB_ACK_CONNECTED,
-    RTB_ATTACH_TRACK, RTB_CHUNK_MAX, RTB_CHUNK_MIN, RTB_DISK_PREFIX, RTB_MAX_DEVICES, RTB_PATH_MAX,
-    RTB_RESYNC_DONE, RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM,
-    RTB_RESYNC_TRACK_ALL, RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
+    RTB_ACK_SPOOLED, RTB_ATTACH_TRACK, RTB_CHUNK_MAX, RTB_CHUNK_MIN, RTB_DISK_PREFIX,
+    RTB_MAX_DEVICES, RTB_PATH_MAX, RTB_RESYNC_DONE, RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING,
+    RTB_RESYNC_F_STREAM, RTB_RESYNC_TRACK_ALL, RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -393,23 +393,40 @@ fn mark_request(index: u32, name: &str) -> Result<RtbMark> {
     Ok(req)
 }
 
+/// An acknowledgement to a ring ([`ring_ack`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingAck {
+    /// The new consumer position: the end of a record between the current
+    /// tail and head (the current tail: only reports `connected`).
+    pub tail: u64,
+    /// The highest seq the server holds durably (0: not given): the ring's
+    /// `tail_seq` passes seqs reserved for resync records up to it.
+    pub acked_seq: u64,
+    /// The agent is connected to the server.
+    pub connected: bool,
+    /// The records before `tail` are in the agent's spool; the server
+    /// holds only those up to `acked_seq` (`RTB_ACK_SPOOLED`).
+    pub spooled: bool,
+}
+
 /// Tells the kernel, on a ring file descriptor from [`Control::ring_open`],
-/// that the records before byte position `tail` are durable on the server
-/// (they leave the ring), and whether the agent is connected to it.
-/// `tail` must be the end of a record between the current tail and head.
-/// `acked_seq` (0: not given) is the highest seq the server holds: the
-/// ring's `tail_seq` passes seqs reserved for resync records up to it.
-pub fn ring_ack(ring: BorrowedFd<'_>, tail: u64, acked_seq: u64, connected: bool) -> Result<()> {
+/// that the records before byte position `ack.tail` may leave the ring
+/// (durable on the server, or in the agent's spool), what the server holds,
+/// and whether the agent is connected to it.
+pub fn ring_ack(ring: BorrowedFd<'_>, ack: &RingAck) -> Result<()> {
     let mut req = RtbRingAck::ZERO;
     req.abi_version = RTB_ABI_VERSION;
-    req.tail = tail;
-    req.acked_seq = acked_seq;
-    if connected {
-        req.flags = RTB_ACK_CONNECTED;
+    req.tail = ack.tail;
+    req.acked_seq = ack.acked_seq;
+    if ack.connected {
+        req.flags |= RTB_ACK_CONNECTED;
+    }
+    if ack.spooled {
+        req.flags |= RTB_ACK_SPOOLED;
     }
     // SAFETY: `req` is a valid `RtbRingAck` for the kernel to read.
     unsafe { ioctl::ring_ack(ring.as_raw_fd(), &req) }
-        .map_err(|errno| Error::sys(format!("RTB_RING_IOC_ACK to position {tail}"), errno))?;
+        .map_err(|errno| Error::sys(format!("RTB_RING_IOC_ACK to position {}", ack.tail), errno))?;
     Ok(())
 }
 

@@ -40,14 +40,18 @@ pub struct DeviceStatus {
 pub struct RingStatus {
     /// Bytes of the ring's data area.
     pub size_bytes: u64,
-    /// Bytes of records not yet acknowledged by the server: the lag.
+    /// Bytes of records still in the ring: not yet acknowledged by the
+    /// server nor kept in the agent's spool.
     pub used_bytes: u64,
     /// Sequence number of the last record written (0: none yet).
     pub last_written_seq: u64,
     /// Sequence number of the last record the server has durably.
     pub last_acked_seq: u64,
-    /// Records written and not yet acknowledged.
+    /// Records written and not yet acknowledged by the server: the lag.
     pub lag_records: u64,
+    /// Records out of the ring but only in the agent's local spool
+    /// (`rtbackup-agent --spool`), not yet on the server.
+    pub spooled_records: u64,
     /// Submission time (Unix ns) of the oldest record not acknowledged.
     pub oldest_unacked_ns: Option<u64>,
     /// Time (Unix ns) of the last acknowledgement.
@@ -103,8 +107,9 @@ impl From<&RtbRingInfo> for RingStatus {
             size_bytes: r.size,
             used_bytes: r.used,
             last_written_seq: r.head_seq.saturating_sub(1),
-            last_acked_seq: r.tail_seq.saturating_sub(1),
-            lag_records: r.head_seq.saturating_sub(r.tail_seq),
+            last_acked_seq: r.durable_seq,
+            lag_records: r.head_seq.saturating_sub(1).saturating_sub(r.durable_seq),
+            spooled_records: r.tail_seq.saturating_sub(1).saturating_sub(r.durable_seq),
             oldest_unacked_ns: nonzero(r.oldest_unacked_ns),
             last_ack_ns: nonzero(r.last_ack_ns),
             full_waits: r.full_waits,

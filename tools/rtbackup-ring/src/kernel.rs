@@ -7,7 +7,7 @@ use memmap2::{Mmap, MmapOptions};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rtbackup_abi::{RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE, RTB_RING_PAGE};
-use rtbackup_control::{Control, DeviceStatus, DirectReader, Resync, ResyncOp};
+use rtbackup_control::{Control, DeviceStatus, DirectReader, Resync, ResyncOp, RingAck};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct Ring {
     view: RingView<Mmap>,
     fd: OwnedFd,
     device: DeviceStatus,
+    /// What resync reads open: see [`read_path`].
+    read_path: String,
 }
 
 impl Ring {
@@ -73,10 +75,13 @@ impl Ring {
             tail = view.tail(),
             "ring mapped"
         );
+        let read_path = read_path(&status);
+        tracing::debug!(device = %status.device, read_path, "resync reads");
         Ok(Self {
             view,
             fd,
             device: status,
+            read_path,
         })
     }
 
@@ -88,6 +93,26 @@ impl Ring {
     /// The ring file descriptor.
     pub fn fd(&self) -> &OwnedFd {
         &self.fd
+    }
+}
+
+/// The node resync and verify reads open: the lower device itself when its
+/// node is still that device (`lower_devt`), else `/dev/rtbackupN`. Both
+/// hold the same bytes (the stacked disk passes reads down unchanged, and a
+/// resync fetch waits for the writes in flight), but opening the lower
+/// device does not make the stacked disk busy, so `rtbackupctl detach`
+/// during a resync is not refused (`EBUSY`) because of the agent's reads.
+fn read_path(status: &DeviceStatus) -> String {
+    use nix::sys::stat::{major, minor};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match std::fs::metadata(&status.lower) {
+        Ok(m)
+            if m.file_type().is_block_device()
+                && format!("{}:{}", major(m.rdev()), minor(m.rdev())) == status.lower_devt =>
+        {
+            status.lower.clone()
+        }
+        _ => status.device.clone(),
     }
 }
 
@@ -107,13 +132,40 @@ impl RingSource for Ring {
     }
 
     unsafe fn set_tail(&self, position: u64, connected: bool) -> Result<()> {
-        rtbackup_control::ring_ack(self.fd.as_fd(), position, 0, connected)?;
+        let ack = RingAck {
+            tail: position,
+            acked_seq: 0,
+            connected,
+            spooled: false,
+        };
+        rtbackup_control::ring_ack(self.fd.as_fd(), &ack)?;
         Ok(())
     }
 
     unsafe fn set_tail_at(&self, cursor: Cursor, connected: bool) -> Result<()> {
-        let acked = cursor.seq.saturating_sub(1);
-        rtbackup_control::ring_ack(self.fd.as_fd(), cursor.pos, acked, connected)?;
+        let ack = RingAck {
+            tail: cursor.pos,
+            acked_seq: cursor.seq.saturating_sub(1),
+            connected,
+            spooled: false,
+        };
+        rtbackup_control::ring_ack(self.fd.as_fd(), &ack)?;
+        Ok(())
+    }
+
+    unsafe fn set_tail_spooled(
+        &self,
+        cursor: Cursor,
+        durable_seq: u64,
+        connected: bool,
+    ) -> Result<()> {
+        let ack = RingAck {
+            tail: cursor.pos,
+            acked_seq: durable_seq,
+            connected,
+            spooled: true,
+        };
+        rtbackup_control::ring_ack(self.fd.as_fd(), &ack)?;
         Ok(())
     }
 
@@ -138,7 +190,7 @@ impl RingSource for Ring {
     /// open would make a detach fail with EBUSY), so callers read runs of
     /// chunks, not single blocks.
     fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let path = &self.device.device;
+        let path = &self.read_path;
         let len = buf.len();
         let err = |source| RingError::DeviceRead {
             device: path.clone(),

@@ -126,6 +126,9 @@ pub struct AckCall {
     pub tail_seq: u64,
     /// The connection state reported.
     pub connected: bool,
+    /// The seq the server holds durably, when records before the tail are
+    /// only in the agent's spool ([`RingSource::set_tail_spooled`]).
+    pub spooled_durable: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -138,6 +141,8 @@ struct State {
     head_seq: u64,
     tail: u64,
     tail_seq: u64,
+    /// As the kernel's `durable_seq` (ABI v5).
+    durable_seq: u64,
     /// Records were published since the last wakeup (edge-triggered poll).
     woken: bool,
     /// The device was detached: no record is added any more.
@@ -260,6 +265,7 @@ impl MemRing {
                 head_seq: 1,
                 tail: 0,
                 tail_seq: 1,
+                durable_seq: 0,
                 woken: false,
                 detached: false,
                 acks: Vec::new(),
@@ -579,6 +585,48 @@ impl MemRing {
         out.as_mut_bytes().copy_from_slice(src);
         out
     }
+
+    /// The seq the ring reports as durable on the server (the kernel's
+    /// `RtbRingInfo::durable_seq`).
+    pub fn durable_seq(&self) -> u64 {
+        self.lock().durable_seq
+    }
+
+    /// Moves the tail as the kernel's `RTB_RING_IOC_ACK` does; `spooled`:
+    /// the durable seq of an `RTB_ACK_SPOOLED` acknowledgement.
+    fn move_tail(
+        &self,
+        cursor: crate::view::Cursor,
+        connected: bool,
+        spooled: Option<u64>,
+    ) -> Result<()> {
+        let position = cursor.pos;
+        let mut st = self.lock();
+        let from = crate::view::Cursor {
+            pos: st.tail,
+            seq: st.tail_seq,
+        };
+        let mut cur = self.view.cursor_at(from, position)?;
+        cur.seq = cur.seq.max(cursor.seq).min(st.staged_seq);
+        // As the kernel (rust/ring.rs, `ack`).
+        match spooled {
+            Some(d) => st.durable_seq = d.min(cur.seq.saturating_sub(1)),
+            None if cur.seq != st.tail_seq => st.durable_seq = cur.seq.saturating_sub(1),
+            None => {}
+        }
+        st.tail = cur.pos;
+        st.tail_seq = cur.seq;
+        self.mem.store_u64(OFF_TAIL_SEQ, cur.seq, Ordering::Release);
+        self.mem.store_u64(OFF_TAIL, cur.pos, Ordering::Release);
+        st.acks.push(AckCall {
+            position,
+            tail_seq: cur.seq,
+            connected,
+            spooled_durable: spooled,
+        });
+        self.changed.notify_all();
+        Ok(())
+    }
 }
 
 impl RingSource for MemRing {
@@ -604,25 +652,16 @@ impl RingSource for MemRing {
     /// As the kernel: `tail_seq` from the records, and at least
     /// `cursor.seq` (seqs reserved for resync records the server holds).
     unsafe fn set_tail_at(&self, cursor: crate::view::Cursor, connected: bool) -> Result<()> {
-        let position = cursor.pos;
-        let mut st = self.lock();
-        let from = crate::view::Cursor {
-            pos: st.tail,
-            seq: st.tail_seq,
-        };
-        let mut cur = self.view.cursor_at(from, position)?;
-        cur.seq = cur.seq.max(cursor.seq).min(st.staged_seq);
-        st.tail = cur.pos;
-        st.tail_seq = cur.seq;
-        self.mem.store_u64(OFF_TAIL_SEQ, cur.seq, Ordering::Release);
-        self.mem.store_u64(OFF_TAIL, cur.pos, Ordering::Release);
-        st.acks.push(AckCall {
-            position,
-            tail_seq: cur.seq,
-            connected,
-        });
-        self.changed.notify_all();
-        Ok(())
+        self.move_tail(cursor, connected, None)
+    }
+
+    unsafe fn set_tail_spooled(
+        &self,
+        cursor: crate::view::Cursor,
+        durable_seq: u64,
+        connected: bool,
+    ) -> Result<()> {
+        self.move_tail(cursor, connected, Some(durable_seq))
     }
 
     fn resync(&self, op: ResyncOp) -> Result<Resync> {

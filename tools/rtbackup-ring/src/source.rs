@@ -53,6 +53,24 @@ pub trait RingSource: Sync {
         unsafe { self.set_tail(cursor.pos, connected) }
     }
 
+    /// [`RingSource::set_tail_at`] for records that the agent holds in its
+    /// local spool (`RTB_ACK_SPOOLED`): their bytes may be reused, but the
+    /// server holds durably only the seqs up to `durable_seq`, which is
+    /// what the ring reports as durable (`rtbackupctl sync` waits for it).
+    ///
+    /// # Safety
+    ///
+    /// As for [`RingSource::set_tail`].
+    unsafe fn set_tail_spooled(
+        &self,
+        cursor: Cursor,
+        durable_seq: u64,
+        connected: bool,
+    ) -> Result<()> {
+        let _ = (cursor, durable_seq, connected);
+        Err(crate::RingError::Unsupported("a spool"))
+    }
+
     /// Waits up to `timeout` for the ring to become readable, or for the
     /// device to be detached. How "readable" is decided depends on the
     /// producer: the kernel's ring is readable while records are

@@ -82,6 +82,7 @@ fn replication_table(devices: &[DeviceStatus]) -> Table {
         "ACKED-SEQ",
         "LAG",
         "LAG-TIME",
+        "SPOOLED",
         "WAITING",
         "AGENT",
         "MODE",
@@ -97,6 +98,10 @@ fn replication_table(devices: &[DeviceStatus]) -> Table {
             r.last_acked_seq.to_string(),
             human_bytes(r.used_bytes),
             format!("{:.3}s", r.lag_ms as f64 / 1000.0),
+            match r.spooled_records {
+                0 => "-".to_owned(),
+                n => format!("{n} records"),
+            },
             r.waiting_writers.to_string(),
             agent_state(d).to_owned(),
             r.mode.to_owned(),

@@ -12,6 +12,27 @@ netns_cleanup() {
 }
 trap netns_cleanup EXIT
 
+# diagnose_difference IMG: what differs between IMG and $dev, and what the
+# journal holds for those blocks.
+diagnose_difference() {
+    cmp -l "$1" "$dev" | awk '{ b = int(($1 - 1) / 4096); if (b != last) { print b; last = b } }' |
+        head -8 >/tmp/nf.blocks
+    say "differing 4 KiB blocks: $(tr '\n' ' ' </tmp/nf.blocks) ($(cmp -l "$1" "$dev" | wc -l) bytes)"
+    rtbackupctl status --json "$dev"
+    rtbackup-server status --store "$STORE" || true
+    rtbackup-server points --store "$STORE" --volume vol0 | tail -5
+    rtbackup-server log --store "$STORE" --volume vol0 --json >/tmp/nf.log.json || true
+    say "journal: $(jq length /tmp/nf.log.json) records; last 12:"
+    jq -c '.[-12:][] | [.seq, .op, .sector, .sectors, .time]' /tmp/nf.log.json
+    while read -r b; do
+        say "block $b: the last 6 records covering it"
+        jq -c --argjson s $((b * 8)) '[.[] | select(.sectors > 0 and .sector <= $s + 7 and .sector + .sectors > $s)] |
+            .[-6:][] | [.seq, .op, .sector, .sectors, .time]' /tmp/nf.log.json
+    done </tmp/nf.blocks
+    say "agent log (last 40 lines)"; tail -40 /tmp/agent0.log
+    say "server log (last 40 lines)"; tail -40 /tmp/server.log
+}
+
 say "the server in netns rtbsrv at 10.99.0.2, the agent on 10.99.0.1"
 ip netns del rtbsrv 2>/dev/null || true
 ip netns add rtbsrv
@@ -68,8 +89,20 @@ say "the agent connected $n times"
 
 say "afterwards: the backup equals the device"
 umount $MNT
+# Nothing else may hold the filesystem (a mount namespace that copied the
+# mount would keep writing back to the device after this umount).
+[ "$(rtbackupctl status --json "$dev" | jq '.devices[0].open_count')" = 0 ] ||
+    fail "$dev is still open after umount"
 rtbackupctl sync --timeout 600 "$dev"
-restored_equals vol0 "$dev"
+rtbackup-server restore --store "$STORE" --volume vol0 --output /tmp/nf-latest.img || fail "restore failed"
+sync
+echo 3 >/proc/sys/vm/drop_caches
+if ! cmp /tmp/nf-latest.img "$dev"; then
+    diagnose_difference /tmp/nf-latest.img
+    fail "the restore differs from $dev"
+fi
+rm -f /tmp/nf-latest.img
+say "the restore equals $dev"
 
 say "every sampled point after mkfs is a consistent filesystem"
 rtbackup-server points --store "$STORE" --volume vol0 --json |
