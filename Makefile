@@ -8,7 +8,9 @@
 #   make deps             install every prerequisite (Debian 12)
 #   make kernel           build the test kernel into the cache (~/.cache/rtbackup)
 #   make demo             replicate a disk in the VM, restore it, compare
-#   make check            every test: lints, unit tests, VM tests
+#   make check            every test: lints, unit tests, fuzz-check, VM tests
+#   make fuzz             each fuzz target for FUZZ_SECONDS (default 300)
+#   make fuzz-check       each fuzz target for 10 s on its checked-in inputs
 #   make bench            throughput against the raw device and the peers
 #   make clean
 
@@ -28,7 +30,7 @@ TOOLS_TARGET := tools/target/release
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
 	$$(grep -qs '^CONFIG_CC_IS_CLANG=y' $(KDIR)/.config && echo LLVM=1)
 
-.PHONY: all module tools deps kernel check lint test vm-test bench demo clean
+.PHONY: all module tools deps kernel check lint test fuzz fuzz-check vm-test bench demo clean
 all: module tools
 
 ifeq ($(KDIR),$(TEST_KDIR))
@@ -60,6 +62,44 @@ lint: module
 test: tools
 	$(CARGO) test --manifest-path tools/Cargo.toml --locked
 
+# Fuzzing (Documentation/testing.rst, "Fuzzing"): cargo-fuzz, built with
+# AddressSanitizer and overflow checks. The toolchain is stable:
+# RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's -Z flags. Each target starts
+# from its seed corpus and regression inputs (tools/fuzz/corpus/TARGET,
+# tools/fuzz/regressions/TARGET, never written to); what it finds goes to
+# tools/fuzz/work/TARGET, crashes to tools/fuzz/artifacts/TARGET. -timeout
+# catches hangs, -malloc_limit_mb allocations beyond the formats' own limits
+# (a 64 MiB frame or record, a 32 MiB NBD read).
+FUZZ_TARGETS := frame records segment nbd
+FUZZ_SECONDS ?= 300
+FUZZ_CHECK_SECONDS ?= 10
+FUZZ_DIR := tools/fuzz
+FUZZ := RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_ARGS := -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=256 -print_final_stats=1
+
+# $(call fuzz_run,SECONDS,WORK_DIR,MORE_ARGS): every target for SECONDS.
+define fuzz_run
+	$(FUZZ) build --fuzz-dir $(FUZZ_DIR)
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(2)/$$t $(FUZZ_DIR)/regressions/$$t && \
+		echo "fuzz: $$t for $(1) s" && \
+		$(FUZZ) run --fuzz-dir $(FUZZ_DIR) $$t $(2)/$$t \
+			$(FUZZ_DIR)/corpus/$$t $(FUZZ_DIR)/regressions/$$t \
+			-- -max_total_time=$(1) $(FUZZ_ARGS) $(3) || { \
+		echo "fuzz: $$t failed: its input is in $(FUZZ_DIR)/artifacts/$$t;" \
+			"fix it and keep it in $(FUZZ_DIR)/regressions/$$t" >&2; exit 1; }; \
+	done
+endef
+
+fuzz:
+	$(call fuzz_run,$(FUZZ_SECONDS),$(FUZZ_DIR)/work)
+
+# In make check: from the checked-in inputs only (a fresh work directory),
+# without a line per new input (a crash is still reported in full).
+fuzz-check:
+	rm -rf $(FUZZ_DIR)/work/check
+	$(call fuzz_run,$(FUZZ_CHECK_SECONDS),$(FUZZ_DIR)/work/check,-verbosity=0 -print_funcs=0)
+
 vm-test: all
 	tests/vm/selftest
 	tests/vm/run-suite
@@ -74,8 +114,9 @@ demo: all
 	RTB_VM_DISKS=1 tests/vm/run tests/demo/demo-in-guest
 
 check: deps
-	$(MAKE) lint test vm-test
+	$(MAKE) lint test fuzz-check vm-test
 
 clean:
 	-$(KMAKE) clean
 	$(CARGO) clean --manifest-path tools/Cargo.toml
+	rm -rf $(FUZZ_DIR)/target $(FUZZ_DIR)/artifacts $(FUZZ_DIR)/work

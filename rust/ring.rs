@@ -705,6 +705,9 @@ impl Ring {
             return Err(EINVAL);
         }
         let fetch_args = req.flags != 0 || req.bitmap != 0 || req.bitmap_bytes != 0;
+        // Fault before anything changes if the answer cannot be written
+        // (a read-only or unmapped request): every op changes the ring.
+        writer.write(&req)?;
         match req.op {
             RTB_RESYNC_FETCH => self.fetch(&mut req)?,
             RTB_RESYNC_TRACK_ALL if !fetch_args => {
@@ -727,7 +730,9 @@ impl Ring {
         }
         req.chunk_size = self.geometry.chunk_size;
         req.chunks = self.geometry.chunks;
-        writer.write(&req)
+        UserSlice::new(arg, size_of::<RtbResync>())
+            .writer()
+            .write(&req)
     }
 
     /// Fetches dirty chunks into `req.bitmap` and reserves their seqs (see

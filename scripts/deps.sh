@@ -30,6 +30,14 @@ if ! "$CARGO_BIN/bindgen" --version 2>/dev/null | grep -q '^bindgen 0\.\(6[5-9]\
     cargo install --locked bindgen-cli
 fi
 
+# cargo-fuzz for make fuzz and make fuzz-check (Documentation/testing.rst,
+# "Fuzzing"); it runs on the stable toolchain with RUSTC_BOOTSTRAP=1. The
+# version the fuzz targets were tried with.
+if ! "$CARGO_BIN/cargo-fuzz" --version >/dev/null 2>&1; then
+    echo "deps: cargo install cargo-fuzz"
+    cargo install --locked cargo-fuzz --version 0.13.2
+fi
+
 # rustfmt/clippy for the userspace toolchain (used by make check's lint step).
 if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

@@ -97,12 +97,34 @@ in_server_ns() {
     if [ -n "$SERVER_NETNS" ]; then nsenter --net="/run/netns/$SERVER_NETNS" "$@"; else "$@"; fi
 }
 
+# How clients reach the server: CLIENT_ARGS for rtbackup-agent and
+# rtbackupctl verify/rollback, set by start_server. A server in another
+# network namespace (not loopback) gets TLS: the store's CA (init) and a
+# client certificate in $CREDS (enroll); on loopback the suite runs
+# plaintext (--insecure-loopback-only) unless RTB_TEST_TLS=1.
+CREDS=/tmp/rtb-creds.json
+CLIENT_ARGS=""
+tls_setup() {
+    if [ -n "$SERVER_NETNS" ] || [ "${RTB_TEST_TLS:-0}" = 1 ]; then
+        [ -f "$STORE/pki/ca.crt" ] || rtbackup-server init --store "$STORE" >/dev/null ||
+            fail "rtbackup-server init failed"
+        [ -f "$CREDS" ] || rtbackup-server enroll --store "$STORE" test-client --output "$CREDS" ||
+            fail "rtbackup-server enroll failed"
+        SERVER_TLS_ARGS=""
+        CLIENT_ARGS="--credentials $CREDS"
+    else
+        SERVER_TLS_ARGS="--insecure-loopback-only"
+        CLIENT_ARGS="--insecure-loopback-only"
+    fi
+}
+
 # start_server [ARGS...]: rtbackup-server on $SERVER_HOST:$PORT with its
 # store in $STORE and ARGS (remembered: a restart without ARGS reuses them).
 SERVER_ARGS=""
 start_server() {
     [ $# -eq 0 ] || SERVER_ARGS="$*"
     mkdir -p "$STORE"
+    tls_setup
     # A server left from before would answer in place of this one.
     ! in_server_ns ss -Hltn "sport = :$PORT" | grep -q LISTEN ||
         fail "port $PORT is still in use: $(in_server_ns ss -Hltnp "sport = :$PORT")"
@@ -111,10 +133,10 @@ start_server() {
     # shellcheck disable=SC2086
     if [ -n "$SERVER_NETNS" ]; then
         nsenter --net="/run/netns/$SERVER_NETNS" rtbackup-server serve --store "$STORE" \
-            --listen $SERVER_HOST:$PORT $SERVER_ARGS >>/tmp/server.log 2>&1 &
+            --listen $SERVER_HOST:$PORT $SERVER_TLS_ARGS $SERVER_ARGS >>/tmp/server.log 2>&1 &
     else
-        rtbackup-server serve --store "$STORE" --listen $SERVER_HOST:$PORT $SERVER_ARGS \
-            >>/tmp/server.log 2>&1 &
+        rtbackup-server serve --store "$STORE" --listen $SERVER_HOST:$PORT $SERVER_TLS_ARGS \
+            $SERVER_ARGS >>/tmp/server.log 2>&1 &
     fi
     SERVER_PID=$!
     background $!
@@ -132,7 +154,8 @@ start_server() {
 # (a new attach tracks writes until then; see `mode` below).
 start_agent() {
     n=$1; vol=$2; shift 2
-    rtbackup-agent --device /dev/rtbackup$n --server $SERVER_HOST:$PORT --volume "$vol" "$@" \
+    # shellcheck disable=SC2086
+    rtbackup-agent --device /dev/rtbackup$n --server $SERVER_HOST:$PORT --volume "$vol" $CLIENT_ARGS "$@" \
         >>/tmp/agent$n.log 2>&1 &
     eval "AGENT_PID_$n=$!"
     background $!
@@ -216,5 +239,5 @@ cleanup_replication() {
     for p in $BG_PIDS; do stop "$p"; done
     umount "$MNT" 2>/dev/null || true
     for i in 0 1 2 3; do rtbackupctl detach "$i" 2>/dev/null || true; done
-    rm -rf "$STORE" /tmp/server.log /tmp/agent*.log
+    rm -rf "$STORE" /tmp/server.log /tmp/agent*.log "$CREDS"
 }

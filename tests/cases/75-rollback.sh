@@ -28,12 +28,12 @@ find "$MNT/tree" -type f -size +4k -print0 | xargs -0 perl -e '
     }'
 sync
 (cd "$MNT/tree" && md5sum --quiet -c "/tmp/$TEST.md5" >/dev/null 2>&1) && fail "the attack changed nothing"
-expect_fail 'mounted or open' rtbackupctl rollback "$dev" --to mark:clean --server 127.0.0.1:$PORT --volume vol0
+expect_fail 'mounted or open' rtbackupctl rollback "$dev" --to mark:clean --server 127.0.0.1:$PORT --volume vol0 $CLIENT_ARGS
 umount "$MNT"
 
 say "rollback to mark:clean"
-rtbackupctl rollback "$dev" --to mark:clean --server 127.0.0.1:$PORT --volume vol0 --dry-run
-rtbackupctl rollback "$dev" --to mark:clean --server 127.0.0.1:$PORT --volume vol0 --json >/tmp/rollback.json ||
+rtbackupctl rollback "$dev" --to mark:clean --server 127.0.0.1:$PORT --volume vol0 $CLIENT_ARGS --dry-run
+rtbackupctl rollback "$dev" --to mark:clean --server 127.0.0.1:$PORT --volume vol0 $CLIENT_ARGS --json >/tmp/rollback.json ||
     fail "rollback failed"
 cat /tmp/rollback.json
 written=$(jq .bytes_written /tmp/rollback.json)

@@ -31,8 +31,11 @@ wait $FIO || { cat /tmp/fio-load.out; fail "fio during the initial sync failed";
 grep -q "chunks that differ from the backup" /tmp/agent0.log || fail "no initial verify in the agent's log"
 rtbackupctl sync --timeout 900 "$dev"
 restored_equals vol0 "$dev"
-vs() { rtbackupctl verify "$dev" --server 127.0.0.1:$PORT --volume vol0 "$@"; }
-vs --json >/tmp/verify0.json || { cat /tmp/verify0.json; fail "verify of a good backup failed"; }
+# shellcheck disable=SC2086
+vs() { rtbackupctl verify "$dev" --server 127.0.0.1:$PORT --volume vol0 $CLIENT_ARGS "$@"; }
+vs --json --sync-timeout 240 >/tmp/verify0.json ||
+    { cat /tmp/verify0.json; rtbackupctl status --json "$dev"; tail -20 /tmp/agent0.log;
+      fail "verify of a good backup failed"; }
 [ "$(jq '.differences | length' /tmp/verify0.json)" = 0 ] || fail "differences in a good backup"
 
 say "one chunk of the server's copy corrupted"
@@ -70,7 +73,8 @@ rtbackupctl detach "$dev"
 : >/tmp/agent0.log
 dev=$(rtbackupctl attach "$part")
 # A full initial sync, slowed down so that it is still reading below.
-rtbackup-agent --device "$dev" --server $SERVER_HOST:$PORT --volume vol0 \
+# shellcheck disable=SC2086
+rtbackup-agent --device "$dev" --server $SERVER_HOST:$PORT --volume vol0 $CLIENT_ARGS \
     --initial-sync full --max-rate 4M >>/tmp/agent0.log 2>&1 &
 A=$!
 background $A

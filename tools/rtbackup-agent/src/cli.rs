@@ -51,6 +51,18 @@ pub struct Cli {
     /// leaves room for the applications and the network.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_rate: Option<u64>,
+    /// This host's credentials from `rtbackup-server enroll CLIENT`: TLS 1.3
+    /// with the client's certificate, trusting only the server's CA.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "insecure_loopback_only"
+    )]
+    pub credentials: Option<std::path::PathBuf>,
+    /// Plaintext, unauthenticated, to a server on this machine started with
+    /// --insecure-loopback-only (demos only; refused for any other address).
+    #[arg(long, conflicts_with = "credentials")]
+    pub insecure_loopback_only: bool,
     /// A directory on another disk than the protected device where, while
     /// the server cannot be reached and the ring is more than half full,
     /// the agent moves records out of the ring (made durable first); they
@@ -81,8 +93,9 @@ pub enum InitialSyncArg {
 }
 
 impl Cli {
-    /// The agent's settings; `client` is this host's name.
-    pub fn config(&self, client: impl Into<String>) -> AgentConfig {
+    /// The agent's settings; `client` is this host's name (the name in the
+    /// credentials, when given). Fails if the credentials cannot be read.
+    pub fn config(&self, client: impl Into<String>) -> Result<AgentConfig, crate::AgentError> {
         let mut cfg = AgentConfig::new(self.server.clone(), self.volume.clone(), client);
         cfg.batch_bytes = self.batch_bytes;
         cfg.max_batch_delay = Duration::from_millis(self.max_batch_delay_ms);
@@ -90,12 +103,18 @@ impl Cli {
         cfg.resync_max_rate = self.max_rate;
         cfg.spool = self.spool.clone();
         cfg.spool_max_bytes = self.spool_max;
+        if let Some(path) = &self.credentials {
+            let creds = rtbackup_tls::Credentials::load(path)
+                .map_err(|e| crate::AgentError::Config(e.to_string()))?;
+            cfg.client = creds.client.clone();
+            cfg.credentials = Some(creds);
+        }
         cfg.initial_sync = match self.initial_sync {
             InitialSyncArg::Verify => InitialSync::Verify,
             InitialSyncArg::Full => InitialSync::Full,
             InitialSyncArg::None => InitialSync::None,
         };
-        cfg
+        Ok(cfg)
     }
 }
 
@@ -178,9 +197,11 @@ mod tests {
             "1M",
             "--max-batch-delay-ms",
             "5",
+            "--insecure-loopback-only",
         ])
         .unwrap();
-        let cfg = cli.config("host-a");
+        let cfg = cli.config("host-a").unwrap();
+        assert!(cfg.credentials.is_none());
         assert_eq!(cfg.server, "backup:7070");
         assert_eq!(cfg.volume, "db1");
         assert_eq!(cfg.client, "host-a");
@@ -202,9 +223,10 @@ mod tests {
             "100G",
             "--max-rate",
             "1G",
+            "--insecure-loopback-only",
         ])
         .unwrap();
-        let cfg = cli.config("h");
+        let cfg = cli.config("h").unwrap();
         assert_eq!(
             cfg.spool.as_deref(),
             Some(std::path::Path::new("/srv/spool"))
@@ -214,5 +236,21 @@ mod tests {
         let err = Cli::try_parse_from(["rtbackup-agent", "--device", "0", "--server", "s:1"])
             .unwrap_err();
         assert!(err.to_string().contains("--volume"), "{err}");
+        // Neither credentials nor the explicit plaintext flag.
+        let base = [
+            "rtbackup-agent",
+            "--device",
+            "0",
+            "--server",
+            "s:1",
+            "--volume",
+            "v",
+        ];
+        let err = Cli::try_parse_from(base).unwrap_err();
+        assert!(err.to_string().contains("--credentials"), "{err}");
+        // A credentials file that cannot be read is an error of config().
+        let with_creds = [&base[..], &["--credentials", "/nonexistent/creds.json"]].concat();
+        let cli = Cli::try_parse_from(with_creds).unwrap();
+        assert!(cli.config("h").is_err());
     }
 }

@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub spool: Option<std::path::PathBuf>,
     /// Most bytes the spool may hold.
     pub spool_max_bytes: u64,
+    /// This client's TLS credentials; `None`: plaintext, to a loopback
+    /// server only (`--insecure-loopback-only`).
+    pub credentials: Option<rtbackup_tls::Credentials>,
 }
 
 /// What the initial sync of a new attach sends (Documentation/design.rst,
@@ -94,6 +97,7 @@ impl AgentConfig {
             resync_max_rate: None,
             spool: None,
             spool_max_bytes: 8 << 30,
+            credentials: None,
         }
     }
 }

@@ -118,6 +118,7 @@ pub fn is_fatal_code(code: &str) -> bool {
             | error_code::STALE_RING
             | error_code::OUT_OF_RANGE
             | error_code::BAD_RECORD
+            | error_code::FORBIDDEN
     )
 }
 

@@ -61,18 +61,23 @@ fn differing_chunks<S: RingSource>(
         Pace::new("initial verify", cfg.resync_max_rate, size),
     );
     let mut differ = Vec::new();
-    let point = fetch_checksums(&cfg.server, &req, |first, sums| {
-        if closing() {
-            return Err(AgentError::Interrupted);
-        }
-        for (i, sum) in sums.iter().enumerate() {
-            let c = first + i as u64;
-            if local.checksum(c)? != *sum {
-                differ.push(c);
+    let point = fetch_checksums(
+        &cfg.server,
+        cfg.credentials.as_ref(),
+        &req,
+        |first, sums| {
+            if closing() {
+                return Err(AgentError::Interrupted);
             }
-        }
-        Ok::<_, AgentError>(())
-    })?;
+            for (i, sum) in sums.iter().enumerate() {
+                let c = first + i as u64;
+                if local.checksum(c)? != *sum {
+                    differ.push(c);
+                }
+            }
+            Ok::<_, AgentError>(())
+        },
+    )?;
     tracing::info!(
         seq = point.seq,
         time = %point.time,

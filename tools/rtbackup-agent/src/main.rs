@@ -53,7 +53,13 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
     let client = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
-    let cfg = cli.config(client);
+    let cfg = cli.config(client)?;
+    if cfg.credentials.is_none() {
+        tracing::warn!(
+            server = %cfg.server,
+            "INSECURE: --insecure-loopback-only: plaintext, unauthenticated (demos on one machine only)"
+        );
+    }
     let ring =
         Ring::open(&cli.device).with_context(|| format!("opening the ring of {}", cli.device))?;
     tracing::info!(

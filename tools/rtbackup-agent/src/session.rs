@@ -12,9 +12,10 @@ use rtbackup_proto::{
 };
 use rtbackup_ring::ResyncOp;
 use rtbackup_ring::{Batch, Cursor, RingSource, RingView, SharedMemory, Wakeup};
+use rtbackup_tls::Link;
 use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, BufReader, Read};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -60,8 +61,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Opens the TCP connection, trying each address of `server`.
-fn connect(cfg: &AgentConfig) -> Result<TcpStream, AgentError> {
+/// Opens the connection, trying each address of `server`: TLS 1.3 as the
+/// client of `cfg.credentials`, or plaintext to a loopback address
+/// (`--insecure-loopback-only`).
+fn connect(cfg: &AgentConfig) -> Result<Link, AgentError> {
     let err = |source| AgentError::Connect {
         server: cfg.server.clone(),
         source,
@@ -69,10 +72,33 @@ fn connect(cfg: &AgentConfig) -> Result<TcpStream, AgentError> {
     let addrs = cfg.server.to_socket_addrs().map_err(err)?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "the name has no address");
     for addr in addrs {
+        if cfg.credentials.is_none() && !addr.ip().is_loopback() {
+            return Err(AgentError::Config(format!(
+                "{} is not a loopback address: plaintext (--insecure-loopback-only) is refused; \
+                 give --credentials FILE from `rtbackup-server enroll`",
+                cfg.server
+            )));
+        }
         match TcpStream::connect_timeout(&addr, cfg.connect_timeout) {
             Ok(s) => {
                 configure_socket(&s, cfg).map_err(err)?;
-                return Ok(s);
+                return match &cfg.credentials {
+                    Some(c) => {
+                        let config = c
+                            .client_config()
+                            .map_err(|e| AgentError::Config(e.to_string()))?;
+                        rtbackup_tls::connect(s, config, cfg.handshake_timeout).map_err(|e| {
+                            AgentError::Connect {
+                                server: cfg.server.clone(),
+                                source: io::Error::new(
+                                    io::ErrorKind::ConnectionRefused,
+                                    e.to_string(),
+                                ),
+                            }
+                        })
+                    }
+                    None => Ok(Link::plain(s)),
+                };
             }
             Err(e) => last = e,
         }
@@ -101,7 +127,7 @@ pub(crate) fn configure_socket(s: &TcpStream, cfg: &AgentConfig) -> io::Result<(
 /// A reader of the handshake answer that gives up at a deadline or when
 /// the agent is asked to stop (the socket has a short read timeout).
 struct HandshakeReader<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Link,
     stop: &'a AtomicBool,
     deadline: Instant,
 }
@@ -109,7 +135,7 @@ struct HandshakeReader<'a> {
 impl Read for HandshakeReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match (&*self.stream).read(buf) {
+            match (&mut &*self.stream).read(buf) {
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -134,7 +160,7 @@ impl Read for HandshakeReader<'_> {
 
 /// Sends HELLO and waits for WELCOME.
 fn handshake<S: RingSource>(
-    stream: &TcpStream,
+    stream: &Link,
     ring: &S,
     cfg: &AgentConfig,
     stop: &AtomicBool,
@@ -156,6 +182,7 @@ fn handshake<S: RingSource>(
     write_frame(&mut &*stream, &Frame::Hello(hello)).map_err(wire)?;
     let io = |e: io::Error| wire(ProtoError::Io(e));
     stream
+        .tcp()
         .set_read_timeout(Some(cfg.poll_interval.max(Duration::from_millis(1))))
         .map_err(io)?;
     let mut reader = HandshakeReader {
@@ -167,7 +194,7 @@ fn handshake<S: RingSource>(
         Err(_) if stop.load(Ordering::Relaxed) => return Ok(None),
         r => r.map_err(wire)?,
     };
-    stream.set_read_timeout(None).map_err(io)?;
+    stream.tcp().set_read_timeout(None).map_err(io)?;
     let welcome = match frame {
         Frame::Welcome(w) => w,
         Frame::Error(e) => {
@@ -280,7 +307,7 @@ impl Signal {
 
 /// The state the threads of one connection share.
 struct Conn<'a> {
-    stream: &'a TcpStream,
+    stream: &'a Link,
     closed: Mutex<Option<Close>>,
     closed_cv: Condvar,
     is_closed: AtomicBool,
@@ -309,7 +336,7 @@ impl Conn<'_> {
             *c = Some(why);
             self.is_closed.store(true, Ordering::Release);
             // Unblocks the sender's write and the receiver's read.
-            let _ = self.stream.shutdown(Shutdown::Both);
+            self.stream.shutdown();
             self.closed_cv.notify_all();
             self.signal.notify();
         }
@@ -739,7 +766,7 @@ pub(crate) fn run_session<S: RingSource>(
 /// (`RTB_ACK_SPOOLED`); then removes what the server holds from the
 /// spool. Returns the highest seq the server holds.
 fn send_spool<S: RingSource>(
-    stream: &TcpStream,
+    stream: &Link,
     ring: &S,
     cfg: &AgentConfig,
     stop: &AtomicBool,
@@ -772,6 +799,7 @@ fn send_spool<S: RingSource>(
     };
     let io = |e: io::Error| wire(ProtoError::Io(e));
     stream
+        .tcp()
         .set_read_timeout(Some(cfg.poll_interval.max(Duration::from_millis(1))))
         .map_err(io)?;
     let mut acked = durable_seq;
@@ -814,7 +842,7 @@ fn send_spool<S: RingSource>(
             Ok(())
         },
     )?;
-    stream.set_read_timeout(None).map_err(io)?;
+    stream.tcp().set_read_timeout(None).map_err(io)?;
     spool.prune(acked)?;
     tracing::info!(acked_seq = acked, "the server holds every spooled record");
     Ok(acked)
@@ -1012,10 +1040,11 @@ mod tests {
         let mut cfg = AgentConfig::new(listener.local_addr().unwrap().to_string(), "v", "c");
         cfg.write_timeout = Duration::from_secs(7);
         cfg.tcp_user_timeout = Duration::from_secs(30);
-        let s = connect(&cfg).unwrap();
+        let link = connect(&cfg).unwrap();
+        let s = link.tcp();
         assert!(s.nodelay().unwrap());
         assert_eq!(s.write_timeout().unwrap(), Some(Duration::from_secs(7)));
-        let sock = SockRef::from(&s);
+        let sock = SockRef::from(s);
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.keepalive_time().unwrap(), Duration::from_secs(10));
         assert_eq!(sock.keepalive_interval().unwrap(), Duration::from_secs(5));

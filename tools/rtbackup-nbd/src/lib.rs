@@ -9,6 +9,8 @@
 //! volume. The wire codec ([`proto`]) is pure and separate from the I/O
 //! loop ([`serve`]).
 
+#[doc(hidden)]
+pub mod fuzz;
 pub mod proto;
 mod serve;
 

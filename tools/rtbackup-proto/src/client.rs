@@ -6,6 +6,8 @@ use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use rtbackup_tls::{Credentials, Link, TlsError};
+
 use crate::frame::{error_code, ErrorMsg, ProtoError};
 
 /// How long [`connect`] waits for the server to connect, and then for each
@@ -38,6 +40,12 @@ pub enum ClientError {
     /// The server sent something that does not fit the request.
     #[error("the backup server sent {0}")]
     Unexpected(String),
+    /// The TLS handshake failed (or no credentials for a remote server).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// No credentials, and the server is not on this machine.
+    #[error("{0} is not a loopback address: give the client's credentials (--credentials FILE from `rtbackup-server enroll`)")]
+    NeedCredentials(String),
 }
 
 impl From<ErrorMsg> for ClientError {
@@ -65,8 +73,11 @@ impl ClientError {
 }
 
 /// Connects to the server at HOST:PORT, with [`CLIENT_TIMEOUT`] to connect
-/// and for each read; no Nagle delay.
-pub fn connect(server: &str) -> Result<TcpStream, ClientError> {
+/// and for each read; no Nagle delay. With `creds`, over TLS 1.3 as that
+/// client (the server's identity checked against the CA in `creds`);
+/// without, in plaintext, only to a loopback address (a server run with
+/// `--insecure-loopback-only`).
+pub fn connect(server: &str, creds: Option<&Credentials>) -> Result<Link, ClientError> {
     let connect_err = |source| ClientError::Connect {
         server: server.to_owned(),
         source,
@@ -81,11 +92,21 @@ pub fn connect(server: &str) -> Result<TcpStream, ClientError> {
                 "no address for this name",
             ))
         })?;
+    if creds.is_none() && !addr.ip().is_loopback() {
+        return Err(ClientError::NeedCredentials(server.to_owned()));
+    }
     let conn = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT).map_err(connect_err)?;
     conn.set_read_timeout(Some(CLIENT_TIMEOUT))
         .map_err(connect_err)?;
     let _ = conn.set_nodelay(true);
-    Ok(conn)
+    match creds {
+        Some(c) => Ok(rtbackup_tls::connect(
+            conn,
+            c.client_config()?,
+            CLIENT_TIMEOUT,
+        )?),
+        None => Ok(Link::plain(conn)),
+    }
 }
 
 #[cfg(test)]
@@ -100,12 +121,16 @@ mod tests {
             .local_addr()
             .unwrap()
             .to_string();
-        let e = connect(&addr).unwrap_err();
+        let e = connect(&addr, None).unwrap_err();
         assert!(matches!(e, ClientError::Connect { .. }), "{e}");
         assert!(e.to_string().contains(&addr), "{e}");
         assert!(matches!(
-            connect("not an address"),
+            connect("not an address", None),
             Err(ClientError::Connect { .. })
+        ));
+        assert!(matches!(
+            connect("192.0.2.1:7420", None),
+            Err(ClientError::NeedCredentials(_))
         ));
         let e = ClientError::from(ErrorMsg::new(error_code::NO_SUCH_VOLUME, "x"));
         assert!(e.is_no_such_volume() && e.code() == Some("no-such-volume"));

@@ -90,6 +90,9 @@ pub mod error_code {
     pub const NO_SUCH_VOLUME: &str = "no-such-volume";
     /// The server is shutting down and ended the request; retry later.
     pub const SHUTDOWN: &str = "shutdown";
+    /// The volume belongs to another client (TLS: a client uses only its
+    /// own volumes). Fatal.
+    pub const FORBIDDEN: &str = "forbidden";
 }
 
 /// The agent's handshake.

@@ -12,6 +12,8 @@
 
 pub mod client;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod record;
 pub mod verify;
 

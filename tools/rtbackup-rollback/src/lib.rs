@@ -59,6 +59,9 @@ pub struct Request {
     pub size_bytes: u64,
     /// This host, for the server's log.
     pub client: String,
+    /// This client's credentials (TLS); `None`: plaintext to a loopback
+    /// server run with `--insecure-loopback-only`.
+    pub credentials: Option<rtbackup_tls::Credentials>,
 }
 
 /// What a rollback did.
@@ -81,8 +84,8 @@ pub fn run(
     device: &impl FileExt,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Outcome, RollbackError> {
-    let conn = connect(&req.server)?;
-    let mut w = conn.try_clone().map_err(ProtoError::from)?;
+    let conn = connect(&req.server, req.credentials.as_ref())?;
+    let mut w = &conn;
     write_frame(
         &mut w,
         &Frame::Rollback(RollbackRequest {
@@ -95,7 +98,7 @@ pub fn run(
         }),
     )?;
     w.flush().map_err(ProtoError::from)?;
-    let mut r = BufReader::with_capacity(2 << 20, conn);
+    let mut r = BufReader::with_capacity(2 << 20, &conn);
     let plan = match read_frame(&mut r)? {
         Frame::Plan(p) => p,
         Frame::Error(e) => return Err(ClientError::from(e).into()),

@@ -42,10 +42,15 @@ pub enum Command {
         #[arg(long)]
         store: PathBuf,
         /// Address to listen on: IP:PORT, IP, or HOST[:PORT] (port 7420 by
-        /// default). The protocol has no authentication: listen on a
-        /// trusted network only.
+        /// default). Every connection is TLS 1.3 with a client certificate
+        /// from `enroll` (the store needs `init` first).
         #[arg(long, default_value = "127.0.0.1:7420")]
         listen: String,
+        /// No TLS: plaintext, unauthenticated connections, every client
+        /// may use every volume. For demos on one machine only: refused
+        /// unless --listen is a loopback address.
+        #[arg(long)]
+        insecure_loopback_only: bool,
         /// Start a new journal segment after this many MiB.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         segment_mib: u64,
@@ -72,6 +77,49 @@ pub enum Command {
         /// replica: 1h); restores of any point are unaffected.
         #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
         apply_delay: std::time::Duration,
+    },
+    /// Create the store's certificate authority and the server's
+    /// certificate (once per store), for `serve` and `enroll`.
+    Init {
+        /// Store directory (created if missing).
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Issue a certificate for a client and print its credentials bundle
+    /// (JSON; give it to `rtbackup-agent --credentials` on that host). The
+    /// client may then use the volumes it creates, and only those.
+    Enroll {
+        /// Store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// The client's name (1 to 64 of A-Z a-z 0-9 . _ -).
+        client: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = rtbackup_tls::DEFAULT_CLIENT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
+        /// Write the bundle to this new file (mode 0600) instead of
+        /// standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Withdraw every certificate of a client: the server refuses them from
+    /// the next connection on. Its volumes and their history stay.
+    Revoke {
+        /// Store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// The client's name.
+        client: String,
+    },
+    /// List the enrolled clients, their certificates and the volumes they
+    /// own.
+    Clients {
+        /// Store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write the latest consistent image of a volume to a file or block
     /// device (safe while a server runs on the store).
@@ -230,9 +278,100 @@ fn existing_store(dir: &Path) -> anyhow::Result<Store> {
 
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
+        Command::Init { store } => {
+            std::fs::create_dir_all(&store)
+                .with_context(|| format!("creating {}", store.display()))?;
+            rtbackup_tls::Pki::init(&store)?;
+            println!(
+                "certificate authority created in {}; enroll clients with `rtbackup-server enroll --store {} NAME`",
+                store.join(rtbackup_tls::PKI_DIR).display(),
+                store.display()
+            );
+            Ok(())
+        }
+        Command::Enroll {
+            store,
+            client,
+            days,
+            output,
+        } => {
+            let pki = rtbackup_tls::Pki::open(&store)?;
+            let creds = pki.enroll(&client, days)?;
+            let json = creds.to_json() + "\n";
+            match output {
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    f.write_all(json.as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "credentials of client {client} written to {} (valid {days} days)",
+                        path.display()
+                    );
+                }
+                None => std::io::stdout().write_all(json.as_bytes())?,
+            }
+            Ok(())
+        }
+        Command::Revoke { store, client } => {
+            let n = rtbackup_tls::Pki::open(&store)?.revoke(&client)?;
+            println!("revoked {n} certificate(s) of client {client}");
+            Ok(())
+        }
+        Command::Clients { store, json } => {
+            let clients = rtbackup_tls::Pki::open(&store)?.clients()?;
+            let st = existing_store(&store)?;
+            let mut rows = Vec::new();
+            for c in clients {
+                let mut volumes = Vec::new();
+                for v in st.volumes()? {
+                    if st.owner(&v)?.as_deref() == Some(c.name.as_str()) {
+                        volumes.push(v);
+                    }
+                }
+                rows.push((c, volumes));
+            }
+            if json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(c, vols)| {
+                        serde_json::json!({
+                            "client": c.name,
+                            "certificates": c.certificates,
+                            "revoked": c.revoked,
+                            "volumes": vols,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<24} {:>6} {:>8}  VOLUMES", "CLIENT", "CERTS", "REVOKED");
+                for (c, vols) in &rows {
+                    println!(
+                        "{:<24} {:>6} {:>8}  {}",
+                        c.name,
+                        c.certificates.len(),
+                        c.revoked.len(),
+                        if vols.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            vols.join(",")
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Serve {
             store,
             listen,
+            insecure_loopback_only,
             segment_mib,
             max_connections,
             keep,
@@ -264,7 +403,33 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 }
             };
             let nbd_store = st.clone();
-            let server = Server::bind(st, &listen_addr(&listen))?.max_connections(max_connections);
+            let listen = listen_addr(&listen);
+            let tls = if insecure_loopback_only {
+                let addrs: Vec<std::net::SocketAddr> =
+                    std::net::ToSocketAddrs::to_socket_addrs(&listen)
+                        .with_context(|| format!("resolving {listen}"))?
+                        .collect();
+                if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+                    bail!(
+                        "--insecure-loopback-only refuses to listen on {listen}: not a loopback address; \
+                         use TLS (`rtbackup-server init`, `enroll`) on any network"
+                    );
+                }
+                tracing::warn!(
+                    %listen,
+                    "INSECURE: no TLS, no authentication: any local process may stream to, verify or roll back \
+                     from any volume (--insecure-loopback-only; for demos only)"
+                );
+                None
+            } else {
+                Some(rtbackup_tls::Pki::open(&store).context(
+                    "the server needs TLS credentials (or --insecure-loopback-only for a demo on 127.0.0.1)",
+                )?)
+            };
+            let mut server = Server::bind(st, &listen)?.max_connections(max_connections);
+            if let Some(pki) = tls {
+                server = server.with_tls(pki)?;
+            }
             let addr = server.local_addr()?;
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

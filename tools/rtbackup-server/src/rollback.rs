@@ -19,7 +19,7 @@ const EXTENT_CHUNK: u64 = 1 << 20;
 pub(crate) fn serve_rollback(
     store: &Store,
     req: &RollbackRequest,
-    writer: &Mutex<std::net::TcpStream>,
+    writer: &Mutex<&rtbackup_tls::Link>,
     peer: SocketAddr,
 ) -> Result<(), SessionError> {
     let reader = open_point_for_client(

@@ -2,6 +2,7 @@
 //! doing group commits; every open volume has a maintenance thread
 //! (`maintenance.rs`).
 
+use rtbackup_tls::{Link, Pki};
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{BufReader, Read, Write};
@@ -79,6 +80,14 @@ struct Shared {
     next_conn: AtomicU64,
     /// The server is shutting down: reads were ended on purpose.
     stopping: AtomicBool,
+    /// TLS with client certificates; `None`: plain (loopback demos).
+    tls: Option<TlsServer>,
+}
+
+/// The server's TLS setup.
+struct TlsServer {
+    config: Arc<rtbackup_tls::rustls::ServerConfig>,
+    pki: Pki,
 }
 
 /// Who streams a busy volume.
@@ -150,6 +159,7 @@ impl Server {
                 conns: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 stopping: AtomicBool::new(false),
+                tls: None,
             }),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             _store_lock: store_lock,
@@ -161,6 +171,16 @@ impl Server {
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
+    }
+
+    /// Requires TLS 1.3 with a client certificate of `pki` (registered, not
+    /// revoked) on every connection; a client uses only its own volumes.
+    pub fn with_tls(mut self, pki: Pki) -> anyhow::Result<Self> {
+        let config = pki.server_config()?;
+        let shared =
+            Arc::get_mut(&mut self.shared).context("TLS must be set up before the server runs")?;
+        shared.tls = Some(TlsServer { config, pki });
+        Ok(self)
     }
 
     /// The address the server listens on.
@@ -185,7 +205,7 @@ impl Server {
                         let live = lock(&shared.conns).len();
                         if live >= self.max_connections {
                             warn!(%peer, live, "too many connections; refusing");
-                            refuse(conn);
+                            refuse(conn, shared.tls.is_none());
                             continue;
                         }
                         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -257,32 +277,36 @@ fn open_volumes(store: &Store) -> anyhow::Result<HashMap<String, Maintained>> {
     Ok(out)
 }
 
-/// Refuses a connection over the limit: ERROR `too-many-connections`,
-/// without blocking the accept loop.
-fn refuse(conn: TcpStream) {
-    let msg = "the server has as many connections as it accepts (--max-connections); retry later";
-    let w = Mutex::new(conn);
-    send_error(&w, error_code::TOO_MANY_CONNECTIONS, msg);
-    let s = w.into_inner().unwrap_or_else(|p| p.into_inner());
-    let _ = s.shutdown(Shutdown::Write);
-    // Read what already arrived (a HELLO), so that closing does not reset
-    // the connection before the peer reads the ERROR.
-    if s.set_nonblocking(true).is_ok() {
-        let mut buf = [0u8; 8192];
-        while matches!((&s).read(&mut buf), Ok(1..)) {}
+/// Refuses a connection over the limit: ERROR `too-many-connections` on
+/// a plain connection (a TLS client is only closed: the ERROR would come
+/// before its handshake), without blocking the accept loop.
+fn refuse(conn: TcpStream, plain: bool) {
+    if plain {
+        let msg =
+            "the server has as many connections as it accepts (--max-connections); retry later";
+        let link = Link::plain(conn);
+        let w = Mutex::new(&link);
+        send_error(&w, error_code::TOO_MANY_CONNECTIONS, msg);
+        let _ = link.tcp().shutdown(Shutdown::Write);
+        // Read what already arrived (a HELLO), so that closing does not
+        // reset the connection before the peer reads the ERROR.
+        if link.tcp().set_nonblocking(true).is_ok() {
+            let mut buf = [0u8; 8192];
+            while matches!(link.tcp().read(&mut buf), Ok(1..)) {}
+        }
     }
 }
 
 /// Sends a frame to a client of a read-only request (ROLLBACK, VERIFY):
 /// one write under the writer's lock. The socket is unbuffered: nothing
 /// waits for a flush.
-pub(crate) fn send_frame(writer: &Mutex<TcpStream>, f: &Frame) -> Result<(), SessionError> {
+pub(crate) fn send_frame(writer: &Mutex<&Link>, f: &Frame) -> Result<(), SessionError> {
     write_frame(&mut *lock(writer), f)?;
     Ok(())
 }
 
 /// Sends an ERROR frame, best effort.
-fn send_error(w: &Mutex<TcpStream>, code: &str, message: &str) {
+fn send_error(w: &Mutex<&Link>, code: &str, message: &str) {
     let f = Frame::Error(ErrorMsg::new(code, message));
     let mut s = lock(w);
     let _ = write_frame(&mut *s, &f).and_then(|()| s.flush().map_err(ProtoError::from));
@@ -291,10 +315,10 @@ fn send_error(w: &Mutex<TcpStream>, code: &str, message: &str) {
 /// After an ERROR: closes the sending side and reads what the peer still
 /// sends for a moment, so that closing the socket with unread data does not
 /// reset the connection before the peer has read the ERROR.
-fn drain(w: &Mutex<TcpStream>) {
+fn drain(w: &Mutex<&Link>) {
     let mut s = lock(w);
-    let _ = s.shutdown(Shutdown::Write);
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = s.tcp().shutdown(Shutdown::Write);
+    let _ = s.tcp().set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 64 * 1024];
     let mut total = 0usize;
     while total < 64 << 20 {
@@ -411,26 +435,63 @@ pub(crate) fn open_point_for_client(
 }
 
 fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr, id: u64) {
-    let writer = match conn.try_clone() {
-        Ok(w) => Mutex::new(w),
-        Err(e) => {
-            error!(%peer, "cannot clone the socket: {e}");
-            return;
-        }
+    let link = match &shared.tls {
+        Some(t) => match rtbackup_tls::accept(conn, Arc::clone(&t.config), &t.pki, HELLO_TIMEOUT) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(%peer, "connection refused: {e}");
+                return;
+            }
+        },
+        None => Link::plain(conn),
     };
+    let writer = Mutex::new(&link);
     let mut volume = String::new();
-    match session(shared, conn, &writer, peer, id, &mut volume) {
-        Ok(End::Closed) => info!(%peer, volume, "connection closed by the agent"),
-        Ok(End::Shutdown) => info!(%peer, volume, "connection ended: server shutdown"),
+    let client = link.client_name().unwrap_or("-").to_owned();
+    match session(shared, &link, &writer, peer, id, &mut volume) {
+        Ok(End::Closed) => info!(%peer, client, volume, "connection closed by the agent"),
+        Ok(End::Shutdown) => info!(%peer, client, volume, "connection ended: server shutdown"),
         Err(e) => {
-            error!(%peer, volume, code = e.code, "{}; closing the connection", e.message);
+            error!(%peer, client, volume, code = e.code, "{}; closing the connection", e.message);
             if e.send {
                 send_error(&writer, e.code, &e.message);
                 drain(&writer);
             }
         }
     }
-    let _ = lock(&writer).shutdown(Shutdown::Both);
+    link.shutdown();
+}
+
+/// Whether the client of `link` may use `volume`: with TLS, the volume must
+/// be its own (its owner is the client whose HELLO created it, or, for a
+/// volume from before owners, claimed it with `claim`); a plain link
+/// (`--insecure-loopback-only`) is not checked.
+fn authorize(shared: &Shared, link: &Link, volume: &str, claim: bool) -> Result<(), SessionError> {
+    let Some(client) = link.client_name() else {
+        return Ok(());
+    };
+    validate_volume_name(volume)?;
+    let refused = || {
+        session_error(
+            error_code::FORBIDDEN,
+            format!("volume {volume} belongs to another client; client {client} may use only its own volumes"),
+        )
+    };
+    match shared.store.owner(volume)? {
+        Some(owner) if owner == client => Ok(()),
+        Some(_) => Err(refused()),
+        None if claim => {
+            let owner = shared.store.claim(volume, client)?;
+            if owner == client {
+                Ok(())
+            } else {
+                Err(refused())
+            }
+        }
+        // Another client's volume or none at all: the same answer, so
+        // that names of other clients' volumes cannot be probed.
+        None => Err(refused()),
+    }
 }
 
 /// Gets the open volume or opens (creating) it, with its maintenance
@@ -465,25 +526,28 @@ fn get_volume(shared: &Shared, hello: &Hello) -> Result<(Arc<Volume>, Arc<Waker>
 
 fn session(
     shared: &Shared,
-    conn: TcpStream,
-    writer: &Mutex<TcpStream>,
+    link: &Link,
+    writer: &Mutex<&Link>,
     peer: SocketAddr,
     conn_id: u64,
     volume_name: &mut String,
 ) -> Result<End, SessionError> {
-    conn.set_read_timeout(Some(HELLO_TIMEOUT))
+    link.tcp()
+        .set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(ProtoError::from)?;
     // HELLO is read unbuffered (exactly its bytes; its size is capped by the
     // codec): nothing large is allocated for a peer before its handshake.
-    let hello = match read_frame(&mut &conn) {
+    let hello = match read_frame(&mut &*link) {
         Ok(Frame::Hello(h)) => h,
         Ok(Frame::Rollback(req)) => {
             volume_name.clone_from(&req.volume);
+            authorize(shared, link, &req.volume, false)?;
             crate::rollback::serve_rollback(&shared.store, &req, writer, peer)?;
             return Ok(End::Closed);
         }
         Ok(Frame::Verify(req)) => {
             volume_name.clone_from(&req.volume);
+            authorize(shared, link, &req.volume, false)?;
             // The durable end, taken before the store is read: records
             // appended but not durable yet stay out of the answer.
             let durable = lock(&shared.volumes)
@@ -519,6 +583,7 @@ fn session(
     }
     validate_volume_name(&hello.volume)?;
     volume_name.clone_from(&hello.volume);
+    authorize(shared, link, &hello.volume, true)?;
     let _busy = {
         let mut busy = lock(&shared.busy);
         if let Some(b) = busy.get(&hello.volume).copied() {
@@ -572,8 +637,10 @@ fn session(
     }
     // No read timeout while streaming (an idle agent is fine); a dead peer
     // is detected by keepalive and the user timeout.
-    conn.set_read_timeout(None).map_err(ProtoError::from)?;
-    let mut reader = BufReader::with_capacity(SOCKET_BUF, conn);
+    link.tcp()
+        .set_read_timeout(None)
+        .map_err(ProtoError::from)?;
+    let mut reader = BufReader::with_capacity(SOCKET_BUF, link);
 
     let commit = Committer::new();
     let result = thread::scope(|s| {
@@ -645,7 +712,7 @@ impl Drop for StopOnDrop<'_> {
 
 /// Reads RECORDS frames and appends them until the peer closes.
 fn receive(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<&Link>,
     vol: &Volume,
     ring_id: u64,
     commit: &Committer,
@@ -737,7 +804,7 @@ impl Committer {
         &self,
         vol: &Volume,
         ring_id: u64,
-        writer: &Mutex<TcpStream>,
+        writer: &Mutex<&Link>,
         peer: SocketAddr,
         waker: &Waker,
     ) -> Result<(), SessionError> {
@@ -753,7 +820,7 @@ impl Committer {
         if r.is_err() {
             lock(&self.state).failed = true;
             // Wake the reader blocked on the socket.
-            let _ = lock(writer).shutdown(Shutdown::Read);
+            let _ = lock(writer).tcp().shutdown(Shutdown::Read);
         }
         r
     }
@@ -762,7 +829,7 @@ impl Committer {
         &self,
         vol: &Volume,
         ring_id: u64,
-        writer: &Mutex<TcpStream>,
+        writer: &Mutex<&Link>,
         peer: SocketAddr,
         waker: &Waker,
     ) -> Result<(), SessionError> {
@@ -793,7 +860,7 @@ impl Committer {
                     Ok(()) => acked = seq,
                     Err(e) => {
                         info!(%peer, volume = vol.name(), "cannot send ACK {seq}: {e}; ending the connection");
-                        let _ = w.shutdown(Shutdown::Both);
+                        w.shutdown();
                         broken = true;
                     }
                 }

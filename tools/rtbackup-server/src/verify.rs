@@ -15,7 +15,8 @@
 //! a bounded piece at a time, so it runs while an agent streams the volume
 //! on another connection and its memory does not grow with the volume.
 
-use std::net::{SocketAddr, TcpStream};
+use rtbackup_tls::Link;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ pub(crate) fn serve_verify(
     store: &Store,
     durable: Option<Position>,
     req: &VerifyRequest,
-    writer: &Mutex<TcpStream>,
+    writer: &Mutex<&Link>,
     peer: SocketAddr,
     stopping: &AtomicBool,
 ) -> Result<(), SessionError> {
@@ -116,8 +117,8 @@ pub(crate) fn serve_verify(
 
 /// Gathers checksums into CHECKSUMS frames: sent when full, or when the
 /// oldest unsent one has waited [`FRAME_INTERVAL`].
-struct Batcher<'a> {
-    writer: &'a Mutex<TcpStream>,
+struct Batcher<'a, 'l> {
+    writer: &'a Mutex<&'l Link>,
     /// Checksums not sent yet, of the chunks before `next`.
     sums: Vec<ChunkChecksum>,
     /// The next chunk expected.
@@ -127,7 +128,7 @@ struct Batcher<'a> {
     last_sent: Instant,
 }
 
-impl Batcher<'_> {
+impl Batcher<'_, '_> {
     /// Adds the checksums of chunks `first..` (which follow the previous).
     fn push(&mut self, first: u64, sums: &[ChunkChecksum]) -> Result<(), SessionError> {
         if first != self.next {

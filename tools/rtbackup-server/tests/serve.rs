@@ -44,6 +44,7 @@ impl ServerProc {
             .args(["--log-level", "debug", "serve", "--store"])
             .arg(store)
             .args(["--listen", "127.0.0.1:0", "--segment-mib", "1"])
+            .arg("--insecure-loopback-only")
             .args(["--nbd-listen", "127.0.0.1:0"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -1036,6 +1037,7 @@ fn rollback_writes_back_only_what_changed() {
         dry_run,
         size_bytes: SIZE,
         client: "test".into(),
+        credentials: None,
     };
     // A dry run plans without sending data.
     let plan = rtbackup_rollback::run(&req("mark:clean", true), &f, |_, _| {}).unwrap();
@@ -1195,7 +1197,7 @@ fn a_resync_section_hides_its_points_until_it_closes() {
 fn verify_all(addr: &str, volume: &str, chunk_size: u64) -> (VerifyPoint, Vec<ChunkChecksum>) {
     let req = VerifyRequest::new(volume, "test", chunk_size, SIZE);
     let mut got = Vec::new();
-    let p = rtbackup_verify::fetch_checksums(addr, &req, |first, sums| {
+    let p = rtbackup_verify::fetch_checksums(addr, None, &req, |first, sums| {
         assert_eq!(first, got.len() as u64);
         got.extend_from_slice(sums);
         Ok::<_, rtbackup_verify::VerifyError>(())
@@ -1317,6 +1319,7 @@ fn verify_sends_the_checksums_of_the_durable_end() {
     assert!(got == chunk_sums(&s.image, 8192));
     let e = rtbackup_verify::fetch_checksums(
         &srv.addr,
+        None,
         &VerifyRequest::new("nope", "test", 4096, SIZE),
         |_, _| Ok::<_, rtbackup_verify::VerifyError>(()),
     )

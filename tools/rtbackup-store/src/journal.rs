@@ -207,11 +207,21 @@ pub(crate) fn walk(
                 }
             };
             let start = pos;
-            if rec.is_pad() || rec.seq() != pos.seq + 1 {
+            // No seq follows u64::MAX: a record with it is valid on its own,
+            // and `pos.seq + 1` overflowed on the next one (a panic in
+            // debug builds; tools/fuzz/regressions/segment).
+            let Some(want) = pos.seq.checked_add(1) else {
                 return Err(src.corrupt(
                     seg,
                     start.offset,
-                    format!("record seq {} where seq {} belongs", rec.seq(), pos.seq + 1),
+                    format!("record seq {} after seq {}", rec.seq(), pos.seq),
+                ));
+            };
+            if rec.is_pad() || rec.seq() != want {
+                return Err(src.corrupt(
+                    seg,
+                    start.offset,
+                    format!("record seq {} where seq {want} belongs", rec.seq()),
                 ));
             }
             let end = Position {
@@ -252,7 +262,8 @@ pub(crate) fn walk(
             });
         }
         let next = src.header(seg + 1)?;
-        if next.ring_id == pos.ring_id && next.first_seq != pos.seq + 1 {
+        // (checked_add: no seq follows u64::MAX, as above.)
+        if next.ring_id == pos.ring_id && Some(next.first_seq) != pos.seq.checked_add(1) {
             return Err(src.corrupt(
                 seg + 1,
                 0,

@@ -7,6 +7,8 @@
 //! a [`SegmentStore`] ([`LocalDirStore`] today; an object store later).
 
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 mod history;
 mod image;
 mod index;
@@ -52,6 +54,8 @@ use volume::{
 
 /// Directory of the volumes in a store.
 const VOLUMES_DIR: &str = "volumes";
+/// Owners of volumes: one file per volume name holding the client's name.
+const OWNERS_DIR: &str = "owners";
 /// Directory of the [`LocalDirStore`] of sealed segments in a store.
 const SEALED_DIR: &str = "sealed";
 
@@ -161,6 +165,53 @@ impl Store {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// The client that owns volume `name`, if one does: with TLS, the
+    /// server lets a client use only its own volumes. Owners are kept in
+    /// `owners/NAME`, apart from the volume (a name can be owned before
+    /// its volume is created).
+    pub fn owner(&self, name: &str) -> Result<Option<String>> {
+        bad_name(name)?;
+        let path = self.root.join(OWNERS_DIR).join(name);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(Some(s.trim_end().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                context: format!("reading {}", path.display()),
+                source: e,
+            }),
+        }
+    }
+
+    /// Makes `client` the owner of volume `name` unless it has one; returns
+    /// the owner. Atomic: of two clients claiming at once, one wins.
+    pub fn claim(&self, name: &str, client: &str) -> Result<String> {
+        bad_name(name)?;
+        let dir = self.root.join(OWNERS_DIR);
+        fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        fs::write(&tmp, format!("{client}\n")).ctx(|| format!("writing {}", tmp.display()))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .ctx(|| format!("syncing {}", tmp.display()))?;
+        // link(2) fails if the owner exists: the first claim wins.
+        let won = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match won {
+            Ok(()) => {
+                segment::sync_dir(&dir).ctx(|| format!("syncing {}", dir.display()))?;
+                Ok(client.to_owned())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(self.owner(name)?.unwrap_or_default())
+            }
+            Err(e) => Err(StoreError::Io {
+                context: format!("creating {}", path.display()),
+                source: e,
+            }),
+        }
     }
 
     /// Whether volume `name` exists.

@@ -11,7 +11,7 @@
 //!
 //! let req = VerifyRequest::new("db1", "host-a", 64 << 10, 1 << 30);
 //! let mut differ = Vec::new();
-//! let point = fetch_checksums("backup:7070", &req, |first, sums| {
+//! let point = fetch_checksums("backup:7070", None, &req, |first, sums| {
 //!     for (i, sum) in sums.iter().enumerate() {
 //!         let chunk = first + i as u64;
 //!         let (_offset, len) = rtbackup_verify::chunk_extent(chunk, req.chunk_size, req.size_bytes);
@@ -43,11 +43,12 @@ use rtbackup_proto::{read_frame, write_frame, Frame, ProtoError, RollbackDone};
 /// [`CLIENT_TIMEOUT`] per read is ample.
 pub fn fetch_checksums<E: From<VerifyError>>(
     server: &str,
+    creds: Option<&rtbackup_tls::Credentials>,
     req: &VerifyRequest,
     mut f: impl FnMut(u64, &[ChunkChecksum]) -> Result<(), E>,
 ) -> Result<VerifyPoint, E> {
     check_chunk_size(req.chunk_size).map_err(VerifyError::from)?;
-    let mut c = Checksums::start(connect(server)?, req)?;
+    let mut c = Checksums::start(connect(server, creds)?, req)?;
     while let Some((first, sums)) = c.next_batch()? {
         f(first, &sums)?;
     }
@@ -211,7 +212,7 @@ mod tests {
         let (addr, t) = fake(frames);
         let req = VerifyRequest::new("v", "test", 4096, SIZE);
         let mut calls = Vec::new();
-        let r = fetch_checksums(&addr, &req, |first, s| {
+        let r = fetch_checksums(&addr, None, &req, |first, s| {
             for (i, sum) in s.iter().enumerate() {
                 assert_eq!(*sum, [(first + i as u64) as u8; 16]);
             }
@@ -290,15 +291,18 @@ mod tests {
         let (addr, _t) = fake(vec![point(11), sums(0, 4), sums(4, 7), done(2, SIZE)]);
         let req = VerifyRequest::new("v", "test", 4096, SIZE);
         let mut calls = 0;
-        let r = fetch_checksums(&addr, &req, |_, _| {
+        let r = fetch_checksums(&addr, None, &req, |_, _| {
             calls += 1;
             Err(Mine::Stop)
         });
         assert!(matches!(r, Err(Mine::Stop)) && calls == 1, "{r:?}");
         // Refused before connecting.
-        let r = fetch_checksums(&addr, &VerifyRequest::new("v", "t", 1000, SIZE), |_, _| {
-            Ok::<_, Mine>(())
-        });
+        let r = fetch_checksums(
+            &addr,
+            None,
+            &VerifyRequest::new("v", "t", 1000, SIZE),
+            |_, _| Ok::<_, Mine>(()),
+        );
         assert!(
             matches!(
                 r,

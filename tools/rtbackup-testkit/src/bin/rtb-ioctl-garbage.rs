@@ -6,37 +6,21 @@
 //! behaves, 1 otherwise. Run as root inside the test VM.
 
 use rtbackup_abi::*;
+use rtbackup_testkit::{ioc, ioctl_ret, list, IOC_READ, IOC_WRITE};
 use std::ffi::c_void;
 use std::os::fd::AsRawFd;
-
-const IOC_READ: u32 = 2;
-const IOC_WRITE: u32 = 1;
-
-fn ioc(dir: u32, nr: u32, size: u32) -> u32 {
-    (dir << 30) | (RTB_IOC_MAGIC << 8) | nr | (size << 16)
-}
 
 /// Issues an ioctl and returns 0 or the errno.
 fn raw(fd: i32, cmd: u32, arg: *mut c_void) -> i32 {
     // SAFETY: the kernel validates every argument; bad pointers are the
     // point of this test and make it fail with EFAULT, not crash us.
-    let r = unsafe { libc::ioctl(fd, cmd as _, arg) };
-    if r < 0 {
-        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-    } else {
-        0
-    }
+    unsafe { ioctl_ret(fd, cmd, arg) }.map_or_else(|e| e, |_| 0)
 }
 
 /// Issues an ioctl that returns a file descriptor: the fd, or minus errno.
 fn raw_fd(fd: i32, cmd: u32, arg: *mut c_void) -> i32 {
     // SAFETY: as in `raw`.
-    let r = unsafe { libc::ioctl(fd, cmd as _, arg) };
-    if r < 0 {
-        -std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
-    } else {
-        r
-    }
+    unsafe { ioctl_ret(fd, cmd, arg) }.unwrap_or_else(|e| -e)
 }
 
 /// Maps `len` bytes of `fd` at `offset` shared and unmaps them again:
@@ -63,15 +47,7 @@ fn map(fd: i32, len: usize, prot: i32, offset: i64) -> i32 {
 
 /// The attached devices' entries.
 fn infos(fd: i32) -> Vec<RtbDeviceInfo> {
-    let mut infos = vec![RtbDeviceInfo::ZERO; RTB_MAX_DEVICES as usize];
-    let mut req = RtbList::ZERO;
-    req.abi_version = RTB_ABI_VERSION;
-    req.capacity = RTB_MAX_DEVICES;
-    req.devices = infos.as_mut_ptr() as u64;
-    let e = raw(fd, RTB_IOC_LIST, (&raw mut req).cast());
-    assert_eq!(e, 0, "RTB_IOC_LIST failed: errno {e}");
-    infos.truncate(req.count as usize);
-    infos
+    list(fd).unwrap_or_else(|e| panic!("RTB_IOC_LIST failed: errno {e}"))
 }
 
 /// The ring's `head_seq` of device `index`.

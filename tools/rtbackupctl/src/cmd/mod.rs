@@ -64,3 +64,31 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
 }
+
+/// How `verify` and `rollback` reach the backup server: as an enrolled
+/// client over TLS, or in plaintext to a server on this machine.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerAccess {
+    /// This host's credentials from `rtbackup-server enroll` (TLS 1.3; the
+    /// agent's --credentials).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "insecure_loopback_only"
+    )]
+    credentials: Option<PathBuf>,
+    /// Plaintext to a server on this machine started with
+    /// --insecure-loopback-only (demos only).
+    #[arg(long, conflicts_with = "credentials")]
+    insecure_loopback_only: bool,
+}
+
+impl ServerAccess {
+    /// The credentials, read and checked; `None` for plaintext.
+    pub(crate) fn credentials(&self) -> anyhow::Result<Option<rtbackup_tls::Credentials>> {
+        match &self.credentials {
+            Some(p) => Ok(Some(rtbackup_tls::Credentials::load(p)?)),
+            None => Ok(None),
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub(crate) struct Args {
     /// The device's volume name on the server (the agent's --volume).
     #[arg(long)]
     volume: String,
+    #[command(flatten)]
+    access: super::ServerAccess,
     /// Only show what would be written.
     #[arg(long)]
     dry_run: bool,
@@ -91,6 +93,7 @@ impl Args {
             dry_run: self.dry_run,
             size_bytes: size,
             client: host,
+            credentials: self.access.credentials()?,
         };
         let tty = std::io::stderr().is_terminal() && !self.json;
         let out = rtbackup_rollback::run(&req, &f, |done, total| {

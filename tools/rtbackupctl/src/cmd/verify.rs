@@ -25,6 +25,8 @@ pub(crate) struct Args {
     /// The device's volume name on the server (the agent's --volume).
     #[arg(long)]
     volume: String,
+    #[command(flatten)]
+    access: super::ServerAccess,
     /// Mark the chunks that differ dirty, so that the agent resyncs them,
     /// and wait until it has.
     #[arg(long)]
@@ -60,18 +62,25 @@ struct Verified {
 
 impl Args {
     pub(crate) fn run(self, control: &Control) -> anyhow::Result<()> {
+        let creds = self.access.credentials()?;
         let dev = control.resolve(&self.device)?;
         let chunk = dev.ring.chunk_size;
         let size = dev.size_bytes;
         let req = VerifyRequest::new(&self.volume, &super::hostname(), chunk, size);
         flush_and_wait(control, &dev.device, self.sync_timeout)?;
-        let (point, differ) = compare(&self.server, &req, &dev.device, None)?;
+        let (point, differ) = compare(&self.server, creds.as_ref(), &req, &dev.device, None)?;
         let (point, differ) = if differ.is_empty() {
             (point, differ)
         } else {
             // Written after the first sync? Look again after another.
             flush_and_wait(control, &dev.device, self.sync_timeout)?;
-            compare(&self.server, &req, &dev.device, Some(&differ))?
+            compare(
+                &self.server,
+                creds.as_ref(),
+                &req,
+                &dev.device,
+                Some(&differ),
+            )?
         };
         let mut repaired = false;
         if self.repair && !differ.is_empty() {
@@ -140,6 +149,7 @@ impl Args {
 /// differ.
 fn compare(
     server: &str,
+    creds: Option<&rtbackup_tls::Credentials>,
     req: &VerifyRequest,
     path: &str,
     only: Option<&BTreeSet<u64>>,
@@ -147,7 +157,7 @@ fn compare(
     let mut dev = DirectReader::open(path).with_context(|| format!("opening {path}"))?;
     let mut buf = Vec::new();
     let mut differ = BTreeSet::new();
-    let point = fetch_checksums(server, req, |first, sums| -> anyhow::Result<()> {
+    let point = fetch_checksums(server, creds, req, |first, sums| -> anyhow::Result<()> {
         for (i, sum) in sums.iter().enumerate() {
             let c = first + i as u64;
             if only.is_some_and(|o| !o.contains(&c)) {

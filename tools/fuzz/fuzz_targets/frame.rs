@@ -1,0 +1,6 @@
+//! Fuzz target `frame`: see `rtbackup_proto::fuzz::frame_target`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| rtbackup_proto::fuzz::frame_target(data));

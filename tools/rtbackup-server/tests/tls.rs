@@ -1,0 +1,261 @@
+//! The server with TLS, through its binary: `init`, `enroll`, `revoke`,
+//! `clients`; who gets in, and which volumes each client may use.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rtbackup_proto::{
+    append_record, read_frame, write_frame, write_records_frame, Frame, Hello, VerifyRequest,
+    PROTOCOL_VERSION, RTB_OP_FLUSH, RTB_OP_WRITE,
+};
+use rtbackup_tls::{Credentials, Link};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rtbackup-server");
+const SIZE: u64 = 1 << 20;
+const T: Duration = Duration::from_secs(30);
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn enroll(store: &Path, client: &str) -> Credentials {
+    let out = cli(&["enroll", "--store", store.to_str().unwrap(), client]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(store: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--store", store.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--nbd-listen",
+            "none",
+            "--keep",
+            "forever",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    Server { child, addr }
+}
+
+fn hello(volume: &str) -> Frame {
+    Frame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        volume: volume.into(),
+        size_bytes: SIZE,
+        block_size: 512,
+        ring_id: 7,
+        client: "ignored: the certificate names the client".into(),
+        agent_version: "test".into(),
+    })
+}
+
+/// Connects as `creds` (TLS) and says HELLO: the first frame answered, or
+/// the error that ended the connection.
+fn say_hello(addr: &str, creds: &Credentials, volume: &str) -> Result<(Link, Frame), String> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    let link =
+        rtbackup_tls::connect(tcp, creds.client_config().unwrap(), T).map_err(|e| e.to_string())?;
+    write_frame(&mut &link, &hello(volume)).map_err(|e| e.to_string())?;
+    let f = read_frame(&mut &link).map_err(|e| e.to_string())?;
+    Ok((link, f))
+}
+
+/// Streams `n` writes and a flush as ring 7 from seq 1; waits for the ACK.
+fn stream(link: &Link, n: u64) {
+    let mut recs = Vec::new();
+    for seq in 1..=n {
+        append_record(
+            &mut recs,
+            RTB_OP_WRITE,
+            0,
+            seq,
+            seq * 8,
+            512,
+            seq,
+            &[seq as u8; 512],
+        );
+    }
+    append_record(&mut recs, RTB_OP_FLUSH, 0, n + 1, 0, 0, n + 1, &[]);
+    write_records_frame(&mut &*link, &[&recs]).unwrap();
+    loop {
+        match read_frame(&mut &*link).unwrap() {
+            Frame::Ack(a) if a == n + 1 => return,
+            Frame::Ack(_) => {}
+            f => panic!("{f:?}"),
+        }
+    }
+}
+
+/// The checksums of `volume` as client `creds` asks for them.
+fn verify_as(
+    addr: &str,
+    creds: &Credentials,
+    volume: &str,
+) -> Result<rtbackup_proto::VerifyPoint, rtbackup_verify::VerifyError> {
+    let req = VerifyRequest::new(volume, &creds.client, 4096, SIZE);
+    rtbackup_verify::fetch_checksums(addr, Some(creds), &req, |_, _| {
+        Ok::<_, rtbackup_verify::VerifyError>(())
+    })
+}
+
+fn durable_seq(store: &Path, volume: &str) -> u64 {
+    let out = cli(&["status", "--store", store.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["volume"] == volume)
+        .map(|s| s["durable_seq"].as_u64().unwrap())
+        .unwrap()
+}
+
+#[test]
+fn no_plaintext_unless_asked_and_only_on_loopback() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    let out = cli(&["serve", "--store", s, "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rtbackup-server init"));
+    let out = cli(&[
+        "serve",
+        "--store",
+        s,
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-loopback-only",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+}
+
+#[test]
+fn clients_use_only_their_own_volumes_and_revoked_ones_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    assert!(
+        !cli(&["init", "--store", s]).status.success(),
+        "a second init"
+    );
+    let alice = enroll(&store, "alice");
+    let bob = enroll(&store, "bob");
+    let srv = serve(&store);
+
+    // Alice creates her volume and streams to it.
+    let (link, f) = say_hello(&srv.addr, &alice, "va").unwrap();
+    assert!(matches!(f, Frame::Welcome(_)), "{f:?}");
+    stream(&link, 20);
+    drop(link);
+    assert_eq!(durable_seq(&store, "va"), 21);
+
+    // Bob may neither stream to it nor read its checksums.
+    let (_, f) = say_hello(&srv.addr, &bob, "va").unwrap();
+    match f {
+        Frame::Error(e) => assert_eq!(e.code, "forbidden", "{e:?}"),
+        f => panic!("bob was let in: {f:?}"),
+    }
+    let e = verify_as(&srv.addr, &bob, "va").unwrap_err();
+    assert!(e.to_string().contains("forbidden"), "{e}");
+    // A volume nobody owns yet cannot be probed either.
+    let e = verify_as(&srv.addr, &bob, "nothing-here").unwrap_err();
+    assert!(e.to_string().contains("forbidden"), "{e}");
+    // Bob's own volume works; alice's is unchanged.
+    let (link, f) = say_hello(&srv.addr, &bob, "vb").unwrap();
+    assert!(matches!(f, Frame::Welcome(_)), "{f:?}");
+    stream(&link, 3);
+    drop(link);
+    assert_eq!(durable_seq(&store, "va"), 21);
+    let p = verify_as(&srv.addr, &alice, "va").unwrap();
+    assert_eq!(p.seq, 21);
+
+    // Plaintext gets nothing from a TLS server.
+    let mut tcp = TcpStream::connect(&srv.addr).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    write_frame(&mut tcp, &hello("va")).unwrap();
+    assert!(
+        read_frame(&mut tcp).is_err(),
+        "a plaintext client got an answer"
+    );
+    // Plaintext clients refuse a remote server without credentials.
+    assert!(rtbackup_proto::client::connect("192.0.2.1:7420", None).is_err());
+
+    // `clients` shows who owns what.
+    let out = cli(&["clients", "--store", s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["client"], "alice");
+    assert_eq!(v[0]["volumes"], serde_json::json!(["va"]));
+    assert_eq!(v[1]["volumes"], serde_json::json!(["vb"]));
+
+    // Revoked: alice's certificate no longer opens anything.
+    assert!(cli(&["revoke", "--store", s, "alice"]).status.success());
+    assert!(
+        say_hello(&srv.addr, &alice, "va").is_err(),
+        "a revoked client got in"
+    );
+    assert!(!cli(&["revoke", "--store", s, "nobody"]).status.success());
+    assert_eq!(durable_seq(&store, "va"), 21);
+}
+
+#[test]
+fn enroll_writes_a_private_bundle() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("s");
+    let s = s.to_str().unwrap();
+    let out = cli(&["enroll", "--store", s, "x"]);
+    assert!(!out.status.success(), "enroll before init");
+    assert!(cli(&["init", "--store", s]).status.success());
+    let f = d.path().join("x.json");
+    let f = f.to_str().unwrap();
+    assert!(cli(&["enroll", "--store", s, "x", "--output", f])
+        .status
+        .success());
+    assert_eq!(
+        std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(Credentials::load(Path::new(f)).unwrap().client, "x");
+    assert!(
+        !cli(&["enroll", "--store", s, "x", "--output", f])
+            .status
+            .success(),
+        "overwrote"
+    );
+    assert!(!cli(&["enroll", "--store", s, "../evil"]).status.success());
+}
