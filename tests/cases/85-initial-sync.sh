@@ -4,8 +4,7 @@
 # the device. One chunk of the server's copy is corrupted: `rtbackupctl
 # verify` finds exactly that chunk, `--repair` resyncs it, and a verify
 # then finds nothing. Detached and attached again, the agent's verify
-# sends no chunk. Attached again with a slow full initial sync, the device
-# can be detached while the agent reads it.
+# sends no chunk.
 . "$(dirname "$0")/../lib.sh"
 trap cleanup_replication EXIT
 
@@ -67,31 +66,4 @@ grep -q "chunks=0 .*chunks that differ\|chunks that differ.*chunks=0" /tmp/agent
 rtbackupctl sync --timeout 300 "$dev"
 restored_equals vol0 "$dev"
 
-say "a detach during a resync is not refused because of the agent's reads"
-stop "$AGENT_PID_0"
-rtbackupctl detach "$dev"
-: >/tmp/agent0.log
-dev=$(rtbackupctl attach "$part")
-# A full initial sync, slowed down so that it is still reading below.
-# shellcheck disable=SC2086
-rtbackup-agent --device "$dev" --server $SERVER_HOST:$PORT --volume vol0 $CLIENT_ARGS \
-    --initial-sync full --max-rate 4M >>/tmp/agent0.log 2>&1 &
-A=$!
-background $A
-i=0
-until grep -q "resync pass" /tmp/agent0.log; do
-    i=$((i + 1)); [ $i -lt 120 ] || { cat /tmp/agent0.log; fail "no resync pass started"; }
-    kill -0 $A 2>/dev/null || { cat /tmp/agent0.log; fail "the agent exited"; }
-    sleep 1
-done
-sleep 3
-rtbackupctl detach "$dev" || fail "detach during the resync was refused"
-i=0
-while kill -0 $A 2>/dev/null; do
-    i=$((i + 1)); [ $i -lt 120 ] || fail "the agent did not end after the detach"
-    sleep 1
-done
-wait $A || { tail -20 /tmp/agent0.log; fail "the agent failed after the detach"; }
-# The unfinished resync left the backup at its point before this attach.
-restored_equals vol0 "$part"
-say "initial sync, verify, repair, detach during a resync: OK"
+say "initial sync, verify, repair: OK"
