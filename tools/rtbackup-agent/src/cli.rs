@@ -209,7 +209,8 @@ mod tests {
         assert_eq!(cfg.max_batch_delay, Duration::from_millis(5));
         assert_eq!(cfg.ack_timeout, Duration::from_secs(60));
         assert_eq!((cfg.spool, cfg.spool_max_bytes), (None, 8 << 30));
-        let cli = Cli::try_parse_from([
+        // The arguments every command line below starts with.
+        let base = [
             "rtbackup-agent",
             "--device",
             "0",
@@ -217,6 +218,8 @@ mod tests {
             "s:1",
             "--volume",
             "v",
+        ];
+        let spool = [
             "--spool",
             "/srv/spool",
             "--spool-max",
@@ -224,8 +227,8 @@ mod tests {
             "--max-rate",
             "1G",
             "--insecure-loopback-only",
-        ])
-        .unwrap();
+        ];
+        let cli = Cli::try_parse_from([&base[..], &spool].concat()).unwrap();
         let cfg = cli.config("h").unwrap();
         assert_eq!(
             cfg.spool.as_deref(),
@@ -237,15 +240,6 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("--volume"), "{err}");
         // Neither credentials nor the explicit plaintext flag.
-        let base = [
-            "rtbackup-agent",
-            "--device",
-            "0",
-            "--server",
-            "s:1",
-            "--volume",
-            "v",
-        ];
         let err = Cli::try_parse_from(base).unwrap_err();
         assert!(err.to_string().contains("--credentials"), "{err}");
         // A credentials file that cannot be read is an error of config().
