@@ -12,6 +12,9 @@
 #   make fuzz             each fuzz target for FUZZ_SECONDS (default 300)
 #   make fuzz-check       each fuzz target for 10 s on its checked-in inputs
 #   make bench            throughput against the raw device and the peers
+#   make install          the module, tools, man pages, completions, units
+#                         (after `make`; see "Installing" below)
+#   make dkms-source      the module's sources for DKMS under /usr/src
 #   make clean
 
 # The kernel tree to build against. Default: the test kernel of `make kernel`.
@@ -30,7 +33,8 @@ TOOLS_TARGET := tools/target/release
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
 	$$(grep -qs '^CONFIG_CC_IS_CLANG=y' $(KDIR)/.config && echo LLVM=1)
 
-.PHONY: all module tools deps kernel check lint test fuzz fuzz-check vm-test bench demo clean
+.PHONY: all module module-clean tools docs deps kernel check lint test fuzz fuzz-check vm-test \
+	bench demo clean install install-module install-tools dkms-source
 all: module tools
 
 ifeq ($(KDIR),$(TEST_KDIR))
@@ -41,10 +45,73 @@ module:
 		{ echo "no kernel tree at '$(KDIR)': run 'make kernel' or pass KDIR=" >&2; exit 1; }
 	@grep -qs '^CONFIG_RUST=y' $(KDIR)/.config || \
 		{ echo "$(KDIR) is not built with CONFIG_RUST=y" >&2; exit 1; }
-	$(KMAKE) modules
+	+$(KMAKE) modules
+
+# The module's build products only (DKMS cleans with this).
+module-clean:
+	$(KMAKE) clean
 
 tools:
 	$(CARGO) build --release --locked --manifest-path tools/Cargo.toml
+	$(TOOLS_TARGET)/rtbackup-docgen $(DOCS_DIR)
+
+# Man pages and shell completions, generated from the command-line
+# definitions by rtbackup-docgen (part of `make tools`).
+DOCS_DIR := $(TOOLS_TARGET)/docs
+docs: tools
+
+# Installing (Documentation/admin-guide.rst). Nothing is built here, so that
+# `sudo make install` after `make` needs no toolchain for root.
+#   KVER             the kernel to install the module for (default: KDIR's)
+#   INSTALL_MOD_PATH a staging root for the module (modules_install's)
+#   DESTDIR, PREFIX  a staging root and the prefix of everything else
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+SYSCONFDIR ?= /etc
+TOOLS := rtbackupctl rtbackup-agent rtbackup-server
+KVER ?= $(shell $(MAKE) -s -C $(KDIR) kernelrelease 2>/dev/null)
+VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
+# The module's sources, as DKMS builds them.
+MODULE_SOURCES := Makefile Kbuild dkms.conf $(wildcard rust/*.rs rust/sys/*.rs) rust/glue.c rust/glue.h
+
+install: install-module install-tools
+
+# Kbuild's modules_install (it signs and compresses as the kernel is
+# configured) into extra/, then depmod: kernels whose build directory has no
+# System.map (distribution headers) skip Kbuild's own depmod.
+install-module:
+	@test -f rtbackup.ko || { echo "install: rtbackup.ko not built: run 'make' first" >&2; exit 1; }
+	@test -n "$(KVER)" || { echo "install: no kernel release from '$(KDIR)': pass KDIR= or KVER=" >&2; exit 1; }
+	$(KMAKE) INSTALL_MOD_PATH=$(INSTALL_MOD_PATH) INSTALL_MOD_DIR=extra modules_install
+	depmod -a $(if $(INSTALL_MOD_PATH),-b $(INSTALL_MOD_PATH)) $(KVER)
+
+install-tools:
+	@for t in $(TOOLS) rtbackup-docgen; do test -x $(TOOLS_TARGET)/$$t || \
+		{ echo "install: $(TOOLS_TARGET)/$$t not built: run 'make' first" >&2; exit 1; }; done
+	@test -d $(DOCS_DIR)/man || { echo "install: no man pages in $(DOCS_DIR): run 'make' first" >&2; exit 1; }
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(SYSCONFDIR)/rtbackup
+	install -m 755 $(addprefix $(TOOLS_TARGET)/,$(TOOLS)) $(DESTDIR)$(SBINDIR)/
+	install -m 644 $(DOCS_DIR)/man/*.8 $(DESTDIR)$(MANDIR)/man8/
+	for t in $(TOOLS); do \
+		install -m 644 $(DOCS_DIR)/bash/$$t $(DESTDIR)$(BASHCOMPDIR)/$$t && \
+		install -m 644 $(DOCS_DIR)/zsh/_$$t $(DESTDIR)$(ZSHCOMPDIR)/_$$t || exit 1; done
+	for u in rtbackup-server.service rtbackup-agent@.service; do \
+		sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+			dist/systemd/$$u.in >$(DESTDIR)$(UNITDIR)/$$u && \
+		chmod 644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; done
+	# Settings are the administrator's: never overwritten.
+	for c in server.toml agent.toml; do \
+		test -e $(DESTDIR)$(SYSCONFDIR)/rtbackup/$$c || \
+		install -m 644 dist/config/$$c $(DESTDIR)$(SYSCONFDIR)/rtbackup/$$c || exit 1; done
+
+dkms-source:
+	install -d $(DESTDIR)/usr/src/rtbackup-$(VERSION)
+	tar -cf - $(MODULE_SOURCES) | tar -xf - -C $(DESTDIR)/usr/src/rtbackup-$(VERSION)
 
 deps:
 	scripts/deps.sh

@@ -238,6 +238,7 @@ impl Control {
     }
 
     fn ioctl_version(&self, arg: UserPtr) -> Result {
+        require_admin()?;
         let mut v = RtbVersion::ZERO;
         v.abi_version = uapi::RTB_ABI_VERSION;
         copy_c_string(&mut v.release, uapi::RTB_RELEASE.as_bytes(), None);
@@ -336,6 +337,7 @@ impl Control {
     }
 
     fn ioctl_list(&self, arg: UserPtr) -> Result {
+        require_admin()?;
         let (mut reader, mut writer) = UserSlice::new(arg, size_of::<RtbList>()).reader_writer();
         let mut req: RtbList = reader.read()?;
         check_version(req.abi_version)?;

@@ -11,8 +11,15 @@ use std::time::Duration;
 /// once the server has stored them durably. It reconnects by itself after
 /// a disconnect and stops cleanly on SIGTERM or SIGINT.
 #[derive(Debug, Parser)]
-#[command(name = "rtbackup-agent", version)]
+#[command(name = "rtbackup-agent", version, args_override_self = true)]
 pub struct Cli {
+    /// Read settings from this TOML file: each key a long option without
+    /// its dashes (server = "backup:7420"), and a table [device."PATH"]
+    /// for the agent of --device PATH; options on the command line
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+
     /// The device to stream: /dev/rtbackupN, rtbackupN, N or its lower device.
     #[arg(long, value_name = "DEVICE")]
     pub device: String,
@@ -75,6 +82,12 @@ pub struct Cli {
     /// the ring fills and its `--on-full` policy applies.
     #[arg(long, value_name = "BYTES", default_value = "8G", value_parser = parse_bytes)]
     pub spool_max: u64,
+    /// Serve Prometheus text metrics on http://ADDR/metrics: lag in
+    /// records, bytes and seconds, ring fill, bytes sent, connection,
+    /// resync progress, spool. No authentication: keep it on loopback or
+    /// a monitoring network.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Log filter (error, warn, info, debug, trace, or a tracing
     /// directive); default: RUST_LOG, else info.
     #[arg(long, value_name = "FILTER")]
@@ -90,6 +103,21 @@ pub enum InitialSyncArg {
     Full,
     /// Send nothing.
     None,
+}
+
+/// The table of per-device settings in a `--config` file.
+pub const DEVICE_SECTION: rtbackup_cli::config::Section = rtbackup_cli::config::Section {
+    table: "device",
+    option: "device",
+};
+
+/// The program's arguments with the settings of its `--config` files
+/// before them (see [`rtbackup_cli::config`]).
+pub fn args_with_config(
+    args: Vec<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, rtbackup_cli::CliError> {
+    use clap::CommandFactory;
+    rtbackup_cli::config::with_config_files(&Cli::command(), args, Some(DEVICE_SECTION))
 }
 
 impl Cli {

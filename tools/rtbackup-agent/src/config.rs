@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Settings of [`crate::run`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// The server, `HOST:PORT`.
     pub server: String,
@@ -54,6 +54,8 @@ pub struct AgentConfig {
     /// This client's TLS credentials; `None`: plaintext, to a loopback
     /// server only (`--insecure-loopback-only`).
     pub credentials: Option<rtbackup_tls::Credentials>,
+    /// Where the agent counts what it does (its `--metrics`).
+    pub telemetry: crate::Telemetry,
 }
 
 /// What the initial sync of a new attach sends (Documentation/design.rst,
@@ -98,6 +100,7 @@ impl AgentConfig {
             spool: None,
             spool_max_bytes: 8 << 30,
             credentials: None,
+            telemetry: crate::Telemetry::default(),
         }
     }
 }

@@ -58,7 +58,7 @@ fn differing_chunks<S: RingSource>(
         ring,
         chunk,
         size,
-        Pace::new("initial verify", cfg.resync_max_rate, size),
+        Pace::new("initial verify", cfg.resync_max_rate, size).reporting(&cfg.telemetry),
     );
     let mut differ = Vec::new();
     let point = fetch_checksums(

@@ -16,12 +16,14 @@ pub mod cli;
 mod config;
 mod error;
 mod initial;
+mod metrics;
 mod resync;
 mod session;
 mod spool;
 
 pub use config::{AgentConfig, InitialSync};
 pub use error::{is_fatal_code, AgentError};
+pub use metrics::Telemetry;
 pub use session::AGENT_VERSION;
 pub use spool::SpoolError;
 
@@ -76,6 +78,9 @@ pub fn run<S: RingSource>(
         )?),
         None => None,
     };
+    if let Some(sp) = &spool {
+        cfg.telemetry.spooled(sp);
+    }
     let mut backoff = Backoff::new(cfg.backoff_initial, cfg.backoff_max);
     while !stop.load(Ordering::Relaxed) {
         if all_delivered(ring) && spool.as_ref().is_none_or(Spool::is_empty) {
@@ -85,6 +90,7 @@ pub fn run<S: RingSource>(
         let mut report = SessionReport::default();
         let result = run_session(ring, cfg, stop, &mut report, spool.as_mut());
         // Whatever happened, the server no longer hears from us.
+        cfg.telemetry.connected.set(0);
         if let Err(e) = ring.report_connected(false) {
             tracing::warn!("cannot report the disconnection to the ring: {e}");
         }
@@ -146,6 +152,9 @@ fn wait_spooling<S: RingSource>(
                 tracing::warn!("cannot spool: {e}; the ring keeps its records");
                 spool = None;
             }
+        }
+        if let Some(sp) = spool.as_deref() {
+            cfg.telemetry.spooled(sp);
         }
         let now = Instant::now();
         if now >= end {

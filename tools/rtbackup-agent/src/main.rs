@@ -15,7 +15,14 @@ use std::sync::Arc;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match rtbackup_agent::cli::args_with_config(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rtbackup-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::try_new(level),
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
@@ -60,8 +67,22 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
             "INSECURE: --insecure-loopback-only: plaintext, unauthenticated (demos on one machine only)"
         );
     }
-    let ring =
-        Ring::open(&cli.device).with_context(|| format!("opening the ring of {}", cli.device))?;
+    let ring = Arc::new(
+        Ring::open(&cli.device).with_context(|| format!("opening the ring of {}", cli.device))?,
+    );
+    let _metrics = match &cli.metrics {
+        Some(addr) => {
+            let mut registry = prometheus_client::registry::Registry::with_prefix("rtbackup_agent");
+            cfg.telemetry.register(&mut registry);
+            let (telemetry, sampled) = (cfg.telemetry.clone(), Arc::clone(&ring));
+            Some(rtbackup_cli::metrics::MetricsServer::start(
+                addr,
+                registry,
+                move || telemetry.sample(&*sampled),
+            )?)
+        }
+        None => None,
+    };
     tracing::info!(
         device = %ring.device().device,
         ring_id = format_args!("{:#x}", ring.ring_id()),
@@ -73,13 +94,15 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
         "rtbackup-agent {} starting",
         rtbackup_agent::AGENT_VERSION
     );
-    match rtbackup_agent::run(&ring, &cfg, &stop)? {
+    match rtbackup_agent::run(&*ring, &cfg, &stop)? {
         rtbackup_agent::Exit::Stopped => tracing::info!("stopped"),
         // `run` said that everything was delivered.
         rtbackup_agent::Exit::Detached { .. } => {}
     }
-    // Closing the ring's descriptor (dropping `ring`) lets the kernel free
-    // it, after everything was delivered and acknowledged.
+    // Closing the ring's descriptor (dropping `ring`, after the metrics
+    // endpoint's copy) lets the kernel free it, after everything was
+    // delivered and acknowledged.
+    drop(_metrics);
     drop(ring);
     Ok(())
 }

@@ -13,7 +13,9 @@
 
 use crate::config::AgentConfig;
 use crate::error::AgentError;
+use crate::Telemetry;
 use rtbackup_abi::{RTB_OP_RESYNC, RTB_OP_RESYNC_END};
+use rtbackup_cli::progress::{Lines, Progress};
 use rtbackup_proto::append_record;
 use rtbackup_ring::{Cursor, RingSource};
 use rtbackup_ring::{Resync, ResyncOp};
@@ -186,32 +188,40 @@ pub(crate) fn run<S: RingSource>(
     }
 }
 
-/// Paces a resync pass (or an initial verify) to a byte rate and logs its
-/// progress now and then.
+/// Paces a resync pass (or an initial verify) to a byte rate and shows
+/// its progress: a bar on a terminal, else a log line every
+/// [`PROGRESS_EVERY`] and one at the end.
 pub(crate) struct Pace {
-    what: &'static str,
     max_rate: Option<u64>,
     total: u64,
     done: u64,
     started: Instant,
-    logged: Instant,
+    progress: Option<Progress>,
+    telemetry: Option<Telemetry>,
 }
 
 impl Pace {
     pub(crate) fn new(what: &'static str, max_rate: Option<u64>, total: u64) -> Self {
-        let now = Instant::now();
         Self {
-            what,
             max_rate,
             total,
             done: 0,
-            started: now,
-            logged: now,
+            started: Instant::now(),
+            progress: Some(Progress::new(what, total, Lines::Log).every(PROGRESS_EVERY)),
+            telemetry: None,
         }
     }
 
+    /// Shows the progress in the agent's metrics too.
+    pub(crate) fn reporting(mut self, telemetry: &Telemetry) -> Self {
+        telemetry.resync_bytes.set(self.total as i64);
+        telemetry.resync_done_bytes.set(0);
+        self.telemetry = Some(telemetry.clone());
+        self
+    }
+
     /// Before `bytes` more are read: sleeps while the pass is ahead of
-    /// `max_rate`, and logs the progress every [`PROGRESS_EVERY`].
+    /// `max_rate`.
     pub(crate) fn before(&mut self, bytes: u64) {
         if let Some(rate) = self.max_rate.filter(|&r| r > 0) {
             let due = Duration::from_secs_f64(self.done as f64 / rate as f64);
@@ -219,21 +229,28 @@ impl Pace {
                 std::thread::sleep(wait);
             }
         }
-        if self.logged.elapsed() >= PROGRESS_EVERY {
-            self.logged = Instant::now();
-            let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-            let rate = self.done as f64 / secs;
-            let left = (self.total - self.done.min(self.total)) as f64 / rate.max(1.0);
-            tracing::info!(
-                done_mib = self.done >> 20,
-                total_mib = self.total >> 20,
-                mib_per_s = format_args!("{:.1}", rate / (1 << 20) as f64),
-                eta_s = left.round() as u64,
-                "{} progress",
-                self.what
-            );
+        if let Some(p) = &mut self.progress {
+            p.set(self.done);
+        }
+        if let Some(t) = &self.telemetry {
+            t.resync_done_bytes.set(self.done as i64);
         }
         self.done += bytes;
+    }
+}
+
+impl Drop for Pace {
+    /// The last progress line (or the bar's last state), also after an
+    /// interruption.
+    fn drop(&mut self) {
+        if let Some(mut p) = self.progress.take() {
+            p.set(self.done);
+            p.finish();
+        }
+        if let Some(t) = &self.telemetry {
+            t.resync_bytes.set(0);
+            t.resync_done_bytes.set(0);
+        }
     }
 }
 
@@ -257,7 +274,8 @@ fn send_chunks<S: RingSource>(
         "resync",
         cfg.resync_max_rate,
         chunks.len() as u64 * chunk_size,
-    );
+    )
+    .reporting(&cfg.telemetry);
     while i < chunks.len() {
         // A run of adjacent chunks, READ_RUN_BYTES at most.
         let first = chunks[i];

@@ -482,6 +482,8 @@ impl<S: RingSource> ConnSink<'_, '_, '_, S> {
                 source,
             });
         }
+        let bytes: usize = parts.iter().map(|p| p.len()).sum();
+        self.cfg.telemetry.sent_bytes.inc_by(bytes as u64);
         let mut acks = lock(&conn.acks);
         acks.written(end.seq - 1);
         acks.apply(self.ring)?;
@@ -707,6 +709,8 @@ pub(crate) fn run_session<S: RingSource>(
         return Ok(SessionEnd::Stopped);
     };
     report.welcomed = true;
+    cfg.telemetry.connected.set(1);
+    cfg.telemetry.connections.inc();
     let view = ring.view();
     let mut durable_seq = welcome.durable_seq;
     if let Some(spool) = spool {
@@ -806,7 +810,11 @@ fn send_spool<S: RingSource>(
     spool.replay(
         durable_seq,
         cfg.batch_bytes,
-        |bytes, _last| write_records_frame(&mut &*stream, &[bytes]).map_err(wire),
+        |bytes, _last| {
+            write_records_frame(&mut &*stream, &[bytes]).map_err(wire)?;
+            cfg.telemetry.sent_bytes.inc_by(bytes.len() as u64);
+            Ok(())
+        },
         |file_last| {
             while acked < file_last {
                 let mut reader = HandshakeReader {
@@ -844,6 +852,7 @@ fn send_spool<S: RingSource>(
     )?;
     stream.tcp().set_read_timeout(None).map_err(io)?;
     spool.prune(acked)?;
+    cfg.telemetry.spooled(spool);
     tracing::info!(acked_seq = acked, "the server holds every spooled record");
     Ok(acked)
 }

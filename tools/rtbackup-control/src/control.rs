@@ -91,6 +91,8 @@ impl Control {
                 format!("{}: not an rtbackup control device", path.display()),
                 errno,
             ),
+            // Every ioctl, even this one, needs CAP_SYS_ADMIN.
+            Errno::EPERM | Errno::EACCES => Error::PermissionDenied { path: path.clone() },
             _ => Error::sys("RTB_IOC_VERSION", errno),
         })?;
         let version = ModuleVersion {

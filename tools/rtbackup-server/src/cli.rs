@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use rtbackup_cli::progress::{Lines, Progress};
 use rtbackup_store::{
-    format_time, parse_duration, LocalDirStore, PointInfo, PointSpec, Retention, Store,
-    VolumeOptions,
+    format_time, parse_duration, LocalDirStore, PointInfo, PointSpec, RestoreProgress, Retention,
+    Store, VolumeOptions,
 };
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -24,7 +25,7 @@ pub const DEFAULT_PORT: u16 = 7420;
 
 /// The rtbackup backup server.
 #[derive(Debug, Parser)]
-#[command(name = "rtbackup-server", version, about)]
+#[command(name = "rtbackup-server", version, about, args_override_self = true)]
 pub struct Cli {
     /// Log level (error, warn, info, debug, trace) unless RUST_LOG is set.
     #[arg(long, global = true, default_value = "info")]
@@ -37,7 +38,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Receive record streams from agents into a store.
+    #[command(args_override_self = true)]
     Serve {
+        /// Read settings from this TOML file: each key a long option of
+        /// this command without its dashes (store = "/var/lib/rtbackup");
+        /// options on the command line override it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Serve Prometheus text metrics on http://ADDR/metrics
+        /// (connections, per volume: records received, journal size,
+        /// durable seq, last restore point). No authentication: keep it on
+        /// loopback or a monitoring network.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
         /// Store directory (created if missing).
         #[arg(long)]
         store: PathBuf,
@@ -84,6 +97,9 @@ pub enum Command {
         /// Store directory (created if missing).
         #[arg(long)]
         store: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Issue a certificate for a client and print its credentials bundle
     /// (JSON; give it to `rtbackup-agent --credentials` on that host). The
@@ -110,6 +126,9 @@ pub enum Command {
         store: PathBuf,
         /// The client's name.
         client: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List the enrolled clients, their certificates and the volumes they
     /// own.
@@ -189,7 +208,19 @@ pub enum Command {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::CommandFactory;
+    let args = match rtbackup_cli::config::with_config_files(
+        &Cli::command(),
+        std::env::args_os().collect(),
+        None,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("rtbackup-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cli.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -278,15 +309,21 @@ fn existing_store(dir: &Path) -> anyhow::Result<Store> {
 
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Init { store } => {
+        Command::Init { store, json } => {
             std::fs::create_dir_all(&store)
                 .with_context(|| format!("creating {}", store.display()))?;
             rtbackup_tls::Pki::init(&store)?;
-            println!(
-                "certificate authority created in {}; enroll clients with `rtbackup-server enroll --store {} NAME`",
-                store.join(rtbackup_tls::PKI_DIR).display(),
-                store.display()
-            );
+            let pki = store.join(rtbackup_tls::PKI_DIR);
+            if json {
+                let v = serde_json::json!({ "store": store, "pki": pki });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "certificate authority created in {}; enroll clients with `rtbackup-server enroll --store {} NAME`",
+                    pki.display(),
+                    store.display()
+                );
+            }
             Ok(())
         }
         Command::Enroll {
@@ -319,9 +356,18 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Revoke { store, client } => {
+        Command::Revoke {
+            store,
+            client,
+            json,
+        } => {
             let n = rtbackup_tls::Pki::open(&store)?.revoke(&client)?;
-            println!("revoked {n} certificate(s) of client {client}");
+            if json {
+                let v = serde_json::json!({ "client": client, "revoked_certificates": n });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("revoked {n} certificate(s) of client {client}");
+            }
             Ok(())
         }
         Command::Clients { store, json } => {
@@ -369,6 +415,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve {
+            config: _,
+            metrics,
             store,
             listen,
             insecure_loopback_only,
@@ -431,6 +479,10 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 server = server.with_tls(pki)?;
             }
             let addr = server.local_addr()?;
+            let metrics = match &metrics {
+                Some(a) => Some(crate::metrics::start(a, nbd_store.clone(), server.stats())?),
+                None => None,
+            };
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -454,6 +506,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            if let Some(m) = &metrics {
+                writeln!(out, "metrics on {}", m.addr())?;
+            }
             out.flush()?;
             drop(out);
             let r = server.run(&stop);
@@ -465,6 +520,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     Ok(Ok(())) => {}
                 }
             }
+            drop(metrics);
             r?;
             info!("stopped");
             Ok(())
@@ -477,9 +533,27 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             json,
         } => {
             let st = existing_store(&store)?;
+            let mut bar: Option<Progress> = None;
             let rep = st
-                .restore_at(&volume, &output, &at)
+                .restore_at_with(&volume, &output, &at, &mut |p| match p {
+                    RestoreProgress::Image { done, total } => bar
+                        .get_or_insert_with(|| {
+                            Progress::new(format!("restore {volume}"), total, Lines::Stderr)
+                        })
+                        .set(done),
+                    RestoreProgress::Journal { records } => {
+                        if let Some(b) = bar.take() {
+                            b.finish();
+                        }
+                        if records.is_multiple_of(64 * 1024) {
+                            eprintln!("restore {volume}: {records} journal records replayed");
+                        }
+                    }
+                })
                 .with_context(|| format!("restoring volume {volume} at {at}"))?;
+            if let Some(b) = bar {
+                b.finish();
+            }
             if json {
                 let mut v = serde_json::to_value(&rep)?;
                 v["output"] = output.display().to_string().into();

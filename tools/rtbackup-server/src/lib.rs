@@ -4,6 +4,7 @@
 
 pub mod cli;
 mod maintenance;
+pub mod metrics;
 pub mod nbd;
 mod rollback;
 pub mod server;

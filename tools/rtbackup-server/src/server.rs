@@ -82,6 +82,47 @@ struct Shared {
     stopping: AtomicBool,
     /// TLS with client certificates; `None`: plain (loopback demos).
     tls: Option<TlsServer>,
+    stats: Arc<Stats>,
+}
+
+/// What the server counts for its metrics (crate::metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    connections: AtomicU64,
+    received: Mutex<HashMap<String, Received>>,
+}
+
+/// What a volume received since the server started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Records appended to its journal (duplicates skipped not counted).
+    pub records: u64,
+    /// Their bytes (headers and data).
+    pub bytes: u64,
+}
+
+impl Stats {
+    /// Connections being served now.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// What each volume received, by name.
+    pub fn received(&self) -> Vec<(String, Received)> {
+        let mut v: Vec<_> = lock(&self.received)
+            .iter()
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn count(&self, volume: &str, records: u64, bytes: u64) {
+        let mut all = lock(&self.received);
+        let r = all.entry(volume.to_owned()).or_default();
+        r.records += records;
+        r.bytes += bytes;
+    }
 }
 
 /// The server's TLS setup.
@@ -118,6 +159,10 @@ struct Registered<'a> {
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         lock(&self.shared.conns).remove(&self.id);
+        self.shared
+            .stats
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -160,6 +205,7 @@ impl Server {
                 next_conn: AtomicU64::new(1),
                 stopping: AtomicBool::new(false),
                 tls: None,
+                stats: Arc::default(),
             }),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             _store_lock: store_lock,
@@ -181,6 +227,11 @@ impl Server {
             Arc::get_mut(&mut self.shared).context("TLS must be set up before the server runs")?;
         shared.tls = Some(TlsServer { config, pki });
         Ok(self)
+    }
+
+    /// Its counters, for the metrics endpoint.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.shared.stats)
     }
 
     /// The address the server listens on.
@@ -224,6 +275,7 @@ impl Server {
                                 .spawn(move || {
                                     // Unregisters (closing the socket) even
                                     // if the connection panics.
+                                    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
                                     let _registered = Registered {
                                         shared: &shared,
                                         id,
@@ -649,7 +701,7 @@ fn session(
         // so that the scope's join cannot wait forever.
         let _stop = StopOnDrop(&commit);
         let committer = s.spawn(move || c.run(v, hello.ring_id, writer, peer, w));
-        let r = receive(&mut reader, &vol, hello.ring_id, &commit);
+        let r = receive(&mut reader, &vol, hello.ring_id, &commit, &shared.stats);
         commit.stop();
         let cr = committer.join().unwrap_or_else(|_| {
             Err(session_error(
@@ -716,6 +768,7 @@ fn receive(
     vol: &Volume,
     ring_id: u64,
     commit: &Committer,
+    stats: &Stats,
 ) -> Result<End, SessionError> {
     let mut payload = Vec::new();
     loop {
@@ -739,6 +792,7 @@ fn receive(
                     "batch"
                 );
                 if out.appended > 0 {
+                    stats.count(vol.name(), out.appended as u64, out.bytes);
                     commit.notify();
                 }
             }

@@ -259,3 +259,95 @@ fn enroll_writes_a_private_bundle() {
     );
     assert!(!cli(&["enroll", "--store", s, "../evil"]).status.success());
 }
+
+/// `serve --config FILE` (the unit's way), the command line over it, and
+/// the metrics endpoint during a stream.
+#[test]
+fn settings_file_and_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let creds = enroll(&store, "host-a");
+    let config = d.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = \"{s}\"\nlisten = \"127.0.0.1:0\"\nkeep = \"forever\"\n\
+             nbd-listen = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    // The command line overrides the file: no NBD export.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--nbd-listen", "none"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        lines.push(line.trim().to_owned());
+    }
+    let server = Server {
+        child,
+        addr: lines[0].strip_prefix("listening on ").unwrap().to_owned(),
+    };
+    let metrics = lines[1]
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_owned();
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut c = TcpStream::connect(&metrics).unwrap();
+        write!(c, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    };
+    let m = scrape();
+    assert!(m.contains("\nrtbackup_server_connections 0\n"), "{m}");
+    assert!(m.contains("\nrtbackup_server_volumes 0\n"), "{m}");
+
+    let (link, f) = say_hello(&server.addr, &creds, "v1").unwrap();
+    assert!(matches!(f, Frame::Welcome(_)), "{f:?}");
+    stream(&link, 5);
+    let m = scrape();
+    assert!(m.contains("\nrtbackup_server_connections 1\n"), "{m}");
+    assert!(m.contains("\nrtbackup_server_volumes 1\n"), "{m}");
+    assert!(
+        m.contains("\nrtbackup_server_received_records_total{volume=\"v1\"} 6\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nrtbackup_server_durable_seq{volume=\"v1\"} 6\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nrtbackup_server_last_point_seq{volume=\"v1\"} 6\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nrtbackup_server_journal_bytes{volume=\"v1\"} "),
+        "{m}"
+    );
+    drop(link);
+    drop(server);
+
+    // A setting that is no option is a usage error that names it.
+    std::fs::write(&config, format!("store = \"{s}\"\nlisen = \"x\"\n")).unwrap();
+    let out = cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown setting `lisen`"), "{err}");
+    // A value the option refuses is refused as on the command line.
+    std::fs::write(&config, format!("store = \"{s}\"\nsegment-mib = 0\n")).unwrap();
+    let out = cli(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--segment-mib"), "{err}");
+}

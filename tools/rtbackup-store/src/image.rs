@@ -114,6 +114,7 @@ pub(crate) fn sparse_copy(
     size: u64,
     dst: &mut Target<'_>,
     dst_zeroed: bool,
+    progress: &mut dyn FnMut(u64),
 ) -> io::Result<u64> {
     let mut buf = vec![0u8; CHUNK];
     let mut written = 0;
@@ -141,9 +142,11 @@ pub(crate) fn sparse_copy(
                 zero_from = pos + n as u64;
             }
             pos += n as u64;
+            progress(pos);
         }
     }
     flush_zero(dst, zero_from, size)?;
+    progress(size);
     Ok(written)
 }
 
@@ -192,7 +195,7 @@ mod tests {
                 dst.set_len(size).unwrap();
             }
             let mut t = Target::new(&dst, !zeroed);
-            sparse_copy(&src, size, &mut t, zeroed).unwrap();
+            sparse_copy(&src, size, &mut t, zeroed, &mut |_| {}).unwrap();
             let a = std::fs::read(d.path().join("src")).unwrap();
             let b = std::fs::read(d.path().join("dst")).unwrap();
             assert!(a == b, "zeroed={zeroed}");

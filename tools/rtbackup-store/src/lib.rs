@@ -59,6 +59,23 @@ const OWNERS_DIR: &str = "owners";
 /// Directory of the [`LocalDirStore`] of sealed segments in a store.
 const SEALED_DIR: &str = "sealed";
 
+/// How far a restore got ([`Store::restore_at_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreProgress {
+    /// Copying the image the point is based on: `done` of `total` bytes.
+    Image {
+        /// Bytes of the image gone through.
+        done: u64,
+        /// The volume's size.
+        total: u64,
+    },
+    /// Replaying the journal onto it: `records` so far.
+    Journal {
+        /// Records replayed.
+        records: u64,
+    },
+}
+
 /// What [`Store::restore`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestoreReport {
@@ -398,6 +415,17 @@ impl Store {
     /// plus the journal from the base point. Points older than the base
     /// point (folded by retention) are gone.
     pub fn restore_at(&self, name: &str, output: &Path, at: &PointSpec) -> Result<RestoreReport> {
+        self.restore_at_with(name, output, at, &mut |_| {})
+    }
+
+    /// [`Store::restore_at`], telling `progress` how far it got.
+    pub fn restore_at_with(
+        &self,
+        name: &str,
+        output: &Path,
+        at: &PointSpec,
+        progress: &mut dyn FnMut(RestoreProgress),
+    ) -> Result<RestoreReport> {
         let (src, _lock, st, last) = self.read_snapshot(name)?;
         let view = self.history_view(name, &src, &st, last)?;
         let point = view.resolve(at)?;
@@ -449,8 +477,11 @@ impl Store {
         }
         let image = File::open(&image_path).ctx(|| format!("opening {}", image_path.display()))?;
         let mut t = Target::new(&out, !is_blockdev);
-        let mut data_bytes = sparse_copy(&image, st.size_bytes, &mut t, !is_blockdev)
-            .ctx(|| format!("copying {} to {}", image_path.display(), output.display()))?;
+        let total = st.size_bytes;
+        let mut data_bytes = sparse_copy(&image, total, &mut t, !is_blockdev, &mut |done| {
+            progress(RestoreProgress::Image { done, total })
+        })
+        .ctx(|| format!("copying {} to {}", image_path.display(), output.display()))?;
         let mut replayed = 0u64;
         if target.is_after(&from) {
             walk(&src, from, target.segment, Some(target), |e| {
@@ -458,6 +489,9 @@ impl Store {
                     t.apply(rec).ctx(octx)?;
                     data_bytes += rec.payload.len() as u64;
                     replayed += 1;
+                    if replayed.is_multiple_of(1024) {
+                        progress(RestoreProgress::Journal { records: replayed });
+                    }
                 }
                 Ok(())
             })?;

@@ -1261,7 +1261,7 @@ fn open_base(dir: &Path, name: &str, image: &File, state: &mut VolumeState) -> R
     f.set_len(state.size_bytes)
         .ctx(|| format!("sizing {}", tmp.display()))?;
     let mut t = Target::new(&f, true);
-    sparse_copy(image, state.size_bytes, &mut t, true)
+    sparse_copy(image, state.size_bytes, &mut t, true, &mut |_| {})
         .ctx(|| format!("copying the image to {}", tmp.display()))?;
     sync_data(&f, &tmp)
         .map_err(|e| fsync_error(dir, name, format!("syncing {}", tmp.display()), e))?;

@@ -3,13 +3,12 @@
 //! Exit status: 0 on success, 1 when the operation failed (the message on
 //! stderr says why), 2 on a usage error.
 
-mod cmd;
-
 use clap::Parser;
+use rtbackupctl::Cli;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cmd::Cli::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RTBACKUP_LOG")

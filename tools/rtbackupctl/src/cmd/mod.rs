@@ -15,8 +15,8 @@ use std::path::PathBuf;
 
 /// Configure rtbackup real-time backup devices.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-pub(crate) struct Cli {
+#[command(name = "rtbackupctl", version, about, long_about = None)]
+pub struct Cli {
     /// The module's control device.
     #[arg(long, global = true, default_value = CONTROL_PATH, value_name = "PATH")]
     control: PathBuf,
@@ -37,7 +37,8 @@ enum Command {
 }
 
 impl Cli {
-    pub(crate) fn run(self) -> anyhow::Result<()> {
+    /// Runs the subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
         let open = || Control::open_path(&self.control);
         match self.command {
             Command::Attach(a) => a.run(&open()?),

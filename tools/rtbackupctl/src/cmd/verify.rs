@@ -8,6 +8,7 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 
 use super::sync::flush_and_wait;
+use rtbackup_cli::progress::{Lines, Progress};
 
 /// Compare the device with the backup server's latest state of its volume:
 /// the server sends a BLAKE3 checksum per chunk, this reads the device
@@ -157,6 +158,14 @@ fn compare(
     let mut dev = DirectReader::open(path).with_context(|| format!("opening {path}"))?;
     let mut buf = Vec::new();
     let mut differ = BTreeSet::new();
+    let total = match only {
+        Some(o) => o
+            .iter()
+            .map(|&c| chunk_extent(c, req.chunk_size, req.size_bytes).1)
+            .sum(),
+        None => req.size_bytes,
+    };
+    let mut progress = Progress::new(format!("verify {path}"), total, Lines::Stderr);
     let point = fetch_checksums(server, creds, req, |first, sums| -> anyhow::Result<()> {
         for (i, sum) in sums.iter().enumerate() {
             let c = first + i as u64;
@@ -170,8 +179,10 @@ fn compare(
             if chunk_checksum(&buf) != *sum {
                 differ.insert(c);
             }
+            progress.add(bytes);
         }
         Ok(())
     })?;
+    progress.finish();
     Ok((point, differ))
 }

@@ -1,0 +1,175 @@
+//! The server's Prometheus metrics (`serve --metrics ADDR`): connections,
+//! what each volume received, and each volume's state in the store (size,
+//! journal, durable and applied seqs, the last consistency point, whether
+//! a resync is open), read from the store at each scrape.
+
+use crate::server::Stats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rtbackup_cli::metrics::MetricsServer;
+use rtbackup_cli::CliError;
+use rtbackup_store::{PointSpec, Store};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VolumeLabel {
+    volume: String,
+}
+
+type PerVolume = Family<VolumeLabel, Gauge>;
+
+#[derive(Clone, Default)]
+struct Metrics {
+    connections: Gauge,
+    volumes: Gauge,
+    received_records: Family<VolumeLabel, Counter>,
+    received_bytes: Family<VolumeLabel, Counter>,
+    size: PerVolume,
+    journal_bytes: PerVolume,
+    segments: PerVolume,
+    durable_seq: PerVolume,
+    applied_seq: PerVolume,
+    resyncing: PerVolume,
+    point_seq: PerVolume,
+    point_time: Family<VolumeLabel, Gauge<f64, AtomicU64>>,
+    scrape_errors: Counter,
+}
+
+impl Metrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "connections",
+            "Connections being served (agents, verify, rollback)",
+            self.connections.clone(),
+        );
+        r.register("volumes", "Volumes in the store", self.volumes.clone());
+        r.register(
+            "received_records",
+            "Records appended to the volume's journal since the server started",
+            self.received_records.clone(),
+        );
+        r.register(
+            "received_bytes",
+            "Bytes of those records (headers and data)",
+            self.received_bytes.clone(),
+        );
+        r.register("volume_size_bytes", "Size of the volume", self.size.clone());
+        r.register(
+            "journal_bytes",
+            "Bytes of journal segments held (the history)",
+            self.journal_bytes.clone(),
+        );
+        r.register(
+            "journal_segments",
+            "Journal segments held",
+            self.segments.clone(),
+        );
+        r.register(
+            "durable_seq",
+            "Highest record seq of the volume's current ring that is durable",
+            self.durable_seq.clone(),
+        );
+        r.register(
+            "applied_seq",
+            "Record seq applied to the volume's image",
+            self.applied_seq.clone(),
+        );
+        r.register(
+            "resyncing",
+            "1 while a resync is open (the latest restore point stays before it)",
+            self.resyncing.clone(),
+        );
+        r.register(
+            "last_point_seq",
+            "Seq of the newest restore point (consistency point)",
+            self.point_seq.clone(),
+        );
+        r.register(
+            "last_point_timestamp_seconds",
+            "Time of the newest restore point (the protected host's clock)",
+            self.point_time.clone(),
+        );
+        r.register(
+            "scrape_errors",
+            "Volumes whose state could not be read for a scrape (see the log)",
+            self.scrape_errors.clone(),
+        );
+    }
+
+    fn refresh(&self, store: &Store, stats: &Stats) {
+        self.connections.set(stats.connections() as i64);
+        for (volume, r) in stats.received() {
+            let l = VolumeLabel { volume };
+            set_counter(&self.received_records.get_or_create(&l), r.records);
+            set_counter(&self.received_bytes.get_or_create(&l), r.bytes);
+        }
+        let names = match store.volumes() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("metrics: cannot list the volumes: {e}");
+                self.scrape_errors.inc();
+                return;
+            }
+        };
+        self.volumes.set(names.len() as i64);
+        for volume in names {
+            let l = VolumeLabel {
+                volume: volume.clone(),
+            };
+            let status = match store.volume_status(&volume) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(volume, "metrics: cannot read the volume's state: {e}");
+                    self.scrape_errors.inc();
+                    continue;
+                }
+            };
+            self.size.get_or_create(&l).set(status.size_bytes as i64);
+            self.journal_bytes
+                .get_or_create(&l)
+                .set(status.journal_bytes as i64);
+            self.segments.get_or_create(&l).set(status.segments as i64);
+            self.durable_seq
+                .get_or_create(&l)
+                .set(status.durable_seq as i64);
+            self.applied_seq
+                .get_or_create(&l)
+                .set(status.applied_seq as i64);
+            self.resyncing
+                .get_or_create(&l)
+                .set(i64::from(status.resyncing));
+            match store.find_point(&volume, &PointSpec::Latest) {
+                Ok(p) => {
+                    self.point_seq.get_or_create(&l).set(p.seq as i64);
+                    self.point_time
+                        .get_or_create(&l)
+                        .set(p.time_ns as f64 / 1e9);
+                }
+                Err(e) => {
+                    tracing::debug!(volume, "metrics: no restore point: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Counters count up; `total` is the count kept by the server.
+fn set_counter(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+/// Serves the metrics of a server on `store` (`stats` from
+/// [`crate::Server::stats`]) on `addr`.
+pub fn start(addr: &str, store: Store, stats: Arc<Stats>) -> Result<MetricsServer, CliError> {
+    let mut registry = Registry::with_prefix("rtbackup_server");
+    let m = Metrics::default();
+    m.register(&mut registry);
+    MetricsServer::start(addr, registry, move || m.refresh(&store, &stats))
+}
