@@ -17,9 +17,12 @@
 #   make dkms-source      the module's sources for DKMS under /usr/src
 #   make clean
 
-# The kernel tree to build against. Default: the test kernel of `make kernel`.
-TEST_KDIR := $(shell scripts/kernel.sh dir 2>/dev/null)
-KDIR ?= $(TEST_KDIR)
+# The kernel tree to build against. Default: the test kernel of `make kernel`
+# (looked up only then: scripts/kernel.sh takes seconds).
+ifeq ($(origin KDIR),undefined)
+KDIR := $(shell scripts/kernel.sh dir 2>/dev/null)
+TEST_KERNEL := 1
+endif
 # The rustc the kernel tree was configured with (Debian's rustc-web: rustup's
 # has no rust-src). Kbuild refuses a different one.
 KRUSTC ?= $(if $(wildcard /usr/bin/rustc),/usr/bin/rustc,rustc)
@@ -37,7 +40,7 @@ KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
 	bench demo clean install install-module install-tools dkms-source
 all: module tools
 
-ifeq ($(KDIR),$(TEST_KDIR))
+ifdef TEST_KERNEL
 module: kernel
 endif
 module:
@@ -73,20 +76,22 @@ BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
 SYSCONFDIR ?= /etc
 TOOLS := rtbackupctl rtbackup-agent rtbackup-server
-KVER ?= $(shell $(MAKE) -s -C $(KDIR) kernelrelease 2>/dev/null)
+KVER ?= $(shell cat $(KDIR)/include/config/kernel.release 2>/dev/null)
 VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
 # The module's sources, as DKMS builds them.
 MODULE_SOURCES := Makefile Kbuild dkms.conf $(wildcard rust/*.rs rust/sys/*.rs) rust/glue.c rust/glue.h
 
 install: install-module install-tools
 
-# Kbuild's modules_install (it signs and compresses as the kernel is
-# configured) into extra/, then depmod: kernels whose build directory has no
-# System.map (distribution headers) skip Kbuild's own depmod.
+# Into extra/ of the kernel's module directory, then depmod, as Kbuild's
+# modules_install with INSTALL_MOD_DIR=extra would, without its toolchain
+# probes (minutes on a slow machine). The module is not signed: on a kernel
+# that requires signatures (Secure Boot), install it with DKMS, which signs
+# with its machine owner key.
 install-module:
 	@test -f rtbackup.ko || { echo "install: rtbackup.ko not built: run 'make' first" >&2; exit 1; }
 	@test -n "$(KVER)" || { echo "install: no kernel release from '$(KDIR)': pass KDIR= or KVER=" >&2; exit 1; }
-	$(KMAKE) INSTALL_MOD_PATH=$(INSTALL_MOD_PATH) INSTALL_MOD_DIR=extra modules_install
+	install -D -m 644 rtbackup.ko $(INSTALL_MOD_PATH)/lib/modules/$(KVER)/extra/rtbackup.ko
 	depmod -a $(if $(INSTALL_MOD_PATH),-b $(INSTALL_MOD_PATH)) $(KVER)
 
 install-tools:

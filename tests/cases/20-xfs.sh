@@ -46,7 +46,7 @@ for fs in xfs; do
     esac
     mount "$dev" $MNT
     make_tree $MNT/tree
-    fio_verify $MNT/fio.dat 16M
+    fio_verify $MNT/fio.dat 8M
     rm $MNT/fio.dat
     fstrim -v $MNT || true
     sync

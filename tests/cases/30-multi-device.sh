@@ -46,7 +46,7 @@ rm -f /tmp/bg.stop /tmp/bg.failed
 (
     runs=0
     while [ ! -f /tmp/bg.stop ]; do
-        fio --name=bg --filename=$MNT/bg.dat --size=16M --rw=randwrite --bs=4k \
+        fio --name=bg --filename=$MNT/bg.dat --size=4M --rw=randwrite --bs=4k \
             --ioengine=libaio --iodepth=8 --direct=1 --verify=crc32c \
             --verify_fatal=1 --do_verify=1 --verify_state_save=0 \
             --output=/tmp/bg.out || { touch /tmp/bg.failed; break; }
@@ -58,7 +58,7 @@ rm -f /tmp/bg.stop /tmp/bg.failed
 fio_pid=$!
 background $fio_pid
 n=0
-while [ $n -lt 8 ]; do
+while [ $n -lt 5 ]; do
     a=$(rtbackupctl attach "$d1")
     b=$(rtbackupctl attach "$d2")
     dd if=/dev/urandom of="$a" bs=64k count=16 oflag=direct status=none

@@ -12,7 +12,7 @@ say "ext4 with a file tree and fio verify through $dev"
 mkfs.ext4 -q -F "$dev"
 mount "$dev" "$MNT"
 make_tree "$MNT/tree"
-fio_verify "$MNT/fio.dat" 16M
+fio_verify "$MNT/fio.dat" 8M
 umount "$MNT"
 
 say "sync: everything written is durable on the server"
@@ -32,7 +32,7 @@ umount "$MNT"
 rm -f /tmp/vol0.img
 
 say "raw random writes with verify straight on $dev, discards and write-zeroes"
-fio_verify "$dev" 8M
+fio_verify "$dev" 4M
 blkdiscard -o $((64 << 20)) -l $((8 << 20)) "$dev"
 blkdiscard -z -o $((80 << 20)) -l $((4 << 20)) "$dev"
 rtbackupctl sync --timeout 300 "$dev"

@@ -15,7 +15,7 @@ start_agent 1 beta
 say "fio on both devices at once"
 pids=""
 for dev in "$a" "$b"; do
-    fio --name=two --filename="$dev" --size=24M --rw=randwrite --bs=8k --ioengine=libaio \
+    fio --name=two --filename="$dev" --size=8M --rw=randwrite --bs=8k --ioengine=libaio \
         --iodepth=8 --direct=1 --verify=crc32c --do_verify=1 --verify_state_save=0 \
         --output=/tmp/two-${dev##*/}.out &
     pids="$pids $!"
