@@ -133,6 +133,7 @@ lint: module
 
 test: tools
 	$(CARGO) test --manifest-path tools/Cargo.toml --locked
+	tests/host/units-verify
 
 # Fuzzing (Documentation/testing.rst, "Fuzzing"): cargo-fuzz, built with
 # AddressSanitizer and overflow checks. The toolchain is stable:

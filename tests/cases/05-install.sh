@@ -2,7 +2,7 @@
 # Distribution: `make install` in the guest puts rtbackup.ko under
 # /lib/modules/$KVER/extra and runs depmod, so that `modprobe rtbackup`
 # works, and the tools, man pages, completions, units and settings files
-# under a prefix. The commands of the installed units, run as systemd would
+# under a prefix (the units verify on the host: tests/host/units-verify). The commands of the installed units, run as systemd would
 # run them (the agent's instance from `systemd-escape --path`), replicate a
 # device with TLS, configured only through the settings files; both
 # metrics endpoints are scraped: the agent's lag is above 0 while the
@@ -24,7 +24,7 @@ SPIDS=""
 cleanup() {
     for p in $SPIDS; do stop "$p"; done
     "$B/rtbackupctl" detach "$d0" 2>/dev/null || true
-    rmmod rtbackup 2>/dev/null
+    rmmod rtbackup 2>/dev/null || true
     rm -rf "$P" "$STORE" /tmp/install.log "/lib/modules/$kver/updates/dkms/rtbackup.ko"*
     cp "$RTB_REPO/rtbackup.ko" "/lib/modules/$kver/extra/"
     depmod -a "$kver"
@@ -57,13 +57,11 @@ MANWIDTH=80 man -l "$P/share/man/man8/rtbackup-server-serve.8" 2>&1 | grep -q --
 bash --norc -c ". $P/share/bash-completion/completions/rtbackupctl && complete -p rtbackupctl" \
     >/dev/null || fail "the bash completion of rtbackupctl does not load"
 
+# (systemd-analyze verify of the units runs on the host, in make test:
+# tests/host/units-verify; here it took 90 s.)
 instance=$(systemd-escape --path "$d0")
 path=$(systemd-escape --unescape --path "$instance")
 say "units: rtbackup-server.service and rtbackup-agent@$instance.service ($path)"
-cp "$UNITS/rtbackup-agent@.service" "/tmp/rtbackup-agent@$instance.service"
-MANPATH=$P/share/man systemd-analyze verify "$UNITS/rtbackup-server.service" \
-    "/tmp/rtbackup-agent@$instance.service" || fail "systemd-analyze verify of the units"
-rm -f "/tmp/rtbackup-agent@$instance.service"
 # ExecStart= of a unit, its %f specifier replaced as systemd does.
 exec_start() { sed -n 's/^ExecStart=//p' "$1" | sed "s|%f|$path|g"; }
 
