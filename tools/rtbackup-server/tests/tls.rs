@@ -338,6 +338,35 @@ fn settings_file_and_metrics() {
     drop(link);
     drop(server);
 
+    // A restore on a terminal shows a bar with rate and time left (script(1)
+    // gives it a pseudo-terminal); without one, a plain progress line.
+    let img = d.path().join("v1.img");
+    let restore = format!(
+        "{BIN} restore --store {s} --volume v1 --output {}",
+        img.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &restore, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(tty.status.success(), "{tty:?}");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        shown.contains("restore v1 [") && shown.contains("/s, ") && shown.contains(" left"),
+        "no progress bar on a terminal: {shown:?}"
+    );
+    let out = Command::new(BIN)
+        .args(["restore", "--store", s, "--volume", "v1", "--output"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("restore v1: 1.0 MiB of 1.0 MiB (100%)"),
+        "no progress line: {err}"
+    );
+
     // A setting that is no option is a usage error that names it.
     std::fs::write(&config, format!("store = \"{s}\"\nlisen = \"x\"\n")).unwrap();
     let out = cli(&["serve", "--config", config.to_str().unwrap()]);
