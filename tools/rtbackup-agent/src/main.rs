@@ -67,18 +67,21 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
             "INSECURE: --insecure-loopback-only: plaintext, unauthenticated (demos on one machine only)"
         );
     }
-    let ring = Arc::new(
-        Ring::open(&cli.device).with_context(|| format!("opening the ring of {}", cli.device))?,
-    );
+    let ring =
+        Ring::open(&cli.device).with_context(|| format!("opening the ring of {}", cli.device))?;
     let _metrics = match &cli.metrics {
         Some(addr) => {
             let mut registry = prometheus_client::registry::Registry::with_prefix("rtbackup_agent");
             cfg.telemetry.register(&mut registry);
-            let (telemetry, sampled) = (cfg.telemetry.clone(), Arc::clone(&ring));
+            let telemetry = cfg.telemetry.clone();
+            let device = ring.device().device.clone();
             Some(rtbackup_cli::metrics::MetricsServer::start(
                 addr,
                 registry,
-                move || telemetry.sample(&*sampled),
+                move || match rtbackup_control::Control::open().and_then(|c| c.resolve(&device)) {
+                    Ok(dev) => telemetry.sample(&dev.ring),
+                    Err(e) => tracing::warn!("metrics: cannot read the ring's state: {e}"),
+                },
             )?)
         }
         None => None,
@@ -94,15 +97,13 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
         "rtbackup-agent {} starting",
         rtbackup_agent::AGENT_VERSION
     );
-    match rtbackup_agent::run(&*ring, &cfg, &stop)? {
+    match rtbackup_agent::run(&ring, &cfg, &stop)? {
         rtbackup_agent::Exit::Stopped => tracing::info!("stopped"),
         // `run` said that everything was delivered.
         rtbackup_agent::Exit::Detached { .. } => {}
     }
-    // Closing the ring's descriptor (dropping `ring`, after the metrics
-    // endpoint's copy) lets the kernel free it, after everything was
-    // delivered and acknowledged.
-    drop(_metrics);
+    // Closing the ring's descriptor (dropping `ring`) lets the kernel free
+    // it, after everything was delivered and acknowledged.
     drop(ring);
     Ok(())
 }

@@ -2,14 +2,13 @@
 //! is behind the device (records, bytes, seconds), the ring's fill, what
 //! was sent, the connection, a resync's progress and the spool. Counters
 //! and events are kept by the agent as it works ([`Telemetry`], in its
-//! settings); the ring's state is sampled at each scrape.
+//! settings); the ring's state is read from the kernel at each scrape.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rtbackup_ring::RingSource;
+use rtbackup_control::RingStatus;
 use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 type GaugeF = Gauge<f64, AtomicU64>;
 
@@ -23,8 +22,6 @@ pub struct Telemetry {
     pub(crate) resync_bytes: Gauge,
     pub(crate) resync_done_bytes: Gauge,
     pub(crate) spool_bytes: Gauge,
-    /// First seq in the spool, 0 when it is empty.
-    pub(crate) spool_first_seq: Gauge,
     lag_records: Gauge,
     lag_bytes: Gauge,
     lag_seconds: GaugeF,
@@ -51,8 +48,7 @@ impl Telemetry {
         );
         r.register(
             "lag_seconds",
-            "Age of the oldest record in the ring that the server does not hold yet \
-             (0 when there is none)",
+            "Age of the oldest record the server does not hold yet (0 when there is none)",
             self.lag_seconds.clone(),
         );
         r.register("ring_bytes", "Size of the ring", self.ring_bytes.clone());
@@ -73,7 +69,7 @@ impl Telemetry {
         );
         r.register(
             "acked_seq",
-            "Highest seq that left the ring (held by the server, or spooled)",
+            "Highest seq the server holds durably",
             self.acked_seq.clone(),
         );
         r.register(
@@ -111,60 +107,19 @@ impl Telemetry {
     /// What the spool holds now.
     pub(crate) fn spooled(&self, spool: &crate::spool::Spool) {
         self.spool_bytes.set(spool.bytes() as i64);
-        self.spool_first_seq
-            .set(spool.first_seq().unwrap_or(0) as i64);
     }
 
-    /// Samples the ring's state into the metrics.
-    pub fn sample<S: RingSource>(&self, ring: &S) {
-        let view = ring.view();
-        let tail = view.tail_cursor();
-        let head = view.head();
-        let head_seq = view.head_seq();
-        let size = view.data_size();
-        let used = head.saturating_sub(tail.pos);
-        let spool_first = self.spool_first_seq.get() as u64;
-        let durable_next = if spool_first > 0 {
-            spool_first.min(tail.seq)
-        } else {
-            tail.seq
-        };
-        self.lag_records
-            .set(head_seq.saturating_sub(durable_next) as i64);
-        self.lag_bytes
-            .set((used + self.spool_bytes.get().max(0) as u64) as i64);
-        self.ring_bytes.set(size as i64);
-        self.ring_used_bytes.set(used as i64);
-        self.ring_fill.set(if size == 0 {
-            0.0
-        } else {
-            used as f64 / size as f64
-        });
-        self.head_seq.set(head_seq.saturating_sub(1) as i64);
-        self.acked_seq.set(tail.seq.saturating_sub(1) as i64);
-        self.lag_seconds.set(oldest_age(ring).unwrap_or(0.0));
+    /// Samples the ring's state, as the kernel reports it (what
+    /// `rtbackupctl status` shows), into the metrics.
+    pub fn sample(&self, ring: &RingStatus) {
+        let spooled = self.spool_bytes.get().max(0) as u64;
+        self.lag_records.set(ring.lag_records as i64);
+        self.lag_bytes.set((ring.used_bytes + spooled) as i64);
+        self.lag_seconds.set(ring.lag_ms as f64 / 1e3);
+        self.ring_bytes.set(ring.size_bytes as i64);
+        self.ring_used_bytes.set(ring.used_bytes as i64);
+        self.ring_fill.set(ring.fill_percent() / 100.0);
+        self.head_seq.set(ring.last_written_seq as i64);
+        self.acked_seq.set(ring.last_acked_seq as i64);
     }
-}
-
-/// Seconds since the oldest record in the ring was written; `None` when
-/// the ring is empty. The record is read while the consumer (the agent's
-/// own thread) may release it: the time counts only if the tail did not
-/// move meanwhile, else the record may have been overwritten.
-fn oldest_age<S: RingSource>(ring: &S) -> Option<f64> {
-    let view = ring.view();
-    for _ in 0..3 {
-        let tail = view.tail_cursor();
-        let time_ns = {
-            let batch = view.read_batch(tail, 1).ok()?;
-            let first = batch.iter().next()?.ok()?;
-            first.header.time_ns
-        };
-        if view.tail_cursor() == tail {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            return Some(now.saturating_sub(time_ns) as f64 / 1e9);
-        }
-    }
-    None
 }
