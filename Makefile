@@ -12,6 +12,7 @@
 #   make fuzz             each fuzz target for FUZZ_SECONDS (default 300)
 #   make fuzz-check       each fuzz target for 10 s on its checked-in inputs
 #   make bench            throughput against the raw device and the peers
+#                         (on a second, non-debug kernel: built once, cached)
 #   make install          the module, tools, man pages, completions, units
 #                         (after `make`; see "Installing" below)
 #   make dkms-source      the module's sources for DKMS under /usr/src
@@ -179,8 +180,18 @@ vm-test: all
 
 # Throughput ratios against the raw device, measured in one VM run; see
 # Documentation/performance.rst. Not part of check: numbers are not tests.
-bench: all
-	RTB_VM_DISKS=0 tests/vm/run tests/bench/bench-in-guest
+# On the bench kernel (scripts/kernel.sh build bench: the test kernel
+# without KASAN, lockdep and kmemleak), with the module built for it from
+# the DKMS source tree in $(BENCH_DIR).
+BENCH_DIR := tests/vm/out/bench
+BENCH_SRC := $(BENCH_DIR)/usr/src/rtbackup-$(VERSION)
+bench: tools
+	scripts/kernel.sh build bench
+	rm -rf $(BENCH_DIR)
+	$(MAKE) -s --no-print-directory dkms-source DESTDIR=$(CURDIR)/$(BENCH_DIR)
+	+$(MAKE) -C $(BENCH_SRC) module KDIR=$$(scripts/kernel.sh dir bench)
+	KDIR=$$(scripts/kernel.sh dir bench) RTB_MODULE=$(CURDIR)/$(BENCH_SRC)/rtbackup.ko \
+		RTB_VM_DISKS=0 tests/vm/run tests/bench/bench-in-guest
 
 # The quick start: server, agent, a filesystem, a restore, in the test VM.
 demo: all

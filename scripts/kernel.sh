@@ -2,9 +2,17 @@
 # Build (or reuse) the rtbackup test kernel: Linux 6.12 from Debian's
 # linux-source-6.12 with Rust, lockdep, KASAN, kmemleak and fault injection.
 #
-#   scripts/kernel.sh dir     print the build directory (the KDIR) for this
-#                             kernel version + config, without building
-#   scripts/kernel.sh build   build it unless a complete build is cached
+#   scripts/kernel.sh dir [FLAVOUR]    print the build directory (the KDIR)
+#                                      for this kernel version + config,
+#                                      without building
+#   scripts/kernel.sh build [FLAVOUR]  build it unless a complete build is
+#                                      cached
+#
+# FLAVOUR "test" (the default) is the kernel of the VM tests, with the
+# debugging options every splat check needs. "bench" (make bench) is the
+# same kernel with tests/vm/kernel-bench.config merged on top: KASAN,
+# lockdep and kmemleak off, since they slow every layer many times over and
+# throughput ratios taken on them say nothing about a production kernel.
 #
 # The cache lives outside the repository, in $RTBACKUP_CACHE (default
 # ~/.cache/rtbackup), keyed by the source package version and a hash of the
@@ -14,7 +22,12 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${RTBACKUP_CACHE:-$HOME/.cache/rtbackup}
 tarball=/usr/src/linux-source-6.12.tar.xz
-fragment=$here/tests/vm/kernel.config
+flavour=${2:-test}
+case $flavour in
+test) fragments=$here/tests/vm/kernel.config ;;
+bench) fragments="$here/tests/vm/kernel.config $here/tests/vm/kernel-bench.config" ;;
+*) echo "kernel: unknown flavour '$flavour' (test or bench)" >&2; exit 1 ;;
+esac
 RUSTC=${RUSTC:-/usr/bin/rustc}
 BINDGEN=${BINDGEN:-${CARGO_HOME:-$HOME/.cargo}/bin/bindgen}
 
@@ -30,15 +43,17 @@ vngver=$(virtme-configkernel --help >/dev/null 2>&1 && pip show virtme-ng 2>/dev
 # Bump when the way the kernel is configured or built changes.
 recipe=2
 key=$( (echo "recipe $recipe"; echo "$pkgver"; echo "$vngver"; "$RUSTC" --version
-    clang --version | head -1; cat "$fragment") |
+    clang --version | head -1; cat $fragments) |
     sha256sum | cut -c1-12)
 src=$cache/src/linux-source-$pkgver
-out=$cache/kernel/$pkgver-$key
+suffix=""
+[ "$flavour" = test ] || suffix=-$flavour
+out=$cache/kernel/$pkgver-$key$suffix
 
 case "${1:-}" in
 dir) echo "$out"; exit 0 ;;
 build) ;;
-*) die "usage: $0 dir|build" ;;
+*) die "usage: $0 dir|build [test|bench]" ;;
 esac
 
 if [ -f "$out/.rtbackup-complete" ]; then
@@ -64,25 +79,39 @@ mkvars="LLVM=1 RUSTC=$RUSTC BINDGEN=$BINDGEN"
 # shellcheck disable=SC2086
 mk() { make -C "$src" O="$out" $mkvars "$@"; }
 
-if [ ! -f "$out/.config" ] || [ "$fragment" -nt "$out/.config" ]; then
+# The fragments as one, the last setting of each option winning (what
+# merge_config.sh does with them, and what the check below expects).
+merged=$out/rtbackup.config
+# shellcheck disable=SC2086
+awk '
+    /^CONFIG_[A-Z0-9_]*=/ { name = $0; sub(/=.*/, "", name) }
+    /^# CONFIG_[A-Z0-9_]* is not set$/ { name = $2 }
+    name != "" { if (!(name in line)) order[++n] = name; line[name] = $0; name = "" }
+    END { for (i = 1; i <= n; i++) print line[order[i]] }
+' $fragments >"$merged.new"
+stale=""
+cmp -s "$merged.new" "$merged" || stale=1
+mv "$merged.new" "$merged"
+
+if [ ! -f "$out/.config" ] || [ -n "$stale" ]; then
     echo "kernel: configuring $out"
     # virtme-ng's defconfig (what the guest needs: virtio, 9p, virtiofs...),
-    # then our fragment merged last so it wins, then resolve dependencies.
+    # then our fragments merged last so they win, then resolve dependencies.
     # shellcheck disable=SC2086
     { (cd "$src" && virtme-configkernel --defconfig O="$out" $mkvars) &&
         (cd "$out" && "$src/scripts/kconfig/merge_config.sh" -m -O "$out" \
-            "$out/.config" "$fragment") &&
+            "$out/.config" "$merged") &&
         mk olddefconfig; } >"$out/configure.log" 2>&1 ||
         { cat "$out/configure.log"; die "configuration failed"; }
 fi
 
-# Every option the fragment asks for must be in the final config.
+# Every option the fragments ask for must be in the final config.
 missing=""
-for opt in $(sed -n 's/^\(CONFIG_[A-Z0-9_]*=[ym]\)$/\1/p' "$fragment"); do
+for opt in $(sed -n 's/^\(CONFIG_[A-Z0-9_]*=[ym]\)$/\1/p' "$merged"); do
     name=${opt%=*}
     grep -q "^$name=[ym]\$" "$out/.config" || missing="$missing $name"
 done
-for name in $(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$fragment"); do
+for name in $(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$merged"); do
     grep -q "^$name=[ym]\$" "$out/.config" && missing="$missing !$name"
 done
 [ -z "$missing" ] || die "config did not take:$missing (see $out/configure.log)"
