@@ -58,6 +58,14 @@ pub struct Cli {
     /// leaves room for the applications and the network.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     pub max_rate: Option<u64>,
+    /// While the applications write to the device, a resync or initial
+    /// sync reads at most this many bytes per second (suffixes K, M, G; 0:
+    /// it never slows down), leaving the disk and the CPU to them, like
+    /// DRBD's c-min-rate. Their writes meanwhile only set dirty bits; once
+    /// they stop for a second it goes at full speed (or --max-rate) again.
+    /// Not in the last pass of a resync, whose writes fill the ring.
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_bytes_or_zero)]
+    pub busy_rate: u64,
     /// This host's credentials from `rtbackup-server enroll CLIENT`: TLS 1.3
     /// with the client's certificate, trusting only the server's CA.
     #[arg(
@@ -129,6 +137,7 @@ impl Cli {
         cfg.max_batch_delay = Duration::from_millis(self.max_batch_delay_ms);
         cfg.ack_timeout = Duration::from_secs(self.ack_timeout_secs);
         cfg.resync_max_rate = self.max_rate;
+        cfg.resync_busy_rate = Some(self.busy_rate).filter(|&r| r > 0);
         cfg.spool = self.spool.clone();
         cfg.spool_max_bytes = self.spool_max;
         if let Some(path) = &self.credentials {
@@ -149,6 +158,14 @@ impl Cli {
 /// Parses a non-zero byte count with an optional binary suffix: `4096`,
 /// `64K`, `4M`, `1G`, `2T` (also `KiB`, `MB`...: all binary).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    match parse_bytes_or_zero(s)? {
+        0 => Err(format!("{s:?} must be at least 1 byte")),
+        v => Ok(v),
+    }
+}
+
+/// [`parse_bytes`], 0 included (a rate of 0: no limit).
+pub fn parse_bytes_or_zero(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, suffix) = t.split_at(split);
@@ -167,13 +184,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
             ))
         }
     };
-    let v = n
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    if v == 0 {
-        return Err(format!("{s:?} must be at least 1 byte"));
-    }
-    Ok(v)
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// [`parse_bytes`] for a size that must fit in one frame: at most 64 MiB.
@@ -264,6 +276,12 @@ mod tests {
         );
         assert_eq!(cfg.spool_max_bytes, 100 << 30);
         assert_eq!(cfg.resync_max_rate, Some(1 << 30));
+        assert_eq!(cfg.resync_busy_rate, Some(4 << 20));
+        for (arg, rate) in [("0", None), ("512K", Some(512 << 10))] {
+            let a = [&base[..], &spool, &["--busy-rate", arg]].concat();
+            let cfg = Cli::try_parse_from(a).unwrap().config("h").unwrap();
+            assert_eq!(cfg.resync_busy_rate, rate, "{arg}");
+        }
         let err = Cli::try_parse_from(["rtbackup-agent", "--device", "0", "--server", "s:1"])
             .unwrap_err();
         assert!(err.to_string().contains("--volume"), "{err}");

@@ -46,6 +46,9 @@ pub struct AgentConfig {
     /// Most bytes per second a resync (or initial sync) reads and sends
     /// (`None`: as fast as it goes).
     pub resync_max_rate: Option<u64>,
+    /// The rate a resync (or initial sync) slows down to while the
+    /// applications write to the device (`None`: it never slows down).
+    pub resync_busy_rate: Option<u64>,
     /// The local spool directory (`--spool`): records leave a filling ring
     /// for it while the server cannot be reached.
     pub spool: Option<std::path::PathBuf>,
@@ -57,6 +60,9 @@ pub struct AgentConfig {
     /// Where the agent counts what it does (its `--metrics`).
     pub telemetry: crate::Telemetry,
 }
+
+/// The default of [`AgentConfig::resync_busy_rate`] (`--busy-rate`): 4 MiB/s.
+pub const DEFAULT_BUSY_RATE: u64 = 4 << 20;
 
 /// What the initial sync of a new attach sends (Documentation/design.rst,
 /// "Initial sync").
@@ -97,6 +103,7 @@ impl AgentConfig {
             drain_timeout: Duration::from_secs(2),
             initial_sync: InitialSync::Verify,
             resync_max_rate: None,
+            resync_busy_rate: Some(DEFAULT_BUSY_RATE),
             spool: None,
             spool_max_bytes: 8 << 30,
             credentials: None,

@@ -58,7 +58,9 @@ fn differing_chunks<S: RingSource>(
         ring,
         chunk,
         size,
-        Pace::new("initial verify", cfg.resync_max_rate, size).reporting(&cfg.telemetry),
+        Pace::new("initial verify", cfg.resync_max_rate, size)
+            .yielding(cfg.resync_busy_rate)
+            .reporting(&cfg.telemetry),
     );
     let mut differ = Vec::new();
     let point = fetch_checksums(
@@ -124,7 +126,7 @@ impl<'a, S: RingSource> LocalChunks<'a, S> {
         if start < buf_start || start >= buf_start + held {
             let len = (READ_RUN_BYTES.max(self.chunk)).min(self.size - start);
             self.buf.resize(len as usize, 0);
-            self.pace.before(len);
+            self.pace.before(len, self.ring.written_sectors());
             self.ring.read_device(start, &mut self.buf)?;
             self.first = c;
         }

@@ -146,14 +146,20 @@ pub(crate) fn run<S: RingSource>(
                 r.first_seq, cursor.seq
             )));
         }
+        // While the device tracks, writes during the pass only set bits:
+        // the pass yields to them. The last pass does not: the ring fills
+        // with the writes until it ends.
+        let pace = Pace::new("resync", cfg.resync_max_rate, bytes)
+            .yielding(if stream { None } else { cfg.resync_busy_rate })
+            .reporting(&cfg.telemetry);
         send_chunks(
             ring,
             sink,
             cfg,
             cursor,
             &r.dirty,
-            r.chunk_size,
-            device_bytes,
+            (r.chunk_size, device_bytes),
+            pace,
         )?;
         cursor.seq += r.dirty.len() as u64;
         if stream {
@@ -188,14 +194,32 @@ pub(crate) fn run<S: RingSource>(
     }
 }
 
-/// Paces a resync pass (or an initial verify) to a byte rate and shows
-/// its progress: a bar on a terminal, else a log line every
-/// [`PROGRESS_EVERY`] and one at the end.
+/// How long after the last write the applications count as writing (see
+/// [`Pace`]).
+const BUSY_FOR: Duration = Duration::from_secs(1);
+
+/// Paces a resync pass (or an initial verify) and shows its progress: a
+/// bar on a terminal, else a log line every [`PROGRESS_EVERY`] and one at
+/// the end.
+///
+/// The pace is `max_rate` (none: as fast as it goes), and, while the
+/// applications write to the device (its written-sector count grew within
+/// [`BUSY_FOR`]), at most `busy_rate` (DRBD's `c-min-rate`): a resync
+/// reading as fast as it can would take the disk and the CPU from the
+/// writers, whose writes during it only set bitmap bits and cost nothing
+/// else. When the writes stop it speeds up again.
 pub(crate) struct Pace {
     max_rate: Option<u64>,
+    busy_rate: Option<u64>,
     total: u64,
     done: u64,
-    started: Instant,
+    /// When the next read may start.
+    next: Instant,
+    /// The device's written-sector count when last seen, and since when
+    /// the applications count as writing.
+    written: Option<u64>,
+    busy_since: Option<Instant>,
+    last_write: Option<Instant>,
     progress: Option<Progress>,
     telemetry: Option<Telemetry>,
 }
@@ -203,13 +227,24 @@ pub(crate) struct Pace {
 impl Pace {
     pub(crate) fn new(what: &'static str, max_rate: Option<u64>, total: u64) -> Self {
         Self {
-            max_rate,
+            max_rate: max_rate.filter(|&r| r > 0),
+            busy_rate: None,
             total,
             done: 0,
-            started: Instant::now(),
+            next: Instant::now(),
+            written: None,
+            busy_since: None,
+            last_write: None,
             progress: Some(Progress::new(what, total, Lines::Log).every(PROGRESS_EVERY)),
             telemetry: None,
         }
+    }
+
+    /// Slows down to `rate` while the device is written (0 or `None`:
+    /// never).
+    pub(crate) fn yielding(mut self, rate: Option<u64>) -> Self {
+        self.busy_rate = rate.filter(|&r| r > 0);
+        self
     }
 
     /// Shows the progress in the agent's metrics too.
@@ -220,14 +255,12 @@ impl Pace {
         self
     }
 
-    /// Before `bytes` more are read: sleeps while the pass is ahead of
-    /// `max_rate`.
-    pub(crate) fn before(&mut self, bytes: u64) {
-        if let Some(rate) = self.max_rate.filter(|&r| r > 0) {
-            let due = Duration::from_secs_f64(self.done as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-                std::thread::sleep(wait);
-            }
+    /// Before `bytes` more are read, given the device's written-sector
+    /// count now (`None`: unknown): sleeps as long as the pace says.
+    pub(crate) fn before(&mut self, bytes: u64, written: Option<u64>) {
+        let wait = self.plan(bytes, written, Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
         if let Some(p) = &mut self.progress {
             p.set(self.done);
@@ -236,6 +269,44 @@ impl Pace {
             t.resync_done_bytes.set(self.done as i64);
         }
         self.done += bytes;
+    }
+
+    /// How long to wait at `now` before reading `bytes` more; books them.
+    fn plan(&mut self, bytes: u64, written: Option<u64>, now: Instant) -> Duration {
+        if let (Some(was), Some(is)) = (self.written, written) {
+            if is != was {
+                self.last_write = Some(now);
+            }
+        }
+        self.written = written;
+        let busy = self
+            .last_write
+            .is_some_and(|t| now.saturating_duration_since(t) < BUSY_FOR);
+        let rate = match (busy, self.busy_rate) {
+            (true, Some(b)) => Some(self.max_rate.map_or(b, |m| m.min(b))),
+            _ => self.max_rate,
+        };
+        if busy && self.busy_rate.is_some() && self.busy_since.is_none() {
+            tracing::info!(
+                rate = self.busy_rate,
+                "the device is being written: the resync slows down"
+            );
+            self.busy_since = Some(now);
+        } else if !busy {
+            if let Some(since) = self.busy_since.take() {
+                tracing::info!(
+                    after_secs = now.saturating_duration_since(since).as_secs(),
+                    "the device is idle: the resync speeds up"
+                );
+            }
+        }
+        let Some(rate) = rate else {
+            self.next = now;
+            return Duration::ZERO;
+        };
+        let start = self.next.max(now);
+        self.next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+        start - now
     }
 }
 
@@ -255,27 +326,22 @@ impl Drop for Pace {
 }
 
 /// Reads the `chunks` (sorted chunk numbers) from the device, runs of
-/// adjacent ones at a time, and sends each as a `RESYNC` record with the
-/// seqs from `at.seq` on.
+/// adjacent ones at a time, at the pace of `pace`, and sends each as a
+/// `RESYNC` record with the seqs from `at.seq` on. `geometry`: the chunk
+/// size and the device's size in bytes.
 fn send_chunks<S: RingSource>(
     ring: &S,
     sink: &mut impl Sink,
     cfg: &AgentConfig,
     at: Cursor,
     chunks: &[u64],
-    chunk_size: u64,
-    device_bytes: u64,
+    (chunk_size, device_bytes): (u64, u64),
+    mut pace: Pace,
 ) -> Result<(), AgentError> {
     let mut buf = Vec::new();
     let mut data = Vec::new();
     let mut seq = at.seq;
     let mut i = 0;
-    let mut pace = Pace::new(
-        "resync",
-        cfg.resync_max_rate,
-        chunks.len() as u64 * chunk_size,
-    )
-    .reporting(&cfg.telemetry);
     while i < chunks.len() {
         // A run of adjacent chunks, READ_RUN_BYTES at most.
         let first = chunks[i];
@@ -294,7 +360,7 @@ fn send_chunks<S: RingSource>(
             )));
         }
         data.resize((end - start) as usize, 0);
-        pace.before(data.len() as u64);
+        pace.before(data.len() as u64, ring.written_sectors());
         ring.read_device(start, &mut data)?;
         for (k, piece) in data.chunks(chunk_size as usize).enumerate() {
             let offset = start + k as u64 * chunk_size;
@@ -324,27 +390,68 @@ fn send_chunks<S: RingSource>(
 
 #[cfg(test)]
 mod tests {
-    use super::Pace;
+    use super::{Pace, BUSY_FOR};
     use std::time::{Duration, Instant};
 
+    const MIB: u64 = 1 << 20;
+
+    /// The waits a pace plans for reads of `bytes` at the given offsets
+    /// from a start (in ms), with the device's written-sector counts.
+    fn waits(mut p: Pace, steps: &[(u64, Option<u64>)], bytes: u64) -> Vec<u128> {
+        let t0 = Instant::now();
+        p.next = t0;
+        steps
+            .iter()
+            .map(|&(ms, w)| p.plan(bytes, w, t0 + Duration::from_millis(ms)).as_millis())
+            .collect()
+    }
+
     #[test]
-    fn pacing_holds_the_rate() {
-        let t = Instant::now();
-        let mut p = Pace::new("test", Some(4 << 20), 3 << 20);
-        for _ in 0..6 {
-            p.before(512 << 10);
-        }
-        // 2.5 MiB were due before the last read at 4 MiB/s: 0.625 s.
-        assert!(
-            t.elapsed() >= Duration::from_millis(600),
-            "{:?}",
-            t.elapsed()
+    fn max_rate_spaces_the_reads() {
+        // 1 MiB at 4 MiB/s: one read per 250 ms, whenever asked.
+        let p = Pace::new("test", Some(4 * MIB), 8 * MIB);
+        let steps = [
+            (0, None),
+            (0, None),
+            (100, None),
+            (1000, None),
+            (1000, None),
+        ];
+        assert_eq!(waits(p, &steps, MIB), [0, 250, 400, 0, 250]);
+        // No limit: never waits.
+        let p = Pace::new("test", None, 8 * MIB);
+        assert_eq!(waits(p, &steps, MIB), [0; 5]);
+        // A rate of 0 is no limit.
+        let p = Pace::new("test", Some(0), 8 * MIB).yielding(Some(0));
+        assert_eq!(
+            waits(p, &[(0, Some(1)), (0, Some(9)), (0, Some(20))], MIB),
+            [0; 3]
         );
-        let t = Instant::now();
-        let mut p = Pace::new("test", None, 3 << 20);
-        for _ in 0..6 {
-            p.before(512 << 10);
-        }
-        assert!(t.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn writes_slow_it_down_until_they_stop() {
+        let busy_ms = BUSY_FOR.as_millis() as u64;
+        let p = Pace::new("test", None, 64 * MIB).yielding(Some(2 * MIB));
+        let steps = [
+            (0, Some(100)),   // first look: no write seen yet
+            (0, Some(100)),   // idle
+            (0, Some(108)),   // written: 2 MiB/s, the next read in 500 ms
+            (0, Some(108)),   // (still busy)
+            (500, Some(108)), // (still busy)
+            // No write for BUSY_FOR: full speed again.
+            (busy_ms + 1, Some(108)),
+            (busy_ms + 1, Some(108)),
+        ];
+        assert_eq!(waits(p, &steps, MIB), [0, 0, 0, 500, 500, 0, 0]);
+        // The lower of the two rates holds while busy.
+        let p = Pace::new("test", Some(MIB), 64 * MIB).yielding(Some(2 * MIB));
+        assert_eq!(
+            waits(p, &[(0, Some(1)), (0, Some(2)), (0, Some(3))], MIB),
+            [0, 1000, 2000]
+        );
+        // An unknown count never counts as writing.
+        let p = Pace::new("test", None, 64 * MIB).yielding(Some(MIB));
+        assert_eq!(waits(p, &[(0, None), (0, None), (0, None)], MIB), [0, 0, 0]);
     }
 }

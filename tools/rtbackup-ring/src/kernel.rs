@@ -189,6 +189,17 @@ impl RingSource for Ring {
     /// Opens `/dev/rtbackupN` with `O_DIRECT` for each call (holding it
     /// open would make a detach fail with EBUSY), so callers read runs of
     /// chunks, not single blocks.
+    /// The stacked disk's I/O statistics (`/sys/dev/block/MAJ:MIN/stat`,
+    /// Documentation/block/stat.rst): the seventh field counts the
+    /// sectors written. The module accounts the disk's I/O, and resync
+    /// reads go to the lower device, so only the applications' writes
+    /// count here.
+    fn written_sectors(&self) -> Option<u64> {
+        let path = format!("/sys/dev/block/{}/stat", self.device.devt);
+        let stat = std::fs::read_to_string(path).ok()?;
+        stat.split_whitespace().nth(6)?.parse().ok()
+    }
+
     fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let path = &self.read_path;
         let len = buf.len();

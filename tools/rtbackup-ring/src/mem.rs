@@ -164,6 +164,9 @@ struct Device {
     unsynced: bool,
     dirty: BTreeSet<u64>,
     resync: BTreeSet<u64>,
+    /// Sectors written by [`MemRing::device_write`], as the block layer's
+    /// statistics count them.
+    written_sectors: u64,
 }
 
 impl Device {
@@ -297,6 +300,7 @@ impl MemRing {
             unsynced: false,
             dirty: BTreeSet::new(),
             resync: BTreeSet::new(),
+            written_sectors: 0,
         });
         self
     }
@@ -368,6 +372,7 @@ impl MemRing {
         let dev = Self::device_mut(&mut st);
         let offset = sector * 512;
         dev.image[offset as usize..(offset + len) as usize].copy_from_slice(data);
+        dev.written_sectors += len.div_ceil(512);
         if seq.is_none() {
             dev.mark(offset, len);
         }
@@ -749,6 +754,10 @@ impl RingSource for MemRing {
         self.publish_device_flags(&st);
         self.changed.notify_all();
         Ok(())
+    }
+
+    fn written_sectors(&self) -> Option<u64> {
+        self.lock().device.as_ref().map(|d| d.written_sectors)
     }
 
     fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -107,6 +107,13 @@ pub trait RingSource: Sync {
         Err(crate::RingError::Unsupported("reading the device"))
     }
 
+    /// Sectors written to the protected device so far, as the block layer
+    /// counts them; `None` where that is not known. A resync slows down
+    /// while this grows (the applications are writing).
+    fn written_sectors(&self) -> Option<u64> {
+        None
+    }
+
     /// Reports whether the consumer is connected to the server, without
     /// moving the consumer position.
     fn report_connected(&self, connected: bool) -> Result<()> {
