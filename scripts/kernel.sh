@@ -22,10 +22,12 @@ set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${RTBACKUP_CACHE:-$HOME/.cache/rtbackup}
 tarball=/usr/src/linux-source-6.12.tar.xz
+action=${1:-}
 flavour=${2:-test}
+# The flavour's config fragments, in order, as the positional parameters.
 case $flavour in
-test) fragments=$here/tests/vm/kernel.config ;;
-bench) fragments="$here/tests/vm/kernel.config $here/tests/vm/kernel-bench.config" ;;
+test) set -- "$here/tests/vm/kernel.config" ;;
+bench) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-bench.config" ;;
 *) echo "kernel: unknown flavour '$flavour' (test or bench)" >&2; exit 1 ;;
 esac
 RUSTC=${RUSTC:-/usr/bin/rustc}
@@ -43,14 +45,14 @@ vngver=$(virtme-configkernel --help >/dev/null 2>&1 && pip show virtme-ng 2>/dev
 # Bump when the way the kernel is configured or built changes.
 recipe=2
 key=$( (echo "recipe $recipe"; echo "$pkgver"; echo "$vngver"; "$RUSTC" --version
-    clang --version | head -1; cat $fragments) |
+    clang --version | head -1; cat "$@") |
     sha256sum | cut -c1-12)
 src=$cache/src/linux-source-$pkgver
 suffix=""
 [ "$flavour" = test ] || suffix=-$flavour
 out=$cache/kernel/$pkgver-$key$suffix
 
-case "${1:-}" in
+case "$action" in
 dir) echo "$out"; exit 0 ;;
 build) ;;
 *) die "usage: $0 dir|build [test|bench]" ;;
@@ -82,28 +84,25 @@ mk() { make -C "$src" O="$out" $mkvars "$@"; }
 # The fragments as one, the last setting of each option winning (what
 # merge_config.sh does with them, and what the check below expects).
 merged=$out/rtbackup.config
-# shellcheck disable=SC2086
 awk '
     /^CONFIG_[A-Z0-9_]*=/ { name = $0; sub(/=.*/, "", name) }
     /^# CONFIG_[A-Z0-9_]* is not set$/ { name = $2 }
     name != "" { if (!(name in line)) order[++n] = name; line[name] = $0; name = "" }
     END { for (i = 1; i <= n; i++) print line[order[i]] }
-' $fragments >"$merged.new"
-stale=""
-cmp -s "$merged.new" "$merged" || stale=1
-mv "$merged.new" "$merged"
-
-if [ ! -f "$out/.config" ] || [ -n "$stale" ]; then
+' "$@" >"$merged.new"
+# Kept only once a configuration from it succeeded: a failed one is redone.
+if [ ! -f "$out/.config" ] || ! cmp -s "$merged.new" "$merged"; then
     echo "kernel: configuring $out"
     # virtme-ng's defconfig (what the guest needs: virtio, 9p, virtiofs...),
     # then our fragments merged last so they win, then resolve dependencies.
     # shellcheck disable=SC2086
     { (cd "$src" && virtme-configkernel --defconfig O="$out" $mkvars) &&
         (cd "$out" && "$src/scripts/kconfig/merge_config.sh" -m -O "$out" \
-            "$out/.config" "$merged") &&
+            "$out/.config" "$merged.new") &&
         mk olddefconfig; } >"$out/configure.log" 2>&1 ||
         { cat "$out/configure.log"; die "configuration failed"; }
 fi
+mv "$merged.new" "$merged"
 
 # Every option the fragments ask for must be in the final config.
 missing=""

@@ -26,7 +26,7 @@ cleanup() {
     "$B/rtbackupctl" detach "$d0" 2>/dev/null || true
     rmmod rtbackup 2>/dev/null || true
     rm -rf "$P" "$STORE" /tmp/install.log "/lib/modules/$kver/updates/dkms/rtbackup.ko"*
-    cp "$RTB_REPO/rtbackup.ko" "/lib/modules/$kver/extra/"
+    cp "${RTB_MODULE:-$RTB_REPO/rtbackup.ko}" "/lib/modules/$kver/extra/"
     depmod -a "$kver"
 }
 trap cleanup EXIT

@@ -146,11 +146,15 @@ pub(crate) fn run<S: RingSource>(
                 r.first_seq, cursor.seq
             )));
         }
-        // While the device tracks, writes during the pass only set bits:
-        // the pass yields to them. The last pass does not: the ring fills
+        // The first pass (what accumulated while nobody sent, or the whole
+        // device at an initial sync) yields to the applications' writes:
+        // while the device tracks, they only set bits. Later passes hold
+        // what was written meanwhile and go at full speed so that the
+        // resync converges; the last pass also because the ring fills
         // with the writes until it ends.
+        let yielding = pass == 1 && !stream;
         let pace = Pace::new("resync", cfg.resync_max_rate, bytes)
-            .yielding(if stream { None } else { cfg.resync_busy_rate })
+            .yielding(cfg.resync_busy_rate.filter(|_| yielding))
             .reporting(&cfg.telemetry);
         send_chunks(
             ring,
@@ -220,6 +224,8 @@ pub(crate) struct Pace {
     written: Option<u64>,
     busy_since: Option<Instant>,
     last_write: Option<Instant>,
+    /// Times the pace slowed down for writes.
+    slowed: u32,
     progress: Option<Progress>,
     telemetry: Option<Telemetry>,
 }
@@ -235,6 +241,7 @@ impl Pace {
             written: None,
             busy_since: None,
             last_write: None,
+            slowed: 0,
             progress: Some(Progress::new(what, total, Lines::Log).every(PROGRESS_EVERY)),
             telemetry: None,
         }
@@ -286,16 +293,23 @@ impl Pace {
             (true, Some(b)) => Some(self.max_rate.map_or(b, |m| m.min(b))),
             _ => self.max_rate,
         };
+        // Logged at info once per pass; a writer that comes and goes
+        // (a journal commit every few seconds) switches often.
         if busy && self.busy_rate.is_some() && self.busy_since.is_none() {
-            tracing::info!(
-                rate = self.busy_rate,
-                "the device is being written: the resync slows down"
-            );
+            if self.slowed == 0 {
+                tracing::info!(
+                    rate = self.busy_rate,
+                    "the device is being written: the resync slows down"
+                );
+            } else {
+                tracing::debug!(rate = self.busy_rate, "the resync slows down again");
+            }
+            self.slowed += 1;
             self.busy_since = Some(now);
         } else if !busy {
             if let Some(since) = self.busy_since.take() {
-                tracing::info!(
-                    after_secs = now.saturating_duration_since(since).as_secs(),
+                tracing::debug!(
+                    after_ms = now.saturating_duration_since(since).as_millis() as u64,
                     "the device is idle: the resync speeds up"
                 );
             }

@@ -186,9 +186,6 @@ impl RingSource for Ring {
         Ok(())
     }
 
-    /// Opens `/dev/rtbackupN` with `O_DIRECT` for each call (holding it
-    /// open would make a detach fail with EBUSY), so callers read runs of
-    /// chunks, not single blocks.
     /// The stacked disk's I/O statistics (`/sys/dev/block/MAJ:MIN/stat`,
     /// Documentation/block/stat.rst): the seventh field counts the
     /// sectors written. The module accounts the disk's I/O, and resync
@@ -200,6 +197,9 @@ impl RingSource for Ring {
         stat.split_whitespace().nth(6)?.parse().ok()
     }
 
+    /// Opens `/dev/rtbackupN` with `O_DIRECT` for each call (holding it
+    /// open would make a detach fail with EBUSY), so callers read runs of
+    /// chunks, not single blocks.
     fn read_device(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let path = &self.read_path;
         let len = buf.len();

@@ -122,7 +122,7 @@ fn kernel_copy(src: &File, dst: &File, pos: u64, len: u64) -> io::Result<Option<
             Ok(0) => break,
             Ok(n) => done += n as u64,
             Err(Errno::EINTR) => {}
-            Err(e) if done == 0 && kernel_copy_unsupported(e) => return Ok(None),
+            Err(e) if kernel_copy_unsupported(e) => return Ok((done > 0).then_some(done)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -140,10 +140,12 @@ fn kernel_copy_unsupported(e: Errno) -> bool {
 
 /// Copies `size` bytes of `src` to `dst`, skipping its holes (the store
 /// keeps images sparse: discards and zeroing punch holes). Data regions
-/// are copied by the kernel ([`kernel_copy`]) where it can; otherwise
+/// are copied by the kernel ([`kernel_copy`]) where it can, between two
+/// regular files, whole (zeroes written as data stay data); otherwise
 /// through one buffer, skipping all-zero chunks too. When `dst` is not
 /// known to read as zeroes already (`dst_zeroed` false), skipped ranges are
-/// zeroed in it. Memory: one chunk. Returns the bytes of data written.
+/// zeroed in it. Memory: one chunk. Returns the bytes of data written
+/// (the skipped ranges not counted).
 pub(crate) fn sparse_copy(
     src: &File,
     size: u64,
@@ -160,9 +162,11 @@ fn copy_regions(
     size: u64,
     dst: &mut Target<'_>,
     dst_zeroed: bool,
-    mut in_kernel: bool,
+    in_kernel: bool,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<u64> {
+    // copy_file_range copies between regular files only.
+    let mut in_kernel = in_kernel && dst.file.metadata()?.is_file();
     let mut buf = Vec::new();
     let mut written = 0;
     let mut pos = 0u64;
@@ -182,9 +186,9 @@ fn copy_regions(
         while pos < end {
             let n = (end - pos).min(CHUNK as u64) as usize;
             if in_kernel {
-                flush_zero(dst, zero_from, pos)?;
                 match kernel_copy(src, dst.file, pos, n as u64)? {
                     Some(done) if done > 0 => {
+                        flush_zero(dst, zero_from, pos)?;
                         written += done;
                         pos += done;
                         zero_from = pos;

@@ -87,7 +87,9 @@ pub struct RestoreReport {
     pub seq: u64,
     /// Bytes of the output (the volume size).
     pub bytes: u64,
-    /// Bytes of non-zero data written.
+    /// Bytes of data written: the image's data regions (holes skipped;
+    /// through a buffer, all-zero chunks skipped too) and the replayed
+    /// records' payloads.
     pub data_bytes: u64,
     /// Journal records replayed on top of the image.
     pub replayed_records: u64,
