@@ -108,11 +108,10 @@ fn is_zero(buf: &[u8]) -> bool {
 /// Copies `[pos, pos + len)` of `src` to the same place in `dst` inside
 /// the kernel (`copy_file_range`: a reflink on XFS or Btrfs, a page cache
 /// copy without the trip through user space elsewhere). Returns how many
-/// bytes it copied: fewer than `len` (0 included) when the kernel stopped
-/// early, and `None` when it cannot copy between these two files at all
-/// (a block device, different file systems on older kernels, no support),
-/// after which the caller copies through a buffer.
-fn kernel_copy(src: &File, dst: &File, pos: u64, len: u64) -> io::Result<Option<u64>> {
+/// bytes it copied: fewer than `len` when the kernel stopped early or
+/// cannot copy between these two files (different file systems on older
+/// kernels, no support); 0 tells the caller to copy through a buffer.
+fn kernel_copy(src: &File, dst: &File, pos: u64, len: u64) -> io::Result<u64> {
     let mut done = 0u64;
     while done < len {
         let mut off_in = (pos + done) as i64;
@@ -122,11 +121,11 @@ fn kernel_copy(src: &File, dst: &File, pos: u64, len: u64) -> io::Result<Option<
             Ok(0) => break,
             Ok(n) => done += n as u64,
             Err(Errno::EINTR) => {}
-            Err(e) if kernel_copy_unsupported(e) => return Ok((done > 0).then_some(done)),
+            Err(e) if kernel_copy_unsupported(e) => break,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Some(done))
+    Ok(done)
 }
 
 /// Whether `copy_file_range` failed because it cannot copy between these
@@ -186,19 +185,18 @@ fn copy_regions(
         while pos < end {
             let n = (end - pos).min(CHUNK as u64) as usize;
             if in_kernel {
-                match kernel_copy(src, dst.file, pos, n as u64)? {
-                    Some(done) if done > 0 => {
-                        flush_zero(dst, zero_from, pos)?;
-                        written += done;
-                        pos += done;
-                        zero_from = pos;
-                        progress(pos);
-                        continue;
-                    }
-                    // Nothing copied (the source ends early, or the kernel
-                    // cannot): the buffer says which.
-                    _ => in_kernel = false,
+                let done = kernel_copy(src, dst.file, pos, n as u64)?;
+                if done > 0 {
+                    flush_zero(dst, zero_from, pos)?;
+                    written += done;
+                    pos += done;
+                    zero_from = pos;
+                    progress(pos);
+                    continue;
                 }
+                // Nothing copied (the source ends early, or the kernel
+                // cannot): the buffer says which.
+                in_kernel = false;
             }
             if buf.is_empty() {
                 buf = vec![0u8; CHUNK];
