@@ -11,17 +11,31 @@ APT_PKGS="
     dkms man-db curl
 "
 
-need_apt=""
-for p in $APT_PKGS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-        need_apt="$need_apt $p"
-done
+# missing: the packages of APT_PKGS not installed.
+missing() {
+    for p in $APT_PKGS; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            printf ' %s' "$p"
+    done
+}
+need_apt=$(missing)
 if [ -n "$need_apt" ]; then
     echo "deps: apt-get install$need_apt"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $need_apt
+    # An install can remove a package it conflicts with: a backported
+    # qemu-utils goes when bookworm's qemu-system-x86 comes. Bring back
+    # what went, in the versions that fit.
+    need_apt=$(missing)
+    if [ -n "$need_apt" ]; then
+        echo "deps: apt-get install (again, removed meanwhile)$need_apt"
+        # shellcheck disable=SC2086
+        apt-get install -y -qq --no-install-recommends $need_apt
+    fi
+    need_apt=$(missing)
+    [ -z "$need_apt" ] || { echo "deps: still not installed:$need_apt" >&2; exit 1; }
 fi
 
 # bindgen >= 0.65.1 is required by 6.12; Debian bookworm ships 0.60.

@@ -12,8 +12,15 @@ TEST=$(basename "$0" .sh)
 MNT=/tmp/rtbmnt
 mkdir -p "$MNT"
 
-say() { echo "[$TEST] $*"; echo "rtbtest: $TEST: $*" >/dev/kmsg 2>/dev/null || true; }
-fail() { echo "[$TEST] FAIL: $*" >&2; exit 1; }
+# say MESSAGE: narrates a step, with the seconds since the case started (a
+# builtin read of /proc/uptime: an exec costs about a second under
+# emulation), so a log shows where a case spends its time.
+read -r T0 _ </proc/uptime
+say() {
+    read -r t _ </proc/uptime
+    echo "[$TEST +$((${t%.*} - ${T0%.*}))s] $*"; echo "rtbtest: $TEST: $*" >/dev/kmsg 2>/dev/null || true
+}
+fail() { read -r t _ </proc/uptime; echo "[$TEST +$((${t%.*} - ${T0%.*}))s] FAIL: $*" >&2; exit 1; }
 
 # disk N: the Nth scratch disk.
 disk() { echo "$RTB_DISKS" | tr ' ' '\n' | sed -n "$(($1 + 1))p"; }

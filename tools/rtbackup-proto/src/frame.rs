@@ -4,6 +4,7 @@ use std::io::{self, IoSlice, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::crc::records_crc;
 use crate::record::RECORD_HEADER_LEN;
 use crate::verify::{
     decode_checksums, encode_checksums, ChunkChecksum, VerifyPoint, VerifyRequest,
@@ -474,10 +475,7 @@ pub fn write_records_frame(w: &mut impl Write, parts: &[&[u8]]) -> Result<(), Pr
     if len > MAX_FRAME_PAYLOAD {
         return Err(ProtoError::TooLarge(len));
     }
-    let crc = parts
-        .iter()
-        .fold(0u32, |crc, p| crc32c::crc32c_append(crc, p));
-    let header = encode_header(frame_type::RECORDS, len, crc);
+    let header = encode_header(frame_type::RECORDS, len, records_crc(parts));
     let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
     bufs.push(&header);
     bufs.extend(parts.iter().copied().filter(|p| !p.is_empty()));
@@ -532,8 +530,9 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Reads one frame into `payload` (cleared and reused: no allocation once
 /// it is large enough) and returns its type, after checking the magic,
-/// version, type, length and payload checksum. The payload is not decoded;
-/// see [`decode_frame`].
+/// version, type, length and payload checksum ([`frame_crc`]: a RECORDS
+/// payload's records are then checked when parsed). The payload is not
+/// decoded; see [`decode_frame`].
 pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, ProtoError> {
     let mut h = [0u8; FRAME_HEADER_LEN];
     let got = read_full(r, &mut h)?;
@@ -579,7 +578,7 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
             expected: len,
         });
     }
-    let computed = crc32c::crc32c(payload);
+    let computed = frame_crc(t, payload);
     if computed != stored {
         return Err(ProtoError::Checksum {
             kind: frame_type_name(t),
@@ -588,6 +587,19 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
         });
     }
     Ok(t)
+}
+
+/// The CRC32C of a frame's payload as its header carries it. For a RECORDS
+/// frame it is taken from the records' own payload checksums
+/// ([`records_crc`]): the frame's check covers the headers and padding,
+/// each record's check ([`crate::parse_record`], which every consumer of
+/// records runs) its payload, and neither passes over the data twice.
+pub fn frame_crc(t: u16, payload: &[u8]) -> u32 {
+    if t == frame_type::RECORDS {
+        records_crc(&[payload])
+    } else {
+        crc32c::crc32c(payload)
+    }
 }
 
 /// Checks a payload length against the limit of its frame type, before the

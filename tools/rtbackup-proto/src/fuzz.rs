@@ -112,7 +112,7 @@ pub fn fix_frame_checksums(buf: &mut [u8]) {
         if t == crate::frame_type::RECORDS {
             fix_record_checksums(&mut buf[start..end]);
         }
-        let crc = crc32c::crc32c(&buf[start..end]);
+        let crc = crate::frame_crc(t, &buf[start..end]);
         buf[off + 12..off + 16].copy_from_slice(&crc.to_le_bytes());
         off = end;
     }

@@ -5,12 +5,14 @@
 //!   (`RtbRecordHeader` in `rust/uapi.rs`).
 //! * [`frame`]: the framing of the agent ↔ server TCP protocol
 //!   (Documentation/protocol.rst).
+//! * [`crc`]: a RECORDS frame's CRC32C from its records' own checksums.
 //! * [`verify`]: the payloads of a verify and the chunk checksum that
 //!   clients and the server compute alike.
 //! * [`client`]: connecting to the server for a one-shot request
 //!   (rollback, verify), and its errors.
 
 pub mod client;
+pub mod crc;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
@@ -19,7 +21,7 @@ pub mod verify;
 
 pub use client::{connect, ClientError, CLIENT_TIMEOUT};
 pub use frame::{
-    decode_frame, encode_frame, error_code, frame_type, frame_type_name, read_frame,
+    decode_frame, encode_frame, error_code, frame_crc, frame_type, frame_type_name, read_frame,
     read_frame_raw, read_full, validate_volume_name, write_frame, write_records_frame, ErrorMsg,
     Frame, Hello, ProtoError, RollbackDone, RollbackPlan, RollbackRequest, Welcome,
     ACK_PAYLOAD_LEN, EXTENT_HEADER_LEN, EXTENT_MAGIC, FRAME_HEADER_LEN, FRAME_MAGIC,

@@ -562,9 +562,11 @@ fn bad_input_closes_only_that_connection_and_stores_nothing() {
         Some("out-of-range"),
     ));
     cases.push(("gap", frame(&[w12(0, 14)]), Some("seq-gap")));
+    // The frame's CRC32C (header bytes 12..16) no longer matches its
+    // records (a changed payload byte is the record's checksum's to find,
+    // as in "payload crc").
     let mut fcrc = frame(&[w12(0, 12)]);
-    let last = fcrc.len() - 1;
-    fcrc[last] ^= 0xff;
+    fcrc[12] ^= 0xff;
     cases.push(("frame crc", fcrc, Some("bad-frame")));
     let mut ver = frame(&[w12(0, 12)]);
     ver[4] = 9;

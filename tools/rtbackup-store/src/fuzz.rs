@@ -14,8 +14,8 @@ use crate::history::{format_time, Scanner};
 use crate::journal::{walk, CpTracker, Event, SegmentSource, WalkEnd};
 use crate::section::SectionTracker;
 use crate::segment::{
-    read_segment_header, ReadStop, SegmentHeader, SegmentInfo, SegmentReader, SegmentStore,
-    SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    read_segment_header, Payloads, ReadStop, SegmentHeader, SegmentInfo, SegmentReader,
+    SegmentStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 use crate::state::Position;
 
@@ -110,13 +110,22 @@ pub fn segment_target(data: &[u8]) {
         };
         assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
         let mut reader = SegmentReader::new(Box::new(io::Cursor::new(r.to_vec())), 64);
+        // Read as an index does, the same segment gives the same headers,
+        // at least as far as the whole records are valid.
+        let mut indexed = SegmentReader::new(Box::new(io::Cursor::new(r.to_vec())), 64);
         loop {
             let before = reader.offset();
-            match reader.next_record() {
+            match reader.next_record(Payloads::All) {
                 Ok(rec) => {
                     let size = rec.bytes.len() as u64;
-                    let _ = format_time(rec.header.time_ns);
+                    let header = rec.header;
+                    let _ = format_time(header.time_ns);
                     assert_eq!(reader.offset(), before + size);
+                    let light = indexed
+                        .next_record(Payloads::Indexed)
+                        .expect("a valid record read whole, but not as the index reads it");
+                    assert_eq!(light.header, header);
+                    assert_eq!(indexed.offset(), reader.offset());
                 }
                 Err(ReadStop::End) => {
                     assert_eq!(before, s.len() as u64, "end before the end");

@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::error::{Result, StoreError};
 use crate::index::{Index, MarkRow, PointKind, PointRow, RecordRow, Rows};
-use crate::journal::{walk, Event, SegmentSource};
+use crate::journal::{walk_reading, Event, SegmentSource};
 use crate::section::SectionTracker;
+use crate::segment::Payloads;
 use crate::state::{now_ns, Position};
 
 /// A restore point as a user names it.
@@ -174,7 +175,7 @@ impl Scanner {
                 self.rows.records.push(RecordRow {
                     segment: start.segment,
                     offset: start.offset,
-                    size: rec.bytes.len() as u64,
+                    size: end.offset - start.offset,
                     ring_id: end.ring_id,
                     seq: h.seq,
                     time_ns: h.time_ns,
@@ -225,19 +226,17 @@ pub(crate) struct Scanned {
 }
 
 /// Scans the journal from `from` (through segment `last`, or up to
-/// `until`) into rows, continuing after `last_point` with the resync
-/// sections at `from` as `sections`.
+/// `until`, reading `payloads`) into rows, continuing `sc` (made for the
+/// last point, last record time and resync sections at `from`).
 pub(crate) fn scan(
     src: &SegmentSource,
     from: Position,
     last: u64,
     until: Option<Position>,
-    last_point: Position,
-    last_time: Option<u64>,
-    sections: SectionTracker,
+    payloads: Payloads,
+    mut sc: Scanner,
 ) -> Result<Scanned> {
-    let mut sc = Scanner::new(last_point, last_time, sections);
-    let end = walk(src, from, last, until, |e| {
+    let end = walk_reading(src, from, last, until, payloads, |e| {
         sc.event(&e);
         Ok(())
     })?;
@@ -359,9 +358,9 @@ impl HistoryView {
             from,
             last_segment,
             None,
-            last_point,
-            last_time,
-            sections,
+            // The journal's end may be torn or being written: checked whole.
+            Payloads::All,
+            Scanner::new(last_point, last_time, sections),
         )?;
         Ok(Self {
             base,

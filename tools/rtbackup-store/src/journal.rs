@@ -10,8 +10,8 @@ use rtbackup_proto::{RecordError, RecordRef};
 use crate::error::{IoContext, Result, StoreError};
 use crate::section::SectionTracker;
 use crate::segment::{
-    read_segment_header, segment_file_name, ReadStop, SegmentHeader, SegmentReader, SegmentStore,
-    SEGMENT_HEADER_LEN,
+    read_segment_header, segment_file_name, Payloads, ReadStop, SegmentHeader, SegmentReader,
+    SegmentStore, SEGMENT_HEADER_LEN,
 };
 use crate::state::Position;
 
@@ -97,7 +97,8 @@ impl SegmentSource {
 
 /// What a [`walk`] reports.
 pub(crate) enum Event<'a, 'b> {
-    /// A valid record between two positions.
+    /// A valid record between two positions (without its payload in a
+    /// [`walk_reading`] with [`Payloads::Indexed`]).
     Record {
         rec: &'a RecordRef<'b>,
         start: Position,
@@ -147,6 +148,19 @@ pub(crate) fn walk(
     from: Position,
     last_segment: u64,
     until: Option<Position>,
+    f: impl FnMut(Event<'_, '_>) -> Result<()>,
+) -> Result<WalkEnd> {
+    walk_reading(src, from, last_segment, until, Payloads::All, f)
+}
+
+/// [`walk`], reading the records' payloads as `payloads` says (with
+/// [`Payloads::Indexed`], most records reach `f` without their payload).
+pub(crate) fn walk_reading(
+    src: &SegmentSource,
+    from: Position,
+    last_segment: u64,
+    until: Option<Position>,
+    payloads: Payloads,
     mut f: impl FnMut(Event<'_, '_>) -> Result<()>,
 ) -> Result<WalkEnd> {
     let mut header = src.header(from.segment)?;
@@ -183,7 +197,7 @@ pub(crate) fn walk(
                     tail: None,
                 });
             }
-            let rec = match reader.next_record() {
+            let rec = match reader.next_record(payloads) {
                 Ok(rec) => rec,
                 Err(ReadStop::End) => break,
                 Err(ReadStop::Invalid { offset, error }) => {
@@ -226,7 +240,7 @@ pub(crate) fn walk(
             }
             let end = Position {
                 segment: seg,
-                offset: start.offset + rec.bytes.len() as u64,
+                offset: start.offset + u64::from(rec.header.size),
                 ring_id: header.ring_id,
                 seq: rec.seq(),
             };

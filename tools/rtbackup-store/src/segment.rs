@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rtbackup_proto::{
     parse_header, parse_record, RecordError, RecordRef, MAX_FRAME_PAYLOAD, RECORD_HEADER_LEN,
+    RTB_OP_MARK, RTB_OP_RESYNC_END,
 };
 
 /// Bytes of a segment header; records start at this offset.
@@ -333,6 +334,21 @@ pub(crate) enum ReadStop {
     Io(io::Error),
 }
 
+/// Which records a [`SegmentReader`] reads whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payloads {
+    /// Every record is read whole and fully validated, payload checksum
+    /// included.
+    All,
+    /// The headers (validated, their own checksum included) and the
+    /// payloads an index reads: marks' names and resync ends' consistent
+    /// seqs. Other payloads are skipped unread and unchecked, so a record
+    /// read this way has an empty `payload` and only its header in `bytes`.
+    /// For records already validated once (appended), whose data the apply
+    /// and every restore check again.
+    Indexed,
+}
+
 /// Reads records of one segment sequentially with a fixed-size buffer plus
 /// one reused record buffer (at most the largest record).
 pub(crate) struct SegmentReader {
@@ -360,8 +376,8 @@ impl SegmentReader {
         self.offset
     }
 
-    /// Reads and fully validates the next record.
-    pub(crate) fn next_record(&mut self) -> Result<RecordRef<'_>, ReadStop> {
+    /// Reads and validates the next record, whole or as `payloads` says.
+    pub(crate) fn next_record(&mut self, payloads: Payloads) -> Result<RecordRef<'_>, ReadStop> {
         let start = self.offset;
         let invalid = |error| ReadStop::Invalid {
             offset: start,
@@ -383,6 +399,26 @@ impl SegmentReader {
                 seq: header.seq,
                 what: format!("size {size} is larger than any frame"),
             }));
+        }
+        let skip = payloads == Payloads::Indexed
+            && got == RECORD_HEADER_LEN
+            && !matches!(header.op, RTB_OP_MARK | RTB_OP_RESYNC_END);
+        if skip {
+            let want = (size - RECORD_HEADER_LEN) as u64;
+            let skipped = io::copy(&mut (&mut self.reader).take(want), &mut io::sink())
+                .map_err(ReadStop::Io)?;
+            if skipped < want {
+                return Err(invalid(RecordError::Truncated {
+                    need: size as u64,
+                    have: RECORD_HEADER_LEN as u64 + skipped,
+                }));
+            }
+            self.offset += size as u64;
+            return Ok(RecordRef {
+                header,
+                payload: &[],
+                bytes: &self.buf[..RECORD_HEADER_LEN],
+            });
         }
         if got == RECORD_HEADER_LEN && size > RECORD_HEADER_LEN {
             self.buf.reserve(size - RECORD_HEADER_LEN);

@@ -14,14 +14,14 @@ use rtbackup_proto::{records, RecordError};
 use tracing::{debug, info, warn};
 
 use crate::error::{IoContext, Result, StoreError};
-use crate::history::scan;
+use crate::history::{scan, Scanner};
 use crate::image::{sparse_copy, Target};
 use crate::index::{Index, PointKind, PointRow, Rows};
 use crate::journal::{segment_start, walk, CpTracker, Event, SegmentSource};
 use crate::section::SectionTracker;
 use crate::segment::{
     create_segment, parse_segment_file_name, read_segment_header, segment_file_name, sync_data,
-    sync_dir, CreateSegmentError, SegmentHeader, SEGMENT_HEADER_LEN,
+    sync_dir, CreateSegmentError, Payloads, SegmentHeader, SEGMENT_HEADER_LEN,
 };
 use crate::state::{now_ns, Position, VolumeState, MAX_RINGS};
 
@@ -1326,9 +1326,11 @@ fn catch_up(ix: &mut Index, src: &SegmentSource, upto: Position) -> Result<()> {
         from,
         upto.segment,
         Some(upto),
-        last_point,
-        last_time,
-        sections,
+        // Durable records, checked when appended (or when the volume was
+        // opened): the index needs their headers, marks and resync ends;
+        // the apply and every restore check their data.
+        Payloads::Indexed,
+        Scanner::new(last_point, last_time, sections),
     )?;
     ix.add(&s.rows, s.end, s.sections)
 }
