@@ -272,29 +272,20 @@ fn transmission<S: Connection>(
                 s.write_all(&reply)?;
                 s.send_file(file, at, r.length as usize)
             };
-            match export.send_plain(r.offset, r.length, &mut send) {
-                Ok(None) => {}
+            let failed = match export.send_plain(r.offset, r.length, &mut send) {
+                Ok(None) => {
+                    buf.resize(r.length as usize, 0);
+                    export.read_at(&mut buf, r.offset).err()
+                }
                 Ok(Some(Ok(()))) => {
                     s.flush().map_err(io("sending a reply"))?;
                     continue;
                 }
                 // Part of the reply may be out: only closing is left.
                 Ok(Some(Err(e))) => return Err(io("sending read data")(e)),
-                Err(why) => {
-                    warn!(
-                        peer,
-                        export = name,
-                        offset = r.offset,
-                        length = r.length,
-                        "NBD read failed: {why}"
-                    );
-                    err = EIO;
-                }
-            }
-        }
-        if err == 0 && r.command == CMD_READ {
-            buf.resize(r.length as usize, 0);
-            if let Err(why) = export.read_at(&mut buf, r.offset) {
+                Err(why) => Some(why),
+            };
+            if let Some(why) = failed {
                 warn!(
                     peer,
                     export = name,
