@@ -31,13 +31,14 @@ const fn mul_mod(a: u32, mut b: u32) -> u32 {
     product
 }
 
-/// `X_POW_2K[k]` is `x^(2^k) mod P`.
-const X_POW_2K: [u32; 64] = {
-    let mut t = [0u32; 64];
+/// `X_POW_2K[k]` is `x^(2^k) mod P`, for every bit of a byte count (k
+/// from 3 to 66).
+const X_POW_2K: [u32; 67] = {
+    let mut t = [0u32; 67];
     // x^1: the coefficient of x^1 is bit 30.
     let mut p = 1u32 << 30;
     let mut k = 0;
-    while k < 64 {
+    while k < 67 {
         t[k] = p;
         p = mul_mod(p, p);
         k += 1;
@@ -162,6 +163,8 @@ mod tests {
     #[test]
     fn shifts_by_zero_and_by_powers_of_two() {
         assert_eq!(crc32c_combine(0x1234_5678, 0, 0), 0x1234_5678);
+        // Any length: the table covers every bit of a u64.
+        let _ = crc32c_combine(1, 2, u64::MAX);
         for n in [1u64, 2, 3, 64, 4096, 1 << 20, (1 << 22) + 3] {
             let a = [0xA5u8; 7];
             let b = vec![0x3Cu8; n as usize];
