@@ -420,11 +420,8 @@ pub fn encode_frame(f: &Frame) -> Result<Vec<u8>, ProtoError> {
         return Err(ProtoError::TooLarge(payload.len()));
     }
     let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-    out.extend_from_slice(&encode_header(
-        f.frame_type(),
-        payload.len(),
-        crc32c::crc32c(payload),
-    ));
+    let t = f.frame_type();
+    out.extend_from_slice(&encode_header(t, payload.len(), frame_crc(t, payload)));
     out.extend_from_slice(payload);
     Ok(out)
 }
