@@ -34,8 +34,6 @@ impl Read for Stream<'_> {
     }
 }
 
-impl crate::Connection for Stream<'_> {}
-
 impl Write for Stream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.write_budget > 0 && self.written + buf.len() as u64 > self.write_budget {

@@ -14,4 +14,4 @@ pub mod fuzz;
 pub mod proto;
 mod serve;
 
-pub use serve::{serve, Connection, Export, ExportInfo, Exports, NbdError};
+pub use serve::{serve, Export, ExportInfo, Exports, NbdError};

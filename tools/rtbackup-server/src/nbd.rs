@@ -3,7 +3,6 @@
 //! alone is the latest point) is the volume as of that point, read in
 //! place from the store (Documentation/nbd.rst).
 
-use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -12,10 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use anyhow::Context;
-use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::sendfile::sendfile64;
-use rtbackup_nbd::{Connection, Export, Exports};
+use rtbackup_nbd::{Export, Exports};
 use rtbackup_store::{PointReader, PointSpec, Store};
 use tracing::{error, info, warn};
 
@@ -65,17 +62,6 @@ impl Export for PointExport {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<(), String> {
         self.0.read_at(buf, offset).map_err(|e| e.to_string())
-    }
-
-    fn send_plain(
-        &self,
-        offset: u64,
-        len: u32,
-        send: &mut dyn FnMut(&File, u64) -> std::io::Result<()>,
-    ) -> Result<Option<std::io::Result<()>>, String> {
-        self.0
-            .send_plain(offset, u64::from(len), send)
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -188,25 +174,6 @@ impl Write for ReadWrite {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.w.flush()
-    }
-}
-
-impl Connection for ReadWrite {
-    /// `sendfile`: the file's pages go to the socket without a copy
-    /// through this process.
-    fn send_file(&mut self, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
-        self.w.flush()?;
-        let mut off = i64::try_from(offset).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        let mut left = len;
-        while left > 0 {
-            match sendfile64(self.w.get_ref(), file, Some(&mut off), left) {
-                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => left -= n,
-                Err(Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
     }
 }
 

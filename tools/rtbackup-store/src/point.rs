@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::FlockArg;
 use rtbackup_proto::{
     check_chunk_size, chunk_checksum, chunk_count, parse_record, ChunkChecksum, RTB_OP_DISCARD,
     RTB_OP_RESYNC, RTB_OP_WRITE, RTB_OP_WRITE_ZEROES,
@@ -28,25 +28,10 @@ use rtbackup_proto::{
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::history::{HistoryView, JournalEnd, PointInfo};
-use crate::index::{Index, RecordRow};
+use crate::index::RecordRow;
 use crate::journal::SegmentSource;
 use crate::state::{Position, VolumeState};
 use crate::volume::{lock_volume, BASE_FILE, IMAGE_FILE, STATE_FILE};
-
-/// Where a read starts from, found under the volume's shared lock, which
-/// it holds.
-struct Located {
-    _lock: Option<Flock<File>>,
-    /// The state of `file`.
-    from: Position,
-    /// The image or the base image.
-    file: &'static str,
-}
-
-/// Whether record `r` writes some of `[a, b)`.
-fn overlaps(r: &RecordRow, a: u64, b: u64) -> bool {
-    r.len > 0 && r.start < b && r.start + r.len > a
-}
 
 /// Records kept decoded between reads (sequential reads of one big record
 /// read it once).
@@ -217,111 +202,19 @@ impl PointReader {
     /// the journal's end).
     /// Fails if retention has folded the point away meanwhile.
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = self.range_end(offset, buf.len() as u64)?;
-        let at = self.locate()?;
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let inner = &mut *inner;
-        let mut uncovered = vec![(offset, end)];
-        // Newest first: the journal after the index, then the index.
-        let tail: Vec<RecordRow> = inner
-            .view
-            .tail
-            .records
-            .iter()
-            .rev()
-            .filter(|r| self.counts(&at, r) && overlaps(r, offset, end))
-            .copied()
-            .collect();
-        for r in &tail {
-            self.fill(&mut inner.cache, buf, offset, &mut uncovered, r)?;
-            if uncovered.is_empty() {
-                break;
-            }
-        }
-        if !uncovered.is_empty() {
-            if let Some((ix, upto)) = self.indexed_span(&inner.view, &at) {
-                let cache = &mut inner.cache;
-                ix.overlapping(offset, end, at.from, upto, |r| {
-                    self.fill(cache, buf, offset, &mut uncovered, &r)?;
-                    Ok(if uncovered.is_empty() {
-                        ControlFlow::Break(())
-                    } else {
-                        ControlFlow::Continue(())
-                    })
-                })?;
-            }
-        }
-        if !uncovered.is_empty() {
-            let path = self.dir.join(at.file);
-            let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-            for (a, b) in uncovered {
-                let dst = &mut buf[(a - offset) as usize..(b - offset) as usize];
-                f.read_exact_at(dst, a)
-                    .ctx(|| format!("reading {} at {a}", path.display()))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The `len` bytes at `offset` as of the point, when they are all in
-    /// one file as they are: no journal record the point counts touches
-    /// them (the latest point once applied, or a range the history after
-    /// the base did not write). Then `send(file, offset)` runs, under the
-    /// volume's shared lock (the file holds those bytes until it returns),
-    /// and its result is returned; else `Ok(None)`, `send` is not called
-    /// and [`PointReader::read_at`] assembles the bytes. For a sender that
-    /// passes the file's pages on without copying them (`sendfile`).
-    pub fn send_plain<T>(
-        &self,
-        offset: u64,
-        len: u64,
-        send: impl FnOnce(&File, u64) -> T,
-    ) -> Result<Option<T>> {
-        let end = self.range_end(offset, len)?;
-        let at = self.locate()?;
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let written = |r: &RecordRow| self.counts(&at, r) && overlaps(r, offset, end);
-        if inner.view.tail.records.iter().any(written) {
-            return Ok(None);
-        }
-        if let Some((ix, upto)) = self.indexed_span(&inner.view, &at) {
-            let mut touched = false;
-            ix.overlapping(offset, end, at.from, upto, |r| {
-                touched = written(&r);
-                Ok(if touched {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                })
-            })?;
-            if touched {
-                return Ok(None);
-            }
-        }
-        let path = self.dir.join(at.file);
-        let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-        Ok(Some(send(&f, offset)))
-    }
-
-    /// The end of the read of `len` bytes at `offset`, inside the volume.
-    fn range_end(&self, offset: u64, len: u64) -> Result<u64> {
-        offset
-            .checked_add(len)
+        let end = offset
+            .checked_add(buf.len() as u64)
             .filter(|&e| e <= self.size)
             .ok_or_else(|| {
                 StoreError::BadParameters(format!(
-                    "read of {len} bytes at {offset} passes the end of the volume ({} bytes)",
+                    "read of {} bytes at {offset} passes the end of the volume ({} bytes)",
+                    buf.len(),
                     self.size
                 ))
-            })
-    }
-
-    /// Takes the volume's shared lock, which keeps the image, the base
-    /// image, the state and the segments still while it is held, and finds
-    /// the file a read starts from. Fails if retention has folded the
-    /// point away meanwhile.
-    fn locate(&self) -> Result<Located> {
-        let lock = lock_volume(&self.dir, FlockArg::LockShared)?;
+            })?;
+        // The shared volume lock keeps the image, the base image, the state
+        // and the segments still for this read.
+        let _lock = lock_volume(&self.dir, FlockArg::LockShared)?;
         let st = VolumeState::load(&self.dir.join(STATE_FILE))?;
         let (oldest, _) = st.oldest_point();
         if oldest.is_after(&self.pos) {
@@ -336,38 +229,61 @@ impl PointReader {
             } else {
                 (st.checkpoint, IMAGE_FILE)
             };
-        Ok(Located {
-            _lock: lock,
-            from,
-            file,
-        })
-    }
-
-    /// Whether record `r` is one of those between the file's state and
-    /// the point.
-    fn counts(&self, at: &Located, r: &RecordRow) -> bool {
-        let start = r.start();
-        !at.from.is_after(&start) && self.pos.is_after(&start)
-    }
-
-    /// The index and the position up to which it answers for the point,
-    /// unless nothing is indexed between the file's state and the point
-    /// (the latest point, applied: the image alone answers, without asking
-    /// the index about the range's whole history).
-    fn indexed_span<'v>(
-        &self,
-        view: &'v HistoryView,
-        at: &Located,
-    ) -> Option<(&'v Index, Position)> {
-        let upto = if self.pos.is_after(&view.tail_from) {
-            view.tail_from
-        } else {
-            self.pos
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *inner;
+        let mut uncovered = vec![(offset, end)];
+        // Newest first: the journal after the index, then the index.
+        let before_pos = |r: &RecordRow| {
+            let at = r.start();
+            !from.is_after(&at) && self.pos.is_after(&at)
         };
-        view.index
-            .as_ref()
-            .filter(|_| upto.is_after(&at.from))
-            .map(|ix| (ix, upto))
+        let overlaps = |r: &RecordRow| r.len > 0 && r.start < end && r.start + r.len > offset;
+        let tail: Vec<RecordRow> = inner
+            .view
+            .tail
+            .records
+            .iter()
+            .rev()
+            .filter(|r| before_pos(r) && overlaps(r))
+            .copied()
+            .collect();
+        for r in &tail {
+            self.fill(&mut inner.cache, buf, offset, &mut uncovered, r)?;
+            if uncovered.is_empty() {
+                break;
+            }
+        }
+        if !uncovered.is_empty() {
+            let upto = if self.pos.is_after(&inner.view.tail_from) {
+                inner.view.tail_from
+            } else {
+                self.pos
+            };
+            // With nothing indexed between the image's state and the point
+            // (the latest point, applied) the image alone answers, without
+            // asking the index about the range's whole history.
+            if let Some(ix) = inner.view.index.as_ref().filter(|_| upto.is_after(&from)) {
+                let cache = &mut inner.cache;
+                ix.overlapping(offset, end, from, upto, |r| {
+                    self.fill(cache, buf, offset, &mut uncovered, &r)?;
+                    Ok(if uncovered.is_empty() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    })
+                })?;
+            }
+        }
+        if !uncovered.is_empty() {
+            let path = self.dir.join(file);
+            let f = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+            for (a, b) in uncovered {
+                let dst = &mut buf[(a - offset) as usize..(b - offset) as usize];
+                f.read_exact_at(dst, a)
+                    .ctx(|| format!("reading {} at {a}", path.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Copies what record `r` says about the still uncovered parts of

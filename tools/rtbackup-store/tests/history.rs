@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use common::*;
@@ -159,21 +158,6 @@ fn marks_times_and_seqs_name_the_right_points() {
     };
     assert_eq!(read_all(&PointSpec::Mark("m1".into())), (2, img(2)));
     assert_eq!(read_all(&PointSpec::Latest), (5, img(5)));
-    // The latest point, applied, is the image as it is: sent from the file.
-    let plain = |at: &PointSpec| {
-        store
-            .open_point("v", at)
-            .unwrap()
-            .send_plain(0, SIZE, |f, off| {
-                let mut b = vec![0u8; SIZE as usize];
-                f.read_exact_at(&mut b, off).map(|()| b)
-            })
-            .unwrap()
-            .map(|r| r.unwrap())
-    };
-    assert_eq!(plain(&PointSpec::Latest), Some(img(5)));
-    // Mark m1's bytes are the base image and records: not one file.
-    assert_eq!(plain(&PointSpec::Mark("m1".into())), None);
     drop(vol);
     fs::remove_file(d.path().join("volumes/v/index.sqlite")).unwrap();
     assert_eq!(read_all(&PointSpec::Mark("m1".into())), (2, img(2)));
@@ -430,16 +414,6 @@ proptest! {
                 let mut buf = vec![0xeeu8; len];
                 r.read_at(&mut buf, at as u64).unwrap();
                 prop_assert!(buf[..] == img[at..at + len], "seq {} bytes {}..{}", seq, at, at + len);
-                // Where the bytes are a file's as they are, the file's.
-                let plain = r
-                    .send_plain(at as u64, len as u64, |f, off| {
-                        let mut b = vec![0u8; len];
-                        f.read_exact_at(&mut b, off).map(|()| b)
-                    })
-                    .unwrap();
-                if let Some(b) = plain {
-                    prop_assert!(b.unwrap()[..] == img[at..at + len], "plain: seq {} bytes {}..{}", seq, at, at + len);
-                }
                 at += len;
                 n = n * 3 % 7919 + 512;
             }
