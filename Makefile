@@ -183,6 +183,9 @@ vm-test: all
 # On the bench kernel (scripts/kernel.sh build bench: the test kernel
 # without KASAN, lockdep and kmemleak), with the module built for it from
 # the DKMS source tree in $(BENCH_DIR).
+# The guest has 8 GiB (RTB_VM_MEM): the store, images and copies live in
+# its /tmp, held in its memory, which ran out with 3 GiB ("No space left
+# on device") once the faster pipeline let the 8 s jobs write more.
 BENCH_DIR := tests/vm/out/bench
 BENCH_SRC := $(BENCH_DIR)/usr/src/rtbackup-$(VERSION)
 bench: tools
@@ -191,7 +194,7 @@ bench: tools
 	$(MAKE) -s --no-print-directory dkms-source DESTDIR=$(CURDIR)/$(BENCH_DIR)
 	+$(MAKE) -C $(BENCH_SRC) module KDIR=$$(scripts/kernel.sh dir bench)
 	KDIR=$$(scripts/kernel.sh dir bench) RTB_MODULE=$(CURDIR)/$(BENCH_SRC)/rtbackup.ko \
-		RTB_VM_DISKS=0 tests/vm/run tests/bench/bench-in-guest
+		RTB_VM_DISKS=0 RTB_VM_MEM=$${RTB_VM_MEM:-8G} tests/vm/run tests/bench/bench-in-guest
 
 # The quick start: server, agent, a filesystem, a restore, in the test VM.
 demo: all

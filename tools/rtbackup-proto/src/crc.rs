@@ -107,7 +107,7 @@ mod tests {
     use super::*;
     use crate::record::build_record;
     use proptest::prelude::*;
-    use rtbackup_abi::{RTB_OP_FLUSH, RTB_OP_WRITE};
+    use rtbackup_abi::{RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_RESYNC_END, RTB_OP_WRITE};
 
     proptest! {
         #[test]
@@ -131,13 +131,31 @@ mod tests {
             let mut buf = Vec::new();
             for (i, len) in lens.iter().enumerate() {
                 let seq = i as u64 + 1;
-                let (op, data) = if *len == 0 {
-                    (RTB_OP_FLUSH, Vec::new())
-                } else {
-                    (RTB_OP_WRITE, vec![(seq * 7) as u8; len.next_multiple_of(512)])
+                // Every kind of payload: none, data, a mark's name, a
+                // resync end's seq; a PAD record's filler is not checked.
+                let (op, sector, len, data) = match len % 5 {
+                    0 => (RTB_OP_FLUSH, 0, 0, Vec::new()),
+                    1 => (RTB_OP_MARK, 0, 0, format!("m{seq}").into_bytes()),
+                    2 => (RTB_OP_RESYNC_END, 0, 0, seq.to_le_bytes().to_vec()),
+                    _ => {
+                        let data = vec![(seq * 7) as u8; len.next_multiple_of(512)];
+                        (RTB_OP_WRITE, 8 * seq, data.len() as u64, data)
+                    }
                 };
-                buf.extend_from_slice(&build_record(op, 0, seq, 8 * seq, data.len() as u64, 1, &data));
+                buf.extend_from_slice(&build_record(op, 0, seq, sector, len, 1, &data));
             }
+            let h = rtbackup_abi::RtbRecordHeader {
+                magic: rtbackup_abi::RTB_RECORD_MAGIC,
+                op: RTB_OP_PAD,
+                size: 128,
+                ..rtbackup_abi::RtbRecordHeader::ZERO
+            };
+            let mut pad = h.to_bytes().to_vec();
+            let at = rtbackup_abi::RtbRecordHeader::HEADER_CRC_OFFSET;
+            pad[at..at + 4].copy_from_slice(&crate::header_crc(&h.to_bytes()).to_le_bytes());
+            pad.resize(128, 0xee);
+            prop_assert!(parse_header(&pad).is_ok());
+            buf.extend_from_slice(&pad);
             prop_assert_eq!(records_crc(&[&buf]), crc32c::crc32c(&buf));
             // Split anywhere (inside a record too), and with bytes that
             // are no record after them.

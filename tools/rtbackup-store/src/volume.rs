@@ -1326,9 +1326,12 @@ fn catch_up(ix: &mut Index, src: &SegmentSource, upto: Position) -> Result<()> {
         from,
         upto.segment,
         Some(upto),
-        // Durable records, checked when appended (or when the volume was
-        // opened): the index needs their headers, marks and resync ends;
-        // the apply and every restore check their data.
+        // Durable records: the index needs their headers (checked), marks
+        // and resync ends (read whole). Their data was checked when they
+        // were appended (those after the checkpoint also when the volume
+        // was opened); the apply and every restore or NBD read that uses
+        // it check it again, and a rebuilt index leaves rot in older
+        // records to the restore that reads them.
         Payloads::Indexed,
         Scanner::new(last_point, last_time, sections),
     )?;
