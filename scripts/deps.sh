@@ -18,25 +18,19 @@ missing() {
             printf ' %s' "$p"
     done
 }
-need_apt=$(missing)
-if [ -n "$need_apt" ]; then
+# An install can remove a package it conflicts with (a backported
+# qemu-utils goes when bookworm's qemu-system-x86 comes): a second round
+# brings back what went, in the versions that fit.
+round=0
+while need_apt=$(missing) && [ -n "$need_apt" ]; do
+    round=$((round + 1))
+    [ $round -le 2 ] || { echo "deps: still not installed:$need_apt" >&2; exit 1; }
     echo "deps: apt-get install$need_apt"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    [ $round -gt 1 ] || apt-get update -qq
     # shellcheck disable=SC2086
     apt-get install -y -qq --no-install-recommends $need_apt
-    # An install can remove a package it conflicts with: a backported
-    # qemu-utils goes when bookworm's qemu-system-x86 comes. Bring back
-    # what went, in the versions that fit.
-    need_apt=$(missing)
-    if [ -n "$need_apt" ]; then
-        echo "deps: apt-get install (again, removed meanwhile)$need_apt"
-        # shellcheck disable=SC2086
-        apt-get install -y -qq --no-install-recommends $need_apt
-    fi
-    need_apt=$(missing)
-    [ -z "$need_apt" ] || { echo "deps: still not installed:$need_apt" >&2; exit 1; }
-fi
+done
 
 # bindgen >= 0.65.1 is required by 6.12; Debian bookworm ships 0.60.
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

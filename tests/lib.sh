@@ -16,11 +16,10 @@ mkdir -p "$MNT"
 # builtin read of /proc/uptime: an exec costs about a second under
 # emulation), so a log shows where a case spends its time.
 read -r T0 _ </proc/uptime
-say() {
-    read -r t _ </proc/uptime
-    echo "[$TEST +$((${t%.*} - ${T0%.*}))s] $*"; echo "rtbtest: $TEST: $*" >/dev/kmsg 2>/dev/null || true
-}
-fail() { read -r t _ </proc/uptime; echo "[$TEST +$((${t%.*} - ${T0%.*}))s] FAIL: $*" >&2; exit 1; }
+# stamp: STAMP becomes "[CASE +SECONDSs]".
+stamp() { read -r t _ </proc/uptime; STAMP="[$TEST +$((${t%.*} - ${T0%.*}))s]"; }
+say() { stamp; echo "$STAMP $*"; echo "rtbtest: $TEST: $*" >/dev/kmsg 2>/dev/null || true; }
+fail() { stamp; echo "$STAMP FAIL: $*" >&2; exit 1; }
 
 # disk N: the Nth scratch disk.
 disk() { echo "$RTB_DISKS" | tr ' ' '\n' | sed -n "$(($1 + 1))p"; }
