@@ -19,21 +19,33 @@ pub struct DirectReader {
 impl DirectReader {
     /// Opens `path` read-only with `O_DIRECT`.
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        Self::open_reusing(path, Vec::new())
+    }
+
+    /// Opens `path` like [`open`](Self::open), reusing the bounce buffer
+    /// of an earlier reader (from [`into_buffer`](Self::into_buffer)): a
+    /// new buffer costs an allocation and a zero fill per read.
+    pub fn open_reusing(path: impl AsRef<Path>, bounce: Vec<u8>) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)?;
-        Ok(Self {
-            file,
-            bounce: Vec::new(),
-        })
+        Ok(Self { file, bounce })
+    }
+
+    /// The bounce buffer, for [`open_reusing`](Self::open_reusing).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.bounce
     }
 
     /// Fills `buf` from byte `offset`; both multiples of the logical block
     /// size (the buffer's address need not be aligned: reads go through an
     /// aligned bounce buffer).
     pub fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.bounce.resize(buf.len() + DIRECT_ALIGN, 0);
+        // Grown, never shrunk: bytes already there are not zeroed again.
+        if self.bounce.len() < buf.len() + DIRECT_ALIGN {
+            self.bounce.resize(buf.len() + DIRECT_ALIGN, 0);
+        }
         let at = self.bounce.as_ptr().align_offset(DIRECT_ALIGN);
         let aligned = &mut self.bounce[at..at + buf.len()];
         self.file.read_exact_at(aligned, offset)?;

@@ -525,8 +525,8 @@ pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(got)
 }
 
-/// Reads one frame into `payload` (cleared and reused: no allocation once
-/// it is large enough) and returns its type, after checking the magic,
+/// Reads one frame into `payload` (reused: no allocation once it is large
+/// enough) and returns its type, after checking the magic,
 /// version, type, length and payload checksum ([`frame_crc`]: a RECORDS
 /// payload's records are then checked when parsed). The payload is not
 /// decoded; see [`decode_frame`].
@@ -563,11 +563,10 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
     }
     check_payload_len(t, len)?;
     let stored = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-    // Read into the reused buffer's capacity: no zero fill of a fresh
-    // buffer per frame.
-    payload.clear();
-    payload.reserve(len);
-    let got = r.take(len as u64).read_to_end(payload)?;
+    // Resized in place: only what passes the previous frame's length is
+    // zeroed (read_to_end would zero the spare capacity on every frame).
+    payload.resize(len, 0);
+    let got = read_full(r, payload)?;
     if got < len {
         return Err(ProtoError::Truncated {
             part: "frame payload",

@@ -9,17 +9,31 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rtbackup_abi::{RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE, RTB_RING_PAGE};
 use rtbackup_control::{Control, DeviceStatus, DirectReader, Resync, ResyncOp, RingAck};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The write-journal ring of one device, mapped read-only: the agent's
 /// handle (the kernel lets one be open per device).
-#[derive(Debug)]
 pub struct Ring {
     view: RingView<Mmap>,
     fd: OwnedFd,
     device: DeviceStatus,
     /// What resync reads open: see [`read_path`].
     read_path: String,
+    /// The bounce buffer of the resync's `O_DIRECT` reads, kept between
+    /// them (the device is opened per read: see [`read_path`]).
+    bounce: Mutex<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("view", &self.view)
+            .field("fd", &self.fd)
+            .field("device", &self.device)
+            .field("read_path", &self.read_path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ring {
@@ -82,6 +96,7 @@ impl Ring {
             fd,
             device: status,
             read_path,
+            bounce: Mutex::new(Vec::new()),
         })
     }
 
@@ -209,8 +224,11 @@ impl RingSource for Ring {
             len,
             source,
         };
-        let mut r = DirectReader::open(path).map_err(err)?;
-        r.read_at(buf, offset).map_err(err)
+        let mut bounce = self.bounce.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = DirectReader::open_reusing(path, std::mem::take(&mut *bounce)).map_err(err)?;
+        let read = r.read_at(buf, offset);
+        *bounce = r.into_buffer();
+        read.map_err(err)
     }
 
     fn wait(&self, timeout: Duration) -> Result<Wakeup> {
