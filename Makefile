@@ -13,6 +13,8 @@
 #   make fuzz-check       each fuzz target for 10 s on its checked-in inputs
 #   make bench            throughput against the raw device and the peers
 #                         (on a second, non-debug kernel: built once, cached)
+#   make profile WHAT=write-4k|write-1m|ingest|resync|nbd
+#                         where the CPU goes in one bench measurement (perf)
 #   make install          the module, tools, man pages, completions, units
 #                         (after `make`; see "Installing" below)
 #   make dkms-source      the module's sources for DKMS under /usr/src
@@ -38,7 +40,7 @@ KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
 	$$(grep -qs '^CONFIG_CC_IS_CLANG=y' $(KDIR)/.config && echo LLVM=1)
 
 .PHONY: all module module-clean tools docs deps kernel check lint test fuzz fuzz-check vm-test \
-	bench demo clean install install-module install-tools dkms-source
+	bench bench-module profile demo clean install install-module install-tools dkms-source
 all: module tools
 
 ifdef TEST_KERNEL
@@ -188,13 +190,21 @@ vm-test: all
 # on device") once the faster pipeline let the 8 s jobs write more.
 BENCH_DIR := tests/vm/out/bench
 BENCH_SRC := $(BENCH_DIR)/usr/src/rtbackup-$(VERSION)
-bench: tools
+BENCH_VM = KDIR=$$(scripts/kernel.sh dir bench) RTB_MODULE=$(CURDIR)/$(BENCH_SRC)/rtbackup.ko \
+	RTB_VM_DISKS=0 RTB_VM_MEM=$${RTB_VM_MEM:-8G} tests/vm/run
+bench-module: tools
 	scripts/kernel.sh build bench
 	rm -rf $(BENCH_DIR)
 	$(MAKE) -s --no-print-directory dkms-source DESTDIR=$(CURDIR)/$(BENCH_DIR)
 	+$(MAKE) -C $(BENCH_SRC) module KDIR=$$(scripts/kernel.sh dir bench)
-	KDIR=$$(scripts/kernel.sh dir bench) RTB_MODULE=$(CURDIR)/$(BENCH_SRC)/rtbackup.ko \
-		RTB_VM_DISKS=0 RTB_VM_MEM=$${RTB_VM_MEM:-8G} tests/vm/run tests/bench/bench-in-guest
+bench: bench-module
+	$(BENCH_VM) tests/bench/bench-in-guest
+
+# Where the CPU goes in one of the bench's measurements (perf in the VM,
+# same kernel and setup); see tests/bench/profile-in-guest.
+WHAT ?= write-4k
+profile: bench-module
+	$(BENCH_VM) tests/bench/profile-in-guest $(WHAT)
 
 # The quick start: server, agent, a filesystem, a restore, in the test VM.
 demo: all

@@ -8,7 +8,7 @@ APT_PKGS="
     linux-source-6.12 rustc-web rust-web-src rust-web-clippy rustfmt-web libclang-dev clang lld llvm
     qemu-system-x86 qemu-utils busybox-static
     fio xfsprogs e2fsprogs fdisk dmsetup drbd-utils util-linux iproute2 nbd-client jq
-    dkms man-db curl
+    dkms man-db curl linux-perf
 "
 
 # missing: the packages of APT_PKGS not installed.
