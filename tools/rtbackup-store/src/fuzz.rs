@@ -4,7 +4,7 @@
 //! Not an API.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,8 +14,8 @@ use crate::history::{format_time, Scanner};
 use crate::journal::{walk, CpTracker, Event, SegmentSource, WalkEnd};
 use crate::section::SectionTracker;
 use crate::segment::{
-    read_segment_header, Payloads, ReadStop, SegmentHeader, SegmentInfo, SegmentReader,
-    SegmentStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
+    read_segment_header, Payloads, ReadStop, SegmentHeader, SegmentInfo, SegmentRead,
+    SegmentReader, SegmentStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC,
 };
 use crate::state::Position;
 
@@ -33,7 +33,7 @@ impl SegmentStore for MemStore {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    fn open_read(&self, _volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+    fn open_read(&self, _volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn SegmentRead>> {
         let seg = self.segments.get(&id).ok_or(io::ErrorKind::NotFound)?;
         let from = usize::try_from(offset).map_or(seg.len(), |o| o.min(seg.len()));
         Ok(Box::new(io::Cursor::new(seg[from..].to_vec())))

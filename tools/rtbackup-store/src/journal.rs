@@ -1,7 +1,7 @@
 //! Reading a volume's journal across segments.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,8 +10,8 @@ use rtbackup_proto::{RecordError, RecordRef};
 use crate::error::{IoContext, Result, StoreError};
 use crate::section::SectionTracker;
 use crate::segment::{
-    read_segment_header, segment_file_name, Payloads, ReadStop, SegmentHeader, SegmentReader,
-    SegmentStore, SEGMENT_HEADER_LEN,
+    read_segment_header, segment_file_name, Payloads, ReadStop, SegmentHeader, SegmentRead,
+    SegmentReader, SegmentStore, SEGMENT_HEADER_LEN,
 };
 use crate::state::Position;
 
@@ -42,7 +42,7 @@ impl SegmentSource {
     /// Opens segment `id` at `offset`. A segment moved from the journal
     /// directory to the store between the two attempts is still found
     /// (moves are atomic renames or copy-then-delete).
-    pub(crate) fn open(&self, id: u64, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+    pub(crate) fn open(&self, id: u64, offset: u64) -> io::Result<Box<dyn SegmentRead>> {
         match File::open(self.local_path(id)) {
             Ok(mut f) => {
                 f.seek(SeekFrom::Start(offset))?;

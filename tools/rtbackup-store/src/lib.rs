@@ -35,7 +35,7 @@ pub use index::{PointKind, RecordRow};
 pub use point::PointReader;
 pub use segment::{
     parse_segment_file_name, segment_file_name, LocalDirStore, SegmentHeader, SegmentInfo,
-    SegmentStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION,
+    SegmentRead, SegmentStore, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, SEGMENT_VERSION,
 };
 pub use state::{Position, VolumeState, STORE_FORMAT_VERSION};
 pub use volume::{

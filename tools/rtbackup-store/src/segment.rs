@@ -4,7 +4,7 @@
 use rtbackup_proto::read_full;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use rtbackup_proto::{
@@ -122,7 +122,7 @@ pub trait SegmentStore: Send + Sync + Debug {
     /// same bytes.
     fn put(&self, volume: &str, id: u64, local: &Path) -> io::Result<()>;
     /// Reads segment `id` from byte `offset` on (`NotFound` if absent).
-    fn open_read(&self, volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn Read + Send>>;
+    fn open_read(&self, volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn SegmentRead>>;
     /// The sealed segments of `volume`, sorted by id.
     fn list(&self, volume: &str) -> io::Result<Vec<SegmentInfo>>;
     /// Deletes segment `id` (no error if absent).
@@ -130,6 +130,41 @@ pub trait SegmentStore: Send + Sync + Debug {
     /// Where segment `id` is, for messages.
     fn describe(&self, volume: &str, id: u64) -> String;
 }
+
+/// A segment opened for reading: its bytes in order, and a way past the
+/// ones not wanted (the payloads an index does not read).
+pub trait SegmentRead: Read + Send {
+    /// Moves `n` bytes on, without reading them where the store can;
+    /// returns how many it moved: fewer only at the end of the segment.
+    /// By default they are read and dropped.
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let mut buf = [0u8; 8192];
+        let mut done = 0;
+        while done < n {
+            let want = (n - done).min(buf.len() as u64) as usize;
+            match self.read(&mut buf[..want]) {
+                Ok(0) => break,
+                Ok(got) => done += got as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}
+
+impl SegmentRead for File {
+    /// A seek, as far as the file's end (which a segment being appended
+    /// moves on).
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let pos = self.stream_position()?;
+        let moved = n.min(self.metadata()?.len().saturating_sub(pos));
+        self.seek(SeekFrom::Start(pos + moved))?;
+        Ok(moved)
+    }
+}
+
+impl<T: AsRef<[u8]> + Send> SegmentRead for io::Cursor<T> {}
 
 /// A [`SegmentStore`] in a local directory: `ROOT/VOLUME/ID.seg`.
 #[derive(Debug, Clone)]
@@ -229,7 +264,7 @@ impl SegmentStore for LocalDirStore {
         Ok(())
     }
 
-    fn open_read(&self, volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn Read + Send>> {
+    fn open_read(&self, volume: &str, id: u64, offset: u64) -> io::Result<Box<dyn SegmentRead>> {
         let mut f = File::open(self.path(volume, id))?;
         f.seek(SeekFrom::Start(offset))?;
         Ok(Box::new(f))
@@ -352,22 +387,31 @@ pub(crate) enum Payloads {
 /// Reads records of one segment sequentially with a fixed-size buffer plus
 /// one reused record buffer (at most the largest record).
 pub(crate) struct SegmentReader {
-    reader: BufReader<Box<dyn Read + Send>>,
+    reader: BufReader<Box<dyn SegmentRead>>,
     offset: u64,
     buf: Vec<u8>,
+    /// The last payload was skipped past the buffer: the next header is
+    /// read alone, not with a buffer's worth of the payload after it.
+    direct: bool,
 }
 
 /// Buffer size for sequential journal reads.
 pub(crate) const READ_BUF: usize = 1 << 20;
 
+/// A payload the index skips is skipped in the segment (a seek for a
+/// file), not read through the buffer, when at least this much of it is
+/// past the buffer.
+const SKIP_UNREAD: u64 = 64 << 10;
+
 impl SegmentReader {
     /// Reads from `reader`, which is positioned at byte `offset` of the
     /// segment.
-    pub(crate) fn new(reader: Box<dyn Read + Send>, offset: u64) -> Self {
+    pub(crate) fn new(reader: Box<dyn SegmentRead>, offset: u64) -> Self {
         Self {
             reader: BufReader::with_capacity(READ_BUF, reader),
             offset,
             buf: Vec::new(),
+            direct: false,
         }
     }
 
@@ -385,10 +429,19 @@ impl SegmentReader {
         };
         // Reads go into the reused buffer's capacity (no zero fill).
         self.buf.clear();
-        let got = (&mut self.reader)
-            .take(RECORD_HEADER_LEN as u64)
-            .read_to_end(&mut self.buf)
-            .map_err(ReadStop::Io)?;
+        let got = if self.direct && self.reader.buffer().is_empty() {
+            // Straight from the segment: the buffer holds nothing of it.
+            self.buf.resize(RECORD_HEADER_LEN, 0);
+            let got = read_full(self.reader.get_mut(), &mut self.buf).map_err(ReadStop::Io)?;
+            self.buf.truncate(got);
+            got
+        } else {
+            (&mut self.reader)
+                .take(RECORD_HEADER_LEN as u64)
+                .read_to_end(&mut self.buf)
+                .map_err(ReadStop::Io)?
+        };
+        self.direct = false;
         if got == 0 {
             return Err(ReadStop::End);
         }
@@ -405,8 +458,21 @@ impl SegmentReader {
             && !matches!(header.op, RTB_OP_MARK | RTB_OP_RESYNC_END);
         if skip {
             let want = (size - RECORD_HEADER_LEN) as u64;
-            let skipped = io::copy(&mut (&mut self.reader).take(want), &mut io::sink())
-                .map_err(ReadStop::Io)?;
+            let buffered = self.reader.buffer().len() as u64;
+            let skipped = if want >= buffered + SKIP_UNREAD {
+                // The buffer's part, then the rest unread.
+                self.reader.consume(buffered as usize);
+                self.direct = true;
+                buffered
+                    + self
+                        .reader
+                        .get_mut()
+                        .skip(want - buffered)
+                        .map_err(ReadStop::Io)?
+            } else {
+                io::copy(&mut (&mut self.reader).take(want), &mut io::sink())
+                    .map_err(ReadStop::Io)?
+            };
             if skipped < want {
                 return Err(invalid(RecordError::Truncated {
                     need: size as u64,
@@ -448,6 +514,104 @@ pub(crate) fn read_segment_header(r: &mut impl Read) -> Result<SegmentHeader, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtbackup_proto::{build_record, RTB_OP_WRITE};
+
+    /// Records whose payloads the index skips: some small (read through
+    /// the buffer), some past it (skipped unread), and a mark between.
+    fn records() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (seq, len) in [(1u64, 4096usize), (2, 200 << 10), (3, 1 << 20), (4, 4096)] {
+            let payload: Vec<u8> = (0..len).map(|i| (i as u64 * 7 + seq) as u8).collect();
+            out.push(build_record(
+                RTB_OP_WRITE,
+                0,
+                seq,
+                seq * 8,
+                len as u64,
+                seq,
+                &payload,
+            ));
+        }
+        out.insert(
+            3,
+            build_record(RTB_OP_MARK, 0, 5, 0, 0, 9, b"before-upgrade"),
+        );
+        out.push(build_record(
+            RTB_OP_WRITE,
+            0,
+            6,
+            0,
+            3 << 20,
+            10,
+            &vec![5u8; 3 << 20],
+        ));
+        out
+    }
+
+    fn file_reader(bytes: &[u8]) -> SegmentReader {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(bytes).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        SegmentReader::new(Box::new(f), 0)
+    }
+
+    #[test]
+    fn indexed_reads_skip_payloads_in_files_and_cursors() {
+        let recs = records();
+        let bytes = recs.concat();
+        let mut whole = file_reader(&bytes);
+        let mut from_file = file_reader(&bytes);
+        let mut from_cursor = SegmentReader::new(Box::new(io::Cursor::new(bytes.clone())), 0);
+        for r in &recs {
+            let rec = whole.next_record(Payloads::All).unwrap();
+            assert_eq!(rec.bytes, &r[..]);
+            let header = rec.header;
+            for light in [&mut from_file, &mut from_cursor] {
+                let l = light.next_record(Payloads::Indexed).unwrap();
+                assert_eq!(l.header, header);
+                // A mark's name is read; other payloads are not.
+                if header.op == RTB_OP_MARK {
+                    assert_eq!(l.payload, b"before-upgrade");
+                } else {
+                    assert!(l.payload.is_empty());
+                }
+                assert_eq!(light.offset(), whole.offset());
+            }
+        }
+        // The last payload (3 MiB) was skipped past the buffer.
+        assert!(from_file.direct && from_cursor.direct);
+        for r in [&mut whole, &mut from_file, &mut from_cursor] {
+            assert!(matches!(
+                r.next_record(Payloads::Indexed),
+                Err(ReadStop::End)
+            ));
+        }
+    }
+
+    #[test]
+    fn indexed_reads_find_a_payload_cut_short() {
+        let recs = records();
+        let bytes = recs.concat();
+        // Cut inside the payload of the 1 MiB record, then inside the last.
+        let big_at: usize = recs[..2].iter().map(Vec::len).sum();
+        let last_at: usize = recs[..recs.len() - 1].iter().map(Vec::len).sum();
+        for (cut, at) in [(big_at + (300 << 10), big_at), (bytes.len() - 1, last_at)] {
+            let mut r = file_reader(&bytes[..cut]);
+            let stop = loop {
+                match r.next_record(Payloads::Indexed) {
+                    Ok(_) => {}
+                    Err(e) => break e,
+                }
+            };
+            match stop {
+                ReadStop::Invalid { offset, error } => {
+                    assert_eq!(offset, at as u64);
+                    assert!(error.is_truncated(), "{error}");
+                }
+                _ => panic!("cut at {cut}: not found"),
+            }
+        }
+    }
 
     #[test]
     fn header_round_trip_and_checks() {
