@@ -19,21 +19,25 @@ pub struct DirectReader {
 impl DirectReader {
     /// Opens `path` read-only with `O_DIRECT`.
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
-        Self::open_reusing(path, Vec::new())
-    }
-
-    /// Opens `path` like [`open`](Self::open), reusing the bounce buffer
-    /// of an earlier reader (from [`into_buffer`](Self::into_buffer)): a
-    /// new buffer costs an allocation and a zero fill per read.
-    pub fn open_reusing(path: impl AsRef<Path>, bounce: Vec<u8>) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECT)
             .open(path)?;
-        Ok(Self { file, bounce })
+        Ok(Self {
+            file,
+            bounce: Vec::new(),
+        })
     }
 
-    /// The bounce buffer, for [`open_reusing`](Self::open_reusing).
+    /// Reads through the bounce buffer of an earlier reader (from
+    /// [`into_buffer`](Self::into_buffer)): a new buffer costs an
+    /// allocation and a zero fill per read.
+    pub fn with_buffer(mut self, bounce: Vec<u8>) -> Self {
+        self.bounce = bounce;
+        self
+    }
+
+    /// The bounce buffer, for [`with_buffer`](Self::with_buffer).
     pub fn into_buffer(self) -> Vec<u8> {
         self.bounce
     }

@@ -563,10 +563,15 @@ pub fn read_frame_raw(r: &mut impl Read, payload: &mut Vec<u8>) -> Result<u16, P
     }
     check_payload_len(t, len)?;
     let stored = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-    // Resized in place: only what passes the previous frame's length is
-    // zeroed (read_to_end would zero the spare capacity on every frame).
-    payload.resize(len, 0);
-    let got = read_full(r, payload)?;
+    // Into the bytes the buffer already holds (read_to_end would zero its
+    // spare capacity on every frame); only what passes them grows as it
+    // arrives, so a header alone claiming 64 MiB takes no memory.
+    let kept = payload.len().min(len);
+    payload.truncate(kept);
+    let mut got = read_full(r, payload)?;
+    if got == kept && kept < len {
+        got += r.take((len - kept) as u64).read_to_end(payload)?;
+    }
     if got < len {
         return Err(ProtoError::Truncated {
             part: "frame payload",
@@ -942,6 +947,31 @@ mod tests {
         read_frame_raw(&mut r, &mut payload).unwrap();
         assert_eq!((payload.capacity(), payload.as_ptr()), (cap, ptr));
         assert_eq!(decode_frame(frame_type::RECORDS, payload).unwrap(), small);
+    }
+
+    #[test]
+    fn a_header_alone_takes_no_payload_memory() {
+        // A frame claiming the largest payload, then nothing: the buffer
+        // grows only with bytes that arrive, fresh or reused.
+        let mut wire = encode_header(frame_type::RECORDS, MAX_FRAME_PAYLOAD, 0).to_vec();
+        wire.extend_from_slice(&[7u8; 100]);
+        for mut payload in [Vec::new(), vec![1u8; 4096]] {
+            match read_frame_raw(&mut &wire[..], &mut payload) {
+                Err(ProtoError::Truncated { got, expected, .. }) => {
+                    assert_eq!((got, expected), (100, MAX_FRAME_PAYLOAD))
+                }
+                r => panic!("{r:?}"),
+            }
+            assert!(payload.capacity() < 1 << 20, "{}", payload.capacity());
+        }
+        // Fewer bytes than a reused buffer holds: the same count.
+        let mut payload = vec![1u8; 4096];
+        let mut short = encode_header(frame_type::RECORDS, 2048, 0).to_vec();
+        short.extend_from_slice(&[7u8; 64]);
+        match read_frame_raw(&mut &short[..], &mut payload) {
+            Err(ProtoError::Truncated { got, .. }) => assert_eq!(got, 64),
+            r => panic!("{r:?}"),
+        }
     }
 
     #[test]

@@ -224,8 +224,9 @@ impl RingSource for Ring {
             len,
             source,
         };
+        let r = DirectReader::open(path).map_err(err)?;
         let mut bounce = self.bounce.lock().unwrap_or_else(|p| p.into_inner());
-        let mut r = DirectReader::open_reusing(path, std::mem::take(&mut *bounce)).map_err(err)?;
+        let mut r = r.with_buffer(std::mem::take(&mut *bounce));
         let read = r.read_at(buf, offset);
         *bounce = r.into_buffer();
         read.map_err(err)

@@ -592,10 +592,19 @@ mod tests {
     fn indexed_reads_find_a_payload_cut_short() {
         let recs = records();
         let bytes = recs.concat();
-        // Cut inside the payload of the 1 MiB record, then inside the last.
-        let big_at: usize = recs[..2].iter().map(Vec::len).sum();
-        let last_at: usize = recs[..recs.len() - 1].iter().map(Vec::len).sum();
-        for (cut, at) in [(big_at + (300 << 10), big_at), (bytes.len() - 1, last_at)] {
+        let at = |i: usize| -> usize { recs[..i].iter().map(Vec::len).sum() };
+        let cuts = [
+            // In the 200 KiB payload, 1000 bytes from its end: what is
+            // missing is less than a skip's worth (read through).
+            (at(2) - 1000, at(1)),
+            // In the 1 MiB payload, far from its end: skipped unread.
+            (at(2) + (300 << 10), at(2)),
+            // In the mark's header, read alone after that skip.
+            (at(3) + 10, at(3)),
+            // In the last payload (3 MiB, skipped).
+            (bytes.len() - 1, at(recs.len() - 1)),
+        ];
+        for (cut, at) in cuts {
             let mut r = file_reader(&bytes[..cut]);
             let stop = loop {
                 match r.next_record(Payloads::Indexed) {
