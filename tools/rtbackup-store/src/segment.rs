@@ -138,18 +138,7 @@ pub trait SegmentRead: Read + Send {
     /// returns how many it moved: fewer only at the end of the segment.
     /// By default they are read and dropped.
     fn skip(&mut self, n: u64) -> io::Result<u64> {
-        let mut buf = [0u8; 8192];
-        let mut done = 0;
-        while done < n {
-            let want = (n - done).min(buf.len() as u64) as usize;
-            match self.read(&mut buf[..want]) {
-                Ok(0) => break,
-                Ok(got) => done += got as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        io::copy(&mut <&mut Self as Read>::take(self, n), &mut io::sink())
     }
 }
 
