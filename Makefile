@@ -27,17 +27,20 @@ KDIR := $(shell scripts/kernel.sh dir 2>/dev/null)
 TEST_KERNEL := 1
 endif
 # The rustc the kernel tree was configured with (Debian's rustc-web: rustup's
-# has no rust-src). Kbuild refuses a different one.
+# has no rust-src). Kbuild refuses a different one; scripts/kdir.sh checks it.
 KRUSTC ?= $(if $(wildcard /usr/bin/rustc),/usr/bin/rustc,rustc)
 KCLIPPY ?= $(if $(wildcard /usr/bin/clippy-driver),/usr/bin/clippy-driver,clippy-driver)
 KRUSTFMT ?= $(if $(wildcard /usr/bin/rustfmt),/usr/bin/rustfmt,rustfmt)
 CARGO ?= cargo
 TOOLS_TARGET := tools/target/release
 
-# LLVM=1 when the tree was built with clang (the test kernel: KASAN + Rust
-# requires it), evaluated when the recipe runs, after `make kernel`.
-KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) RUSTC=$(KRUSTC) \
-	$$(grep -qs '^CONFIG_CC_IS_CLANG=y' $(KDIR)/.config && echo LLVM=1)
+# Kbuild in the tree that scripts/kdir.sh picks for KDIR (KDIR itself, or
+# one whose Rust metadata it generated when KDIR's headers have none), with
+# the kernel's own compilers (LLVM=-19, CC=x86_64-linux-gnu-gcc-16...),
+# read from the tree when the recipe runs, after `make kernel`.
+KMAKE = kdir=$$(KRUSTC=$(KRUSTC) scripts/kdir.sh prepare $(KDIR)) && \
+	vars=$$(KRUSTC=$(KRUSTC) scripts/kdir.sh vars $$kdir) && \
+	$(MAKE) -C $$kdir M=$(CURDIR) $$vars
 
 .PHONY: all module module-clean tools docs deps kernel check lint test fuzz fuzz-check vm-test \
 	bench bench-module profile demo clean install install-module install-tools dkms-source
@@ -47,10 +50,7 @@ ifdef TEST_KERNEL
 module: kernel
 endif
 module:
-	@test -n "$(KDIR)" && test -f "$(KDIR)/.config" || \
-		{ echo "no kernel tree at '$(KDIR)': run 'make kernel' or pass KDIR=" >&2; exit 1; }
-	@grep -qs '^CONFIG_RUST=y' $(KDIR)/.config || \
-		{ echo "$(KDIR) is not built with CONFIG_RUST=y" >&2; exit 1; }
+	@test -n "$(KDIR)" || { echo "no kernel tree: run 'make kernel' or pass KDIR=" >&2; exit 1; }
 	+$(KMAKE) modules
 
 # The module's build products only (DKMS cleans with this).
@@ -82,7 +82,8 @@ TOOLS := rtbackupctl rtbackup-agent rtbackup-server
 KVER ?= $(shell cat $(KDIR)/include/config/kernel.release 2>/dev/null)
 VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
 # The module's sources, as DKMS builds them.
-MODULE_SOURCES := Makefile Kbuild dkms.conf $(wildcard rust/*.rs rust/sys/*.rs) rust/glue.c rust/glue.h
+MODULE_SOURCES := Makefile Kbuild dkms.conf scripts/kdir.sh $(wildcard rust/*.rs rust/sys/*.rs rust/compat/*.rs) \
+	rust/glue.c rust/glue.h
 
 install: install-module install-tools
 

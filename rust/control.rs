@@ -18,7 +18,6 @@ use crate::uapi::{
 use core::mem::size_of;
 use kernel::{
     alloc::{flags::GFP_KERNEL, KVVec, KVec},
-    fmt,
     prelude::*,
     str::{CStr, CString},
     sync::{Arc, Mutex},
@@ -224,7 +223,7 @@ impl Control {
             return Err(EINVAL);
         }
         let mut bitmap = KVVec::from_elem(0u8, len, GFP_KERNEL)?;
-        UserSlice::new(req.bitmap as UserPtr, len)
+        UserSlice::new(sys::user_ptr(req.bitmap), len)
             .reader()
             .read_slice(&mut bitmap)?;
         // Fault before anything changes if the answer cannot be written.
@@ -349,7 +348,7 @@ impl Control {
         }
         let capacity = req.capacity as usize;
         let mut out = UserSlice::new(
-            req.devices as UserPtr,
+            sys::user_ptr(req.devices),
             capacity * size_of::<RtbDeviceInfo>(),
         )
         .writer();
@@ -381,8 +380,8 @@ fn attach(index: u32, path: &CStr, opts: &AttachOptions) -> Result<Attached> {
     if lower.is_this_module() {
         return Err(EINVAL);
     }
-    let mut lower_path = KVec::with_capacity(path.len(), GFP_KERNEL)?;
-    lower_path.extend_from_slice(path.as_bytes(), GFP_KERNEL)?;
+    let mut lower_path = KVec::with_capacity(sys::cstr_bytes(path).len(), GFP_KERNEL)?;
+    lower_path.extend_from_slice(sys::cstr_bytes(path), GFP_KERNEL)?;
     let (logical, _) = lower.block_sizes();
     if opts.chunk_size < u64::from(logical) {
         return Err(EINVAL);
@@ -396,7 +395,7 @@ fn attach(index: u32, path: &CStr, opts: &AttachOptions) -> Result<Attached> {
     )?;
     let max_io = ring.max_payload();
     let device = Arc::new(Device::new(index, lower, lower_path, ring), GFP_KERNEL)?;
-    let name = CString::try_from_fmt(fmt!("{}{}", uapi::RTB_DISK_PREFIX, index))?;
+    let name = CString::try_from_fmt(format_args!("{}{}", uapi::RTB_DISK_PREFIX, index))?;
     let disk = Disk::new(device.clone(), &name, max_io)?;
     Ok(Attached {
         disk,

@@ -748,7 +748,7 @@ impl Ring {
             return Err(EINVAL);
         }
         fb.bytes.iter_mut().for_each(|b| *b = 0);
-        UserSlice::new(req.bitmap as UserPtr, len)
+        UserSlice::new(sys::user_ptr(req.bitmap), len)
             .writer()
             .write_slice(&fb.bytes)?;
         let stream = req.flags & RTB_RESYNC_F_STREAM != 0;
@@ -782,7 +782,7 @@ impl Ring {
             (count, first_seq, head)
         };
         self.inflight.wait_released(&fb.generations);
-        UserSlice::new(req.bitmap as UserPtr, len)
+        UserSlice::new(sys::user_ptr(req.bitmap), len)
             .writer()
             .write_slice(&fb.bytes)?;
         req.count = count;

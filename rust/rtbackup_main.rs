@@ -17,18 +17,18 @@ mod control;
 mod device;
 mod inflight;
 mod ring;
+#[macro_use]
 mod sys;
 #[allow(dead_code, unreachable_pub)]
 mod uapi;
 
 use kernel::{alloc::flags::GFP_KERNEL, prelude::*};
 
-module! {
+rtb_module! {
     type: RtBackup,
     name: "rtbackup",
     author: "The rtbackup developers",
     description: "Real-time block-level backup: a stacked write-journal block device",
-    license: "GPL",
 }
 
 /// The module: its control device and the table of attached devices.

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Build (or reuse) the rtbackup test kernel: Linux 6.12 from Debian's
-# linux-source-6.12 with Rust, lockdep, KASAN, kmemleak and fault injection.
+# Build (or reuse) a kernel of the VM tests, from Debian's linux-source
+# package of its series, with Rust and what the tests need.
 #
 #   scripts/kernel.sh dir [FLAVOUR]    print the build directory (the KDIR)
 #                                      for this kernel version + config,
@@ -8,44 +8,69 @@
 #   scripts/kernel.sh build [FLAVOUR]  build it unless a complete build is
 #                                      cached
 #
-# FLAVOUR "test" (the default) is the kernel of the VM tests, with the
-# debugging options every splat check needs. "bench" (make bench) is the
-# same kernel with tests/vm/kernel-bench.config merged on top: KASAN,
-# lockdep and kmemleak off, since they slow every layer many times over and
-# throughput ratios taken on them say nothing about a production kernel.
+# Flavours (Documentation/kernels.rst):
+#   test   the newest supported series (7.3, trixie-backports'
+#          linux-source-7.3) with the debugging options every splat check
+#          needs (lockdep, KASAN, kmemleak, fault injection): the full VM suite
+#   bench  test with tests/vm/kernel-bench.config merged on top: KASAN,
+#          lockdep and kmemleak off, since they slow every layer many times
+#          over and throughput ratios taken on them say nothing about a
+#          production kernel (make bench)
+#   lts    6.12 LTS (bookworm's linux-source-6.12) with the same debugging:
+#          the build and the replication smoke test on the oldest series
 #
 # The cache lives outside the repository, in $RTBACKUP_CACHE (default
 # ~/.cache/rtbackup), keyed by the source package version and a hash of the
-# config inputs, so a changed fragment or a new source package rebuilds.
+# config inputs and toolchain, so a changed fragment, compiler or source
+# package rebuilds.
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${RTBACKUP_CACHE:-$HOME/.cache/rtbackup}
-tarball=/usr/src/linux-source-6.12.tar.xz
 action=${1:-}
 flavour=${2:-test}
-# The flavour's config fragments, in order, as the positional parameters.
+die() { echo "kernel: $*" >&2; exit 1; }
+
+# The flavour's series, compiler and config fragments, in order, as the
+# positional parameters.
 case $flavour in
-test) set -- "$here/tests/vm/kernel.config" ;;
-bench) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-bench.config" ;;
-*) echo "kernel: unknown flavour '$flavour' (test or bench)" >&2; exit 1 ;;
+test | bench) series=7.3 llvm=-19 ;;
+lts) series=6.12 llvm=1 ;;
+*) die "unknown flavour '$flavour' (test, bench or lts)" ;;
+esac
+case $flavour in
+test) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" ;;
+bench) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" \
+    "$here/tests/vm/kernel-bench.config" ;;
+lts) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" ;;
 esac
 RUSTC=${RUSTC:-/usr/bin/rustc}
 BINDGEN=${BINDGEN:-${CARGO_HOME:-$HOME/.cargo}/bin/bindgen}
+# A KASAN kernel with Rust must be built with LLVM ("RUST depends on !KASAN
+# || CC_IS_CLANG"), and so must its modules (the Makefile reads the
+# compiler from the tree's .config). 7.x needs LLVM 17 or later: bookworm's
+# clang-19 (LLVM=-19), whose libclang bindgen must load as well.
+clang=clang${llvm#1}
+[ "$llvm" = 1 ] || export LIBCLANG_PATH=/usr/lib/llvm${llvm}/lib
 
-die() { echo "kernel: $*" >&2; exit 1; }
-
-command -v clang >/dev/null || die "clang missing: run 'make deps'"
-[ -r "$tarball" ] || die "$tarball missing: run 'make deps'"
-pkgver=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null) ||
-    die "linux-source-6.12 not installed: run 'make deps'"
+command -v "$clang" >/dev/null || die "$clang missing: run 'make deps'"
 vngver=$(virtme-configkernel --help >/dev/null 2>&1 && pip show virtme-ng 2>/dev/null |
     sed -n 's/^Version: //p')
 [ -n "$vngver" ] || die "virtme-ng missing: run 'make deps'"
+if [ "$series" = 6.12 ]; then
+    tarball=/usr/src/linux-source-6.12.tar.xz
+    [ -r "$tarball" ] || die "$tarball missing: run 'make deps'"
+    pkgver=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null) ||
+        die "linux-source-6.12 not installed: run 'make deps'"
+else
+    # From sid or trixie-backports, through the private apt configuration.
+    tarball=$("$here/scripts/debian.sh" source "$series") || die "no linux-source-$series"
+    pkgver=$(basename "$(dirname "$(dirname "$(dirname "$tarball")")")" | cut -d_ -f2)
+fi
 # Bump when the way the kernel is configured or built changes.
-recipe=2
+recipe=3
 key=$( (echo "recipe $recipe"; echo "$pkgver"; echo "$vngver"; "$RUSTC" --version
-    clang --version | head -1; cat "$@") |
+    "$clang" --version | head -1; cat "$@") |
     sha256sum | cut -c1-12)
 src=$cache/src/linux-source-$pkgver
 suffix=""
@@ -55,7 +80,7 @@ out=$cache/kernel/$pkgver-$key$suffix
 case "$action" in
 dir) echo "$out"; exit 0 ;;
 build) ;;
-*) die "usage: $0 dir|build [test|bench]" ;;
+*) die "usage: $0 dir|build [test|bench|lts]" ;;
 esac
 
 if [ -f "$out/.rtbackup-complete" ]; then
@@ -75,9 +100,7 @@ fi
 mkdir -p "$out"
 # Kbuild and Kconfig must see Debian's rustc-web (it has rust-src), not rustup's.
 export PATH="/usr/bin:$PATH"
-# 6.12's RUST depends on "!KASAN || CC_IS_CLANG": a KASAN kernel with Rust
-# must be built with LLVM, and so must its modules (the Makefile checks).
-mkvars="LLVM=1 RUSTC=$RUSTC BINDGEN=$BINDGEN"
+mkvars="LLVM=$llvm RUSTC=$RUSTC BINDGEN=$BINDGEN"
 # shellcheck disable=SC2086
 mk() { make -C "$src" O="$out" $mkvars "$@"; }
 
@@ -115,7 +138,7 @@ for name in $(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$merged"); d
 done
 [ -z "$missing" ] || die "config did not take:$missing (see $out/configure.log)"
 
-echo "kernel: building in $out (about 20 minutes on 2 cores)"
+echo "kernel: building $flavour ($series) in $out (about 20 minutes on 2 cores)"
 mk -j"$(nproc)" bzImage modules >"$out/build.log" 2>&1 ||
     { tail -40 "$out/build.log"; die "build failed, log in $out/build.log"; }
 mk -j"$(nproc)" modules_prepare >>"$out/build.log" 2>&1 ||

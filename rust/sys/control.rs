@@ -9,7 +9,7 @@
 //!
 //! C header: [`include/linux/miscdevice.h`](srctree/include/linux/miscdevice.h)
 
-use super::glue;
+use super::{compat, glue};
 use crate::{control::Control, uapi::RTB_CONTROL_NAME};
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::{
@@ -94,7 +94,7 @@ pub(crate) unsafe extern "C" fn rtb_control_ioctl(
     // SAFETY: non-null `CONTROL` points to a live `Control` (invariant of
     // `ControlDevice`, which outlives every open file as explained in drop).
     let control = unsafe { &*control };
-    match control.ioctl(cmd, arg) {
+    match control.ioctl(cmd, compat::user_ptr(arg as u64)) {
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }

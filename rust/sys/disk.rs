@@ -13,7 +13,7 @@
 use super::{
     bdev::LowerDevice,
     bio::{BioRef, BioSet, BlkStatus},
-    glue, GFP_NOIO,
+    compat, glue, GFP_NOIO,
 };
 use core::{ffi::c_void, marker::PhantomData, ptr::NonNull};
 use kernel::{
@@ -328,7 +328,7 @@ impl<T: DiskOps> Disk<T> {
     /// volatile write cache with FUA, so that flushes reach `ops` (they are
     /// consistency points); the lower device ignores them if it has none.
     pub(crate) fn new(ops: Arc<T>, name: &CStr, max_io_bytes: u32) -> Result<Self> {
-        let name_bytes = name.as_bytes_with_nul();
+        let name_bytes = compat::cstr_bytes_with_nul(name);
         let data = KBox::new(
             DiskData {
                 ops,

@@ -13,6 +13,8 @@
 
 pub(crate) mod bdev;
 pub(crate) mod bio;
+#[macro_use]
+mod compat;
 pub(crate) mod control;
 pub(crate) mod disk;
 mod glue;
@@ -21,7 +23,9 @@ pub(crate) mod ringmem;
 pub(crate) mod wait;
 
 use crate::uapi;
-use kernel::{bindings, error::Error, types::AsBytes, types::FromBytes};
+pub(crate) use compat::{cstr_bytes, user_ptr};
+use compat::{AsBytes, FromBytes};
+use kernel::{bindings, error::Error};
 
 /// `GFP_NOIO`, which bindgen cannot see: `__GFP_RECLAIM` is
 /// `__GFP_DIRECT_RECLAIM | __GFP_KSWAPD_RECLAIM` (include/linux/gfp_types.h).

@@ -10,9 +10,12 @@
 //!
 //! C header: [`include/linux/anon_inodes.h`](srctree/include/linux/anon_inodes.h)
 
-use super::{glue, ringmem::Vma};
+use super::{
+    compat::{self, ForeignPtr},
+    glue,
+    ringmem::Vma,
+};
 use crate::ring::Ring;
-use core::ffi::c_void;
 use kernel::{
     bindings,
     ffi::{c_int, c_long, c_uint, c_ulong},
@@ -26,7 +29,7 @@ pub(crate) fn open_fd(ring: Arc<Ring>) -> Result<i32> {
     let ptr = ring.into_foreign();
     // SAFETY: the glue stores `ptr` as the file's private data; the static
     // fops turn it back into the `Arc` in `rtb_ring_release`.
-    let fd = unsafe { glue::rtb_ring_getfd(ptr.cast_mut()) };
+    let fd = unsafe { glue::rtb_ring_getfd(compat::foreign_as_mut(ptr)) };
     if fd < 0 {
         // SAFETY: no file was created, so the reference is still ours.
         drop(unsafe { Arc::<Ring>::from_foreign(ptr) });
@@ -44,7 +47,7 @@ pub(crate) fn open_fd(ring: Arc<Ring>) -> Result<i32> {
 unsafe fn ring_of<'a>(file: *mut bindings::file) -> &'a Ring {
     // SAFETY: `private_data` is the `Arc` stored by `open_fd`, alive until
     // release (caller's guarantee).
-    let ring = unsafe { Arc::<Ring>::borrow((*file).private_data as *const c_void) };
+    let ring = unsafe { Arc::<Ring>::borrow((*file).private_data as ForeignPtr) };
     // SAFETY: the borrow is valid as long as the file is (see above); the
     // reference is not kept beyond the callback.
     unsafe { &*core::ptr::from_ref::<Ring>(&*ring) }
@@ -112,7 +115,7 @@ pub(crate) unsafe extern "C" fn rtb_ring_ioctl(
 ) -> c_long {
     // SAFETY: called by the VFS for a ring file.
     let ring = unsafe { ring_of(file) };
-    match ring.ioctl(cmd, arg as _) {
+    match ring.ioctl(cmd, compat::user_ptr(arg as u64)) {
         Ok(v) => v as c_long,
         Err(e) => e.to_errno() as c_long,
     }
@@ -130,7 +133,7 @@ pub(crate) unsafe extern "C" fn rtb_ring_release(
 ) -> c_int {
     // SAFETY: `private_data` holds the reference taken by `open_fd`; this is
     // the only release of the file, so we may take it back.
-    let ring = unsafe { Arc::<Ring>::from_foreign((*file).private_data as *const c_void) };
+    let ring = unsafe { Arc::<Ring>::from_foreign((*file).private_data as ForeignPtr) };
     ring.release_agent();
     0
 }

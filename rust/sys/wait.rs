@@ -7,7 +7,8 @@
 
 use super::glue;
 use kernel::{
-    alloc::flags::GFP_KERNEL, bindings, prelude::*, time::msecs_to_jiffies, types::Opaque,
+    alloc::flags::GFP_KERNEL, bindings, ffi::c_long, prelude::*, time::msecs_to_jiffies,
+    types::Opaque,
 };
 
 /// A counter that can be waited on until it changes.
@@ -62,10 +63,11 @@ impl Generation {
     /// Sleeps until the value differs from `old`, or for one slice at most.
     /// Process context only.
     pub(crate) fn wait_changed(&self, old: i32) {
-        let timeout = msecs_to_jiffies(WAIT_SLICE_MS);
+        // A slice of milliseconds in jiffies fits a `long` on every kernel.
+        let timeout = c_long::try_from(msecs_to_jiffies(WAIT_SLICE_MS)).unwrap_or(c_long::MAX);
         // SAFETY: as in `get`; the caller is in process context and holds no
         // spinlock (only `Ring` calls this, after dropping its mutex).
-        unsafe { glue::rtb_wait_atomic_changed(self.v.get(), old, timeout as _) };
+        unsafe { glue::rtb_wait_atomic_changed(self.v.get(), old, timeout) };
     }
 }
 

@@ -1,0 +1,177 @@
+#!/bin/sh
+# The kernel tree to build the module against, and how (Documentation/kernels.rst).
+#
+#   scripts/kdir.sh prepare KDIR   check KDIR and print the tree to build
+#                                  against: KDIR itself if it carries the
+#                                  kernel's Rust metadata (a built tree,
+#                                  Ubuntu's linux-lib-rust, Arch's headers),
+#                                  else a tree whose metadata this script
+#                                  generates from the kernel's linux-source
+#                                  package with the kernel's own compilers
+#                                  (Debian's headers ship none), checked
+#                                  against the kernel's Module.symvers
+#   scripts/kdir.sh vars KDIR      the make variables that select the
+#                                  kernel's own compilers (CC or LLVM,
+#                                  RUSTC) and its release
+#
+# Every refusal is one sentence on standard error that names what to
+# install, and exit status 1. Shipped in the DKMS package: dkms runs
+# `make module KDIR=/lib/modules/RELEASE/build`, which runs this.
+#
+# Generated trees are kept in $RTBACKUP_KMETA (default
+# /var/cache/rtbackup/kernel-rust), keyed by the release and a hash of the
+# inputs; `rm -r` it to reclaim the space (about 1.5 GiB a kernel).
+set -eu
+
+die() { echo "rtbackup: $*" >&2; exit 1; }
+
+# The value of a string or number option of KDIR's .config, unquoted.
+config() { sed -n "s/^$1=\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1/p" "$kdir/.config"; }
+
+# KDIR exists and is a Rust kernel's tree. Sets release.
+check_tree() {
+    [ -d "$kdir" ] || die "no kernel headers at $kdir: install the headers of the kernel" \
+        "(Debian, Ubuntu: linux-headers-$(basename "$(dirname "$kdir")"); Arch: linux-headers)"
+    [ -f "$kdir/.config" ] && [ -f "$kdir/Makefile" ] ||
+        die "$kdir is not a kernel build or headers tree (no .config or Makefile)"
+    release=$(cat "$kdir/include/config/kernel.release" 2>/dev/null) ||
+        die "$kdir has no include/config/kernel.release: run 'make modules_prepare' in it"
+    grep -qs '^CONFIG_RUST=y' "$kdir/.config" ||
+        die "kernel $release is built without Rust (CONFIG_RUST is not set), and rtbackup's" \
+            "module is written in Rust: use a kernel with CONFIG_RUST=y (Documentation/kernels.rst)"
+}
+
+# The C compiler make variables of the tree: LLVM=1 or LLVM=-N for clang
+# (the suffix when the plain clang is another major), else CC=the gcc the
+# kernel names in CONFIG_CC_VERSION_TEXT (Debian: x86_64-linux-gnu-gcc-16).
+cc_vars() {
+    if grep -qs '^CONFIG_CC_IS_CLANG=y' "$kdir/.config"; then
+        major=$(($(config CONFIG_CLANG_VERSION) / 10000))
+        have=$(clang --version 2>/dev/null | sed -n '1s/.*clang version \([0-9]*\).*/\1/p')
+        if [ "$have" = "$major" ]; then
+            echo LLVM=1
+        elif command -v "clang-$major" >/dev/null; then
+            echo "LLVM=-$major"
+        else
+            die "kernel $release was built with clang $major: install clang-$major and lld-$major"
+        fi
+    else
+        cc=$(config CONFIG_CC_VERSION_TEXT | cut -d' ' -f1)
+        command -v "$cc" >/dev/null ||
+            die "kernel $release was built with '$(config CONFIG_CC_VERSION_TEXT)':" \
+                "install $cc (Debian: the gcc-N package that names it)"
+        echo "CC=$cc"
+    fi
+}
+
+# The rustc that built the kernel: KRUSTC, else rustc on PATH, if its
+# --version is the kernel's CONFIG_RUSTC_VERSION_TEXT exactly (Kbuild refuses
+# any other, and its metadata would not match the kernel's symbols).
+find_rustc() {
+    want=$(config CONFIG_RUSTC_VERSION_TEXT)
+    for r in ${KRUSTC:-} /usr/bin/rustc rustc; do
+        command -v "$r" >/dev/null || continue
+        [ "$("$r" --version 2>/dev/null)" = "$want" ] && { command -v "$r"; return; }
+    done
+    have=$( (${KRUSTC:-rustc} --version) 2>/dev/null || echo none)
+    die "kernel $release was built with '$want', and ${KRUSTC:-rustc} is '$have':" \
+        "install that rustc (Debian: the rustc and rust-src of the kernel's own suite) or set KRUSTC"
+}
+
+vars() {
+    check_tree
+    echo "$(cc_vars) RUSTC=$(find_rustc) KERNELRELEASE=$release"
+}
+
+# Every global Rust symbol that the generated crates define is one that the
+# kernel exports: then the crate names and hashes are the kernel's own.
+check_symbols() {
+    tree=$1 symvers=$2
+    nm --defined-only -g "$tree"/rust/*.o 2>/dev/null |
+        awk '$2 ~ /^[TDRB]$/ && $3 ~ /^_R/ { print $3 }' | sort -u >"$tree/rtbackup-rust.syms"
+    total=$(wc -l <"$tree/rtbackup-rust.syms")
+    [ "$total" -gt 0 ] || die "the Rust metadata generated for kernel $release defines no symbols"
+    awk '{ print $2 }' "$symvers" | sort -u | comm -23 "$tree/rtbackup-rust.syms" - \
+        >"$tree/rtbackup-rust.missing"
+    missing=$(wc -l <"$tree/rtbackup-rust.missing")
+    if [ "$missing" -gt 0 ]; then
+        crate() { grep -o "Cs[0-9A-Za-z]*_$1" "$2" | sort | uniq -c | sort -rn | awk 'NR==1 {print $2}'; }
+        die "the Rust metadata built with '$(config CONFIG_RUSTC_VERSION_TEXT)' does not match" \
+            "kernel $release: $missing of its $total symbols are not in the kernel's Module.symvers" \
+            "(crate kernel built as $(crate 6kernel "$tree/rtbackup-rust.syms"), the kernel has" \
+            "$(crate 6kernel "$symvers")); the kernel's rustc, bindgen or config differ from" \
+            "these (list: $tree/rtbackup-rust.missing)"
+    fi
+}
+
+# A tree with the kernel's Rust metadata, generated from linux-source.
+generate() {
+    series=$(echo "$release" | cut -d. -f1-2)
+    numeric=$(echo "$release" | sed 's/^\([0-9]*\.[0-9]*\.[0-9]*\).*/\1/')
+    tarball=/usr/src/linux-source-$series.tar.xz
+    [ -r "$tarball" ] ||
+        die "the headers of kernel $release carry no Rust metadata, and generating it needs the" \
+            "kernel's source: install linux-source-$series, version $numeric (or Ubuntu's" \
+            "linux-lib-rust-$release)"
+    [ -r "$kdir/Module.symvers" ] || die "$kdir has no Module.symvers: reinstall the headers of $release"
+    rustc=$(find_rustc)
+    bindgen=${BINDGEN:-bindgen}
+    command -v "$bindgen" >/dev/null ||
+        die "generating the Rust metadata of kernel $release needs bindgen" \
+            "('$(config CONFIG_BINDGEN_VERSION_TEXT)'): install it"
+    ccv=$(cc_vars)
+    base=${RTBACKUP_KMETA:-/var/cache/rtbackup/kernel-rust}
+    key=$( (echo recipe 1; ls -l --time-style=+%s "$tarball"; cat "$kdir/.config"
+        cat "$kdir/Module.symvers"; "$rustc" --version; "$bindgen" --version; echo "$ccv") |
+        sha256sum | cut -c1-12)
+    out=$base/$release-$key
+    if [ -f "$out/.rtbackup-complete" ]; then
+        echo "$out"
+        return
+    fi
+    echo "rtbackup: generating the Rust metadata of kernel $release from $tarball" \
+        "in $out (minutes, once)" >&2
+    rm -rf "$out"
+    mkdir -p "$out"
+    tar -C "$out" --strip-components=1 -xf "$tarball" || die "cannot unpack $tarball into $out"
+    src=$(sed -n 's/^VERSION = //p; s/^PATCHLEVEL = //p; s/^SUBLEVEL = //p' "$out/Makefile" |
+        paste -sd.)
+    [ "$src" = "$numeric" ] ||
+        die "$tarball is Linux $src but the kernel is $numeric: install the linux-source-$series" \
+            "of the kernel's version"
+    cp "$kdir/.config" "$out/.config"
+    # shellcheck disable=SC2086
+    mk() { make -C "$out" -s $ccv RUSTC="$rustc" BINDGEN="$bindgen" KERNELRELEASE="$release" "$@"; }
+    mk olddefconfig >"$out/rtbackup-prepare.log" 2>&1 ||
+        { tail -20 "$out/rtbackup-prepare.log" >&2; die "olddefconfig of $release's config failed"; }
+    cmp -s "$kdir/.config" "$out/.config" ||
+        die "the toolchain here configures kernel $release differently from Debian's build" \
+            "(diff $kdir/.config $out/.config): its rustc, bindgen or $ccv differ from the kernel's"
+    mk -j"$(nproc)" modules_prepare >>"$out/rtbackup-prepare.log" 2>&1 ||
+        { tail -20 "$out/rtbackup-prepare.log" >&2
+            die "generating the Rust metadata of $release failed (log: $out/rtbackup-prepare.log)"; }
+    cp "$kdir/Module.symvers" "$out/Module.symvers"
+    check_symbols "$out" "$kdir/Module.symvers"
+    touch "$out/.rtbackup-complete"
+    echo "rtbackup: Rust metadata of kernel $release generated; all $total symbols match" >&2
+    echo "$out"
+}
+
+prepare() {
+    check_tree
+    if [ -f "$kdir/rust/libkernel.rmeta" ]; then
+        find_rustc >/dev/null
+        echo "$kdir"
+    else
+        generate
+    fi
+}
+
+action=${1:-}
+kdir=${2:-}
+[ -n "$kdir" ] || die "usage: $0 prepare|vars KDIR"
+case $action in
+prepare) prepare ;;
+vars) vars ;;
+*) die "usage: $0 prepare|vars KDIR" ;;
+esac
