@@ -35,7 +35,7 @@ die() { echo "debian: $*" >&2; exit 1; }
 # the VM (fio, e2fsprogs, util-linux, kmod, iproute2).
 CHROOT_PKGS="rustc rust-src rust-clippy rustfmt bindgen libclang-dev gcc gcc-16 make bc bison
 flex libelf-dev libssl-dev cpio kmod python3 xz-utils dkms fio e2fsprogs util-linux iproute2
-procps ca-certificates"
+procps jq ca-certificates"
 chroot_recipe=1
 chroot_key=$( (echo "$chroot_recipe"; echo "$CHROOT_PKGS") | sha256sum | cut -c1-12)
 chroot_root=$cache/chroot/sid-$chroot_key
