@@ -4,11 +4,14 @@
 #
 #   make                  the module (rtbackup.ko) and the tools
 #   make KDIR=/lib/modules/$(uname -r)/build
-#                         the module against another Rust-enabled 6.12 tree
+#                         the module against another kernel's tree or
+#                         headers (Documentation/kernels.rst)
 #   make deps             install every prerequisite (Debian 12)
-#   make kernel           build the test kernel into the cache (~/.cache/rtbackup)
+#   make kernel           build the test kernel (7.3) into the cache (~/.cache/rtbackup)
 #   make demo             replicate a disk in the VM, restore it, compare
 #   make check            every test: lints, unit tests, fuzz-check, VM tests
+#                         (the suite on the 7.3 test kernel, the smoke test
+#                         on 6.12, Debian's stock 7.2 kernel with DKMS)
 #   make fuzz             each fuzz target for FUZZ_SECONDS (default 300)
 #   make fuzz-check       each fuzz target for 10 s on its checked-in inputs
 #   make bench            throughput against the raw device and the peers
@@ -43,6 +46,7 @@ KMAKE = kdir=$$(KRUSTC=$(KRUSTC) scripts/kdir.sh prepare $(KDIR)) && \
 	$(MAKE) -C $$kdir M=$(CURDIR) $$vars
 
 .PHONY: all module module-clean tools docs deps kernel check lint test fuzz fuzz-check vm-test \
+	vm-lts vm-debian \
 	bench bench-module profile demo clean install install-module install-tools dkms-source
 all: module tools
 
@@ -138,6 +142,7 @@ lint: module
 test: tools
 	$(CARGO) test --manifest-path tools/Cargo.toml --locked
 	tests/host/units-verify
+	tests/host/kdir-refusals
 
 # Fuzzing (Documentation/testing.rst, "Fuzzing"): cargo-fuzz, built with
 # AddressSanitizer and overflow checks. The toolchain is stable:
@@ -181,6 +186,25 @@ vm-test: all
 	tests/vm/selftest
 	tests/vm/run-suite
 
+# 6.12 LTS, the oldest supported series (Documentation/kernels.rst): the
+# module built from its DKMS sources against the lts kernel with clippy
+# (warnings are errors), and the replication smoke test booted on it.
+LTS_DIR := tests/vm/out/lts
+LTS_SRC := $(LTS_DIR)/usr/src/rtbackup-$(VERSION)
+vm-lts: tools
+	scripts/kernel.sh build lts
+	rm -rf $(LTS_DIR)
+	$(MAKE) -s --no-print-directory dkms-source DESTDIR=$(CURDIR)/$(LTS_DIR)
+	+$(MAKE) -C $(LTS_SRC) module KDIR=$$(scripts/kernel.sh dir lts) \
+		CLIPPY=1 CLIPPY_DRIVER=$(KCLIPPY) KRUSTFLAGS=-Dwarnings KCFLAGS=-Werror
+	KDIR=$$(scripts/kernel.sh dir lts) RTB_MODULE=$(CURDIR)/$(LTS_SRC)/rtbackup.ko \
+		RTB_VM_DISKS=1 RTB_VM_DISK_MB=256 tests/vm/run tests/vm/cases-in-guest 50-replicate
+
+# Debian's own, unmodified 7.2 kernel: dkms install in a sid system, clippy
+# on its toolchain, and replication end to end on that kernel in the VM.
+vm-debian: tools
+	tests/dkms/debian-stock
+
 # Throughput ratios against the raw device, measured in one VM run; see
 # Documentation/performance.rst. Not part of check: numbers are not tests.
 # On the bench kernel (scripts/kernel.sh build bench: the test kernel
@@ -212,7 +236,7 @@ demo: all
 	RTB_VM_DISKS=1 tests/vm/run tests/demo/demo-in-guest
 
 check: deps
-	$(MAKE) lint test fuzz-check vm-test
+	$(MAKE) lint test fuzz-check vm-test vm-lts vm-debian
 
 clean:
 	-$(KMAKE) clean

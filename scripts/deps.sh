@@ -3,9 +3,13 @@
 # (bookworm) machine.  Idempotent: anything already present is left alone.
 set -eu
 
+# clang-19: the 7.x test kernels want LLVM 17 or later (bookworm's clang is
+# 14); debootstrap: the sid system of scripts/debian.sh, which has the
+# toolchain of Debian's own kernels.
 APT_PKGS="
     build-essential bc bison flex cpio kmod libelf-dev libssl-dev dwarves
     linux-source-6.12 rustc-web rust-web-src rust-web-clippy rustfmt-web libclang-dev clang lld llvm
+    clang-19 lld-19 llvm-19 libclang-19-dev debootstrap
     qemu-system-x86 qemu-utils busybox-static
     fio xfsprogs e2fsprogs fdisk dmsetup drbd-utils util-linux iproute2 nbd-client jq
     dkms man-db curl linux-perf

@@ -109,12 +109,12 @@ generate() {
     series=$(echo "$release" | cut -d. -f1-2)
     numeric=$(echo "$release" | sed 's/^\([0-9]*\.[0-9]*\.[0-9]*\).*/\1/')
     tarball=/usr/src/linux-source-$series.tar.xz
+    rustc=$(find_rustc)
     [ -r "$tarball" ] ||
         die "the headers of kernel $release carry no Rust metadata, and generating it needs the" \
             "kernel's source: install linux-source-$series, version $numeric (or Ubuntu's" \
             "linux-lib-rust-$release)"
     [ -r "$kdir/Module.symvers" ] || die "$kdir has no Module.symvers: reinstall the headers of $release"
-    rustc=$(find_rustc)
     bindgen=${BINDGEN:-bindgen}
     command -v "$bindgen" >/dev/null ||
         die "generating the Rust metadata of kernel $release needs bindgen" \

@@ -96,7 +96,7 @@ impl LowerDevice {
         // SAFETY: the bdev, its disk and the disk's fops are valid while the
         // file is open.
         let owner = unsafe { (*(*(*self.as_raw_bdev()).bd_disk).fops).owner };
-        owner == crate::THIS_MODULE.as_ptr()
+        owner == super::compat::this_module()
     }
 }
 

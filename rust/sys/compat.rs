@@ -42,7 +42,21 @@ macro_rules! rtb_module {
     };
 }
 
-use kernel::{ffi::c_void, str::CStr};
+use kernel::{bindings, ffi::c_void, str::CStr};
+
+/// This module's `struct module`: the `THIS_MODULE` of its
+/// `ModuleMetadata` since 7.3, a static in the crate root before.
+#[cfg(rtb_module_metadata)]
+pub(crate) const fn this_module() -> *mut bindings::module {
+    <crate::LocalModule as kernel::ModuleMetadata>::THIS_MODULE.as_ptr()
+}
+
+/// This module's `struct module`: the `THIS_MODULE` of its
+/// `ModuleMetadata` since 7.3, a static in the crate root before.
+#[cfg(not(rtb_module_metadata))]
+pub(crate) const fn this_module() -> *mut bindings::module {
+    crate::THIS_MODULE.as_ptr()
+}
 
 #[cfg(rtb_transmute)]
 pub(crate) use kernel::transmute::{AsBytes, FromBytes};

@@ -294,7 +294,7 @@ impl<T: DiskOps> OpsTable<T> {
     const OPS: bindings::block_device_operations = bindings::block_device_operations {
         submit_bio: Some(submit_bio_callback::<T>),
         open: Some(open_callback::<T>),
-        owner: crate::THIS_MODULE.as_ptr(),
+        owner: compat::this_module(),
         // SAFETY: all other members are optional callbacks or pointers, for
         // which zero means "not provided".
         ..unsafe { core::mem::zeroed() }

@@ -92,7 +92,7 @@ impl ModuleRef {
     pub(crate) fn get() -> Self {
         // SAFETY: the module is live: this code runs from an ioctl of a file
         // whose `fops.owner` is this module, which holds a reference.
-        unsafe { bindings::__module_get(crate::THIS_MODULE.as_ptr()) };
+        unsafe { bindings::__module_get(compat::this_module()) };
         // INVARIANT: the reference was taken above.
         Self(())
     }
@@ -101,7 +101,7 @@ impl ModuleRef {
 impl Drop for ModuleRef {
     fn drop(&mut self) {
         // SAFETY: by the type invariant this reference was taken in `get`.
-        unsafe { bindings::module_put(crate::THIS_MODULE.as_ptr()) };
+        unsafe { bindings::module_put(compat::this_module()) };
     }
 }
 
