@@ -44,14 +44,17 @@ check_tree() {
 # The C compiler make variables of the tree: LLVM=1 or LLVM=-N for clang
 # (the suffix when the plain clang is another major), else CC=the gcc the
 # kernel names in CONFIG_CC_VERSION_TEXT (Debian: x86_64-linux-gnu-gcc-16).
+# They override any CC that make was given (dkms gives CC=clang for a
+# clang-built kernel, whatever its version).
 cc_vars() {
     if grep -qs '^CONFIG_CC_IS_CLANG=y' "$kdir/.config"; then
         major=$(($(config CONFIG_CLANG_VERSION) / 10000))
         have=$(clang --version 2>/dev/null | sed -n '1s/.*clang version \([0-9]*\).*/\1/p')
+        # CC and LD as well: dkms passes its own CC=clang LD=ld.lld.
         if [ "$have" = "$major" ]; then
-            echo LLVM=1
+            echo LLVM=1 CC=clang LD=ld.lld
         elif command -v "clang-$major" >/dev/null; then
-            echo "LLVM=-$major"
+            echo "LLVM=-$major CC=clang-$major LD=ld.lld-$major"
         else
             die "kernel $release was built with clang $major: install clang-$major and lld-$major"
         fi

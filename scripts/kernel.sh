@@ -50,10 +50,13 @@ BINDGEN=${BINDGEN:-${CARGO_HOME:-$HOME/.cargo}/bin/bindgen}
 # || CC_IS_CLANG"), and so must its modules (the Makefile reads the
 # compiler from the tree's .config). 7.x needs LLVM 17 or later: bookworm's
 # clang-19 (LLVM=-19), whose libclang bindgen must load as well.
+# bindgen loads the libclang of the same LLVM (with several installed, it
+# would take the newest, which refuses flags meant for an older clang).
 clang=clang${llvm#1}
-[ "$llvm" = 1 ] || export LIBCLANG_PATH=/usr/lib/llvm${llvm}/lib
 
 command -v "$clang" >/dev/null || die "$clang missing: run 'make deps'"
+LIBCLANG_PATH=/usr/lib/llvm-$("$clang" --version | sed -n '1s/.*clang version \([0-9]*\).*/\1/p')/lib
+export LIBCLANG_PATH
 vngver=$(virtme-configkernel --help >/dev/null 2>&1 && pip show virtme-ng 2>/dev/null |
     sed -n 's/^Version: //p')
 [ -n "$vngver" ] || die "virtme-ng missing: run 'make deps'"
