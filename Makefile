@@ -134,7 +134,7 @@ kernel:
 
 lint: module
 	$(KRUSTFMT) --check --edition 2021 --config-path $(KDIR)/source/.rustfmt.toml \
-		rust/*.rs rust/sys/*.rs
+		rust/*.rs rust/sys/*.rs rust/compat/*.rs
 	$(KMAKE) CLIPPY=1 CLIPPY_DRIVER=$(KCLIPPY) modules
 	$(CARGO) fmt --manifest-path tools/Cargo.toml --all -- --check
 	$(CARGO) clippy --manifest-path tools/Cargo.toml --locked --all-targets -- -D warnings

@@ -13,6 +13,9 @@
 #   scripts/kdir.sh vars KDIR      the make variables that select the
 #                                  kernel's own compilers (CC or LLVM,
 #                                  RUSTC) and its release
+#   scripts/kdir.sh check-symbols TREE KDIR
+#                                  the check of a generated TREE against
+#                                  KDIR's Module.symvers, alone
 #
 # Every refusal is one sentence on standard error that names what to
 # install, and exit status 1. Shipped in the DKMS package: dkms runs
@@ -89,7 +92,7 @@ vars() {
 # Every global Rust symbol that the generated crates define is one that the
 # kernel exports: then the crate names and hashes are the kernel's own.
 check_symbols() {
-    tree=$1 symvers=$2
+    tree=${1%/} symvers=$2
     nm --defined-only -g "$tree"/rust/*.o 2>/dev/null |
         awk '$2 ~ /^[TDRB]$/ && $3 ~ /^_R/ { print $3 }' | sort -u >"$tree/rtbackup-rust.syms"
     total=$(wc -l <"$tree/rtbackup-rust.syms")
@@ -102,8 +105,9 @@ check_symbols() {
         die "the Rust metadata built with '$(config CONFIG_RUSTC_VERSION_TEXT)' does not match" \
             "kernel $release: $missing of its $total symbols are not in the kernel's Module.symvers" \
             "(crate kernel built as $(crate 6kernel "$tree/rtbackup-rust.syms"), the kernel has" \
-            "$(crate 6kernel "$symvers")); the kernel's rustc, bindgen or config differ from" \
-            "these (list: $tree/rtbackup-rust.missing)"
+            "$(crate 6kernel "$symvers")): build with exactly the kernel's" \
+            "'$(config CONFIG_RUSTC_VERSION_TEXT)' and '$(config CONFIG_BINDGEN_VERSION_TEXT)'" \
+            "(list: $tree/rtbackup-rust.missing)"
     fi
 }
 
@@ -170,11 +174,19 @@ prepare() {
     fi
 }
 
+usage="usage: $0 prepare|vars KDIR | check-symbols TREE KDIR"
 action=${1:-}
-kdir=${2:-}
-[ -n "$kdir" ] || die "usage: $0 prepare|vars KDIR"
+case $action in
+prepare | vars) [ $# -eq 2 ] || die "$usage"; kdir=$2 ;;
+check-symbols) [ $# -eq 3 ] || die "$usage"; kdir=$3 ;;
+*) die "$usage" ;;
+esac
 case $action in
 prepare) prepare ;;
 vars) vars ;;
-*) die "usage: $0 prepare|vars KDIR" ;;
+check-symbols)
+    check_tree
+    check_symbols "$2" "$kdir/Module.symvers"
+    echo "rtbackup: all $total Rust symbols of $2 are exported by kernel $release" >&2
+    ;;
 esac
