@@ -16,8 +16,10 @@
 #          lockdep and kmemleak off, since they slow every layer many times
 #          over and throughput ratios taken on them say nothing about a
 #          production kernel (make bench)
-#   lts    6.12 LTS (bookworm's linux-source-6.12) with the same debugging:
-#          the build and the replication smoke test on the oldest series
+#   lts    6.12 LTS (bookworm's linux-source-6.12) without the debuggers
+#          (tests/vm/kernel-bench.config merged last: they would double its
+#          build time, and the full suite with them runs on test): the
+#          build and the replication smoke test on the oldest series
 #
 # The cache lives outside the repository, in $RTBACKUP_CACHE (default
 # ~/.cache/rtbackup), keyed by the source package version and a hash of the
@@ -42,7 +44,8 @@ case $flavour in
 test) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" ;;
 bench) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" \
     "$here/tests/vm/kernel-bench.config" ;;
-lts) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" ;;
+lts) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" \
+    "$here/tests/vm/kernel-bench.config" ;;
 esac
 RUSTC=${RUSTC:-/usr/bin/rustc}
 BINDGEN=${BINDGEN:-${CARGO_HOME:-$HOME/.cargo}/bin/bindgen}
