@@ -81,7 +81,12 @@ void rtb_wait_atomic_zero(atomic_t *v)
 	wait_var_event(v, atomic_read_acquire(v) == 0);
 }
 
-/* struct miscdevice and misc_register() are not in 6.12's bindings. */
+#ifndef RTB_HAVE_MISCDEVICE
+/*
+ * The control device, where the kernel has no Rust misc-device abstraction
+ * (rust/sys/control.rs): struct miscdevice and misc_register() are not in
+ * 6.12's bindings.
+ */
 static const struct file_operations rtb_control_fops = {
 	.owner = THIS_MODULE,
 	.open = nonseekable_open,
@@ -106,6 +111,7 @@ void rtb_control_deregister(void)
 {
 	misc_deregister(&rtb_control_misc);
 }
+#endif
 
 /* Generation counters: wait_var_event_timeout() is a macro. */
 void rtb_atomic_inc_and_wake_up(atomic_t *v)

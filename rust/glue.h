@@ -9,6 +9,9 @@
 
 #include <linux/types.h>
 
+/* RTB_HAVE_*: what the kernel offers, probed by Kbuild (rust/compat/). */
+#include "compat.h"
+
 struct bio;
 struct file;
 struct gendisk;
@@ -18,8 +21,12 @@ struct queue_limits;
 struct vm_area_struct;
 struct wait_queue_head;
 
+#ifndef RTB_HAVE_MISCDEVICE
 /* Implemented in Rust (rust/sys/control.rs). */
 long rtb_control_ioctl(struct file *file, unsigned int cmd, unsigned long arg);
+int rtb_control_register(const char *name);
+void rtb_control_deregister(void);
+#endif
 
 /* Implemented in Rust (rust/sys/ringfile.rs). */
 int rtb_ring_mmap(struct file *file, struct vm_area_struct *vma);
@@ -39,8 +46,6 @@ void rtb_atomic_inc(atomic_t *v);
 int rtb_atomic_read(atomic_t *v);
 void rtb_atomic_dec_and_wake_up(atomic_t *v);
 void rtb_wait_atomic_zero(atomic_t *v);
-int rtb_control_register(const char *name);
-void rtb_control_deregister(void);
 
 void rtb_atomic_inc_and_wake_up(atomic_t *v);
 long rtb_wait_atomic_changed(atomic_t *v, int old, long timeout);

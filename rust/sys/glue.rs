@@ -6,7 +6,7 @@
 
 use kernel::{
     bindings,
-    ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void},
+    ffi::{c_int, c_long, c_uint, c_ulong, c_void},
 };
 
 // `improper_ctypes`: with lockdep off, `queue_limits` and `gendisk` reach
@@ -38,8 +38,10 @@ extern "C" {
     /// `wait_var_event(v, atomic_read_acquire(v) == 0)`.
     pub(crate) fn rtb_wait_atomic_zero(v: *mut bindings::atomic_t);
     /// Registers the control misc device under `name`, which must outlive it.
-    pub(crate) fn rtb_control_register(name: *const c_char) -> c_int;
+    #[cfg(not(rtb_miscdevice))]
+    pub(crate) fn rtb_control_register(name: *const kernel::ffi::c_char) -> c_int;
     /// Deregisters the control misc device.
+    #[cfg(not(rtb_miscdevice))]
     pub(crate) fn rtb_control_deregister();
     /// `atomic_inc(v)`, a full barrier, `wake_up_var(v)`.
     pub(crate) fn rtb_atomic_inc_and_wake_up(v: *mut bindings::atomic_t);
