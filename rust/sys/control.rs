@@ -13,13 +13,27 @@
 //! C header: [`include/linux/miscdevice.h`](srctree/include/linux/miscdevice.h)
 
 use super::compat;
-use crate::control::Control;
+use crate::{control::Control, uapi::RTB_CONTROL_NAME};
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::prelude::*;
 
 /// The control state that ioctls are dispatched to; null when the device is
 /// not registered.
 static CONTROL: AtomicPtr<Control> = AtomicPtr::new(core::ptr::null_mut());
+
+const NAME_LEN: usize = RTB_CONTROL_NAME.len() + 1;
+
+/// `RTB_CONTROL_NAME` with a terminating NUL, as `misc_register` wants.
+static NAME: [u8; NAME_LEN] = {
+    let src = RTB_CONTROL_NAME.as_bytes();
+    let mut buf = [0u8; NAME_LEN];
+    let mut i = 0;
+    while i < src.len() {
+        buf[i] = src[i];
+        i += 1;
+    }
+    buf
+};
 
 /// Hands an ioctl of the control device to the registered `Control`.
 /// Process context; `arg` is an untrusted user address or value.
@@ -43,8 +57,8 @@ pub(crate) use glue_device::ControlDevice;
 /// The device through the kernel's misc-device abstraction.
 #[cfg(rtb_miscdevice)]
 mod abstraction {
-    use super::{dispatch, CONTROL};
-    use crate::{control::Control, uapi::RTB_CONTROL_NAME};
+    use super::{dispatch, CONTROL, NAME};
+    use crate::control::Control;
     use core::sync::atomic::Ordering;
     use kernel::{
         alloc::flags::GFP_KERNEL,
@@ -52,25 +66,6 @@ mod abstraction {
         miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
         prelude::*,
         str::CStr,
-    };
-
-    /// `RTB_CONTROL_NAME` and a NUL.
-    const NAME_BYTES: [u8; RTB_CONTROL_NAME.len() + 1] = {
-        let src = RTB_CONTROL_NAME.as_bytes();
-        let mut buf = [0u8; RTB_CONTROL_NAME.len() + 1];
-        let mut i = 0;
-        while i < src.len() {
-            buf[i] = src[i];
-            i += 1;
-        }
-        buf
-    };
-
-    /// `RTB_CONTROL_NAME` as the C string the registration takes (checked
-    /// when the module is compiled).
-    const NAME: &CStr = match CStr::from_bytes_with_nul(&NAME_BYTES) {
-        Ok(name) => name,
-        Err(_) => kernel::build_error!("RTB_CONTROL_NAME holds a NUL"),
     };
 
     /// An open file of the control device: it keeps no state of its own.
@@ -108,9 +103,10 @@ mod abstraction {
         /// `control` must stay valid and must not move until the returned
         /// value is dropped.
         pub(crate) unsafe fn register(control: &Control) -> Result<Self> {
+            let name = CStr::from_bytes_with_nul(&NAME).map_err(|_| EINVAL)?;
             CONTROL.store(core::ptr::from_ref(control).cast_mut(), Ordering::Release);
             let registration = KBox::pin_init(
-                MiscDeviceRegistration::register(MiscDeviceOptions { name: NAME }),
+                MiscDeviceRegistration::register(MiscDeviceOptions { name }),
                 GFP_KERNEL,
             )
             .inspect_err(|_| CONTROL.store(core::ptr::null_mut(), Ordering::Release))?;
@@ -135,28 +131,14 @@ mod abstraction {
 /// The device as static C structures in the glue.
 #[cfg(not(rtb_miscdevice))]
 mod glue_device {
-    use super::{dispatch, CONTROL};
-    use crate::{control::Control, sys::glue, uapi::RTB_CONTROL_NAME};
+    use super::{dispatch, CONTROL, NAME};
+    use crate::{control::Control, sys::glue};
     use core::sync::atomic::Ordering;
     use kernel::{
         bindings,
         error::to_result,
         ffi::{c_long, c_uint, c_ulong},
         prelude::*,
-    };
-
-    const NAME_LEN: usize = RTB_CONTROL_NAME.len() + 1;
-
-    /// `RTB_CONTROL_NAME` with a terminating NUL, as `misc_register` wants.
-    static NAME: [u8; NAME_LEN] = {
-        let src = RTB_CONTROL_NAME.as_bytes();
-        let mut buf = [0u8; NAME_LEN];
-        let mut i = 0;
-        while i < src.len() {
-            buf[i] = src[i];
-            i += 1;
-        }
-        buf
     };
 
     /// The registered control device.
