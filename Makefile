@@ -59,7 +59,7 @@ module:
 
 # The module's build products only (DKMS cleans with this).
 module-clean:
-	$(KMAKE) clean
+	$(MAKE) -C $(KDIR) M=$(CURDIR) clean
 
 tools:
 	$(CARGO) build --release --locked --manifest-path tools/Cargo.toml

@@ -5,8 +5,9 @@
 #   scripts/debian.sh apt ARGS...       apt-get with a private configuration
 #                                       of sid and trixie-backports: its own
 #                                       sources, lists and archive cache, an
-#                                       empty dpkg status (the host's apt
-#                                       state and sources are never touched)
+#                                       empty dpkg status, no dpkg (the
+#                                       host's apt state, settings and
+#                                       sources are never touched)
 #   scripts/debian.sh download PKG...   the .debs of PKG (name or name=version)
 #                                       into the cache, kept; prints each path
 #   scripts/debian.sh source VERSION    linux-source-VERSION's tarball, taken
@@ -40,16 +41,21 @@ chroot_recipe=1
 chroot_key=$( (echo "$chroot_recipe"; echo "$CHROOT_PKGS") | sha256sum | cut -c1-12)
 chroot_root=$cache/chroot/sid-$chroot_key
 
+# Nothing of the host's apt: its sources, settings, preferences and hooks
+# are not read, its lists and archives not written, and there is no dpkg
+# to install with (only update, policy and download are used).
 apt_opts() {
     echo "-o Dir::Etc::SourceList=$apt_dir/sources.list -o Dir::Etc::SourceParts=/nonexistent" \
+        "-o Dir::Etc::Parts=$apt_dir/empty -o Dir::Etc::Preferences=$apt_dir/empty/preferences" \
+        "-o Dir::Etc::PreferencesParts=$apt_dir/empty -o Dir::Bin::dpkg=/bin/false" \
         "-o Dir::State::Lists=$apt_dir/lists -o Dir::Cache=$apt_dir/cache" \
         "-o Dir::State::status=$apt_dir/status -o Acquire::Check-Valid-Until=false" \
-        "-o APT::Sandbox::User=root -o Debug::NoLocking=true"
+        "-o APT::Sandbox::User=root"
 }
 
 # The private configuration, its lists fetched once a day at most.
 apt_lists() {
-    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/empty"
     : >>"$apt_dir/status"
     printf 'deb %s sid main\ndeb %s trixie-backports main\n' "$mirror" "$mirror" \
         >"$apt_dir/sources.list"

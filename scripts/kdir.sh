@@ -86,30 +86,39 @@ find_rustc() {
 
 vars() {
     check_tree
-    echo "$(cc_vars) RUSTC=$(find_rustc) KERNELRELEASE=$release"
+    ccv=$(cc_vars)
+    rustc=$(find_rustc)
+    echo "$ccv RUSTC=$rustc KERNELRELEASE=$release"
 }
 
 # Every global Rust symbol that the generated crates define is one that the
 # kernel exports: then the crate names and hashes are the kernel's own.
 check_symbols() {
     tree=${1%/} symvers=$2
+    work=$(mktemp -d)
     nm --defined-only -g "$tree"/rust/*.o 2>/dev/null |
-        awk '$2 ~ /^[TDRB]$/ && $3 ~ /^_R/ { print $3 }' | sort -u >"$tree/rtbackup-rust.syms"
-    total=$(wc -l <"$tree/rtbackup-rust.syms")
-    [ "$total" -gt 0 ] || die "the Rust metadata generated for kernel $release defines no symbols"
-    awk '{ print $2 }' "$symvers" | sort -u | comm -23 "$tree/rtbackup-rust.syms" - \
-        >"$tree/rtbackup-rust.missing"
-    missing=$(wc -l <"$tree/rtbackup-rust.missing")
+        awk '$2 ~ /^[TDRB]$/ && $3 ~ /^_R/ { print $3 }' | sort -u >"$work/syms"
+    total=$(wc -l <"$work/syms")
+    [ "$total" -gt 0 ] || { rm -rf "$work"; die "the Rust metadata generated for kernel $release defines no symbols"; }
+    awk '{ print $2 }' "$symvers" | sort -u | comm -23 "$work/syms" - >"$work/missing"
+    missing=$(wc -l <"$work/missing")
     if [ "$missing" -gt 0 ]; then
         crate() { grep -o "Cs[0-9A-Za-z]*_$1" "$2" | sort | uniq -c | sort -rn | awk 'NR==1 {print $2}'; }
+        built=$(crate 6kernel "$work/syms") theirs=$(crate 6kernel "$symvers")
+        first=$(head -1 "$work/missing")
+        rm -rf "$work"
         die "the Rust metadata built with '$(config CONFIG_RUSTC_VERSION_TEXT)' does not match" \
             "kernel $release: $missing of its $total symbols are not in the kernel's Module.symvers" \
-            "(crate kernel built as $(crate 6kernel "$tree/rtbackup-rust.syms"), the kernel has" \
-            "$(crate 6kernel "$symvers")): build with exactly the kernel's" \
-            "'$(config CONFIG_RUSTC_VERSION_TEXT)' and '$(config CONFIG_BINDGEN_VERSION_TEXT)'" \
-            "(list: $tree/rtbackup-rust.missing)"
+            "(crate kernel built as $built, the kernel has $theirs; first: $first): build with" \
+            "exactly the kernel's '$(config CONFIG_RUSTC_VERSION_TEXT)' and" \
+            "'$(config CONFIG_BINDGEN_VERSION_TEXT)'"
     fi
+    rm -rf "$work"
 }
+
+# The options of a .config that depend on the exact build of each tool
+# (package revisions of gcc, binutils, pahole), not on what the kernel is.
+config_core() { grep -Ev '^CONFIG_(CC_VERSION_TEXT|AS_VERSION|LD_VERSION|PAHOLE_VERSION|GCC_VERSION)=' "$1"; }
 
 # A tree with the kernel's Rust metadata, generated from linux-source.
 generate() {
@@ -128,18 +137,25 @@ generate() {
             "('$(config CONFIG_BINDGEN_VERSION_TEXT)'): install it"
     ccv=$(cc_vars)
     base=${RTBACKUP_KMETA:-/var/cache/rtbackup/kernel-rust}
-    key=$( (echo recipe 1; ls -l --time-style=+%s "$tarball"; cat "$kdir/.config"
+    key=$( (echo recipe 2; ls -l --time-style=+%s "$tarball"; cat "$kdir/.config"
         cat "$kdir/Module.symvers"; "$rustc" --version; "$bindgen" --version; echo "$ccv") |
         sha256sum | cut -c1-12)
-    out=$base/$release-$key
-    if [ -f "$out/.rtbackup-complete" ]; then
-        echo "$out"
+    final=$base/$release-$key
+    if [ -f "$final/.rtbackup-complete" ]; then
+        echo "$final"
         return
     fi
+    mkdir -p "$base" 2>/dev/null && [ -w "$base" ] ||
+        die "generating the Rust metadata of kernel $release needs a writable $base:" \
+            "run as root (as dkms does) or set RTBACKUP_KMETA"
     echo "rtbackup: generating the Rust metadata of kernel $release from $tarball" \
-        "in $out (minutes, once)" >&2
+        "in $final (minutes, once)" >&2
+    # Built aside and moved into place: a concurrent build of the same key
+    # never sees a half-made tree.
+    out=$final.tmp.$$
     rm -rf "$out"
     mkdir -p "$out"
+    trap 'rm -rf "$out"' EXIT
     tar -C "$out" --strip-components=1 -xf "$tarball" || die "cannot unpack $tarball into $out"
     src=$(sed -n 's/^VERSION = //p; s/^PATCHLEVEL = //p; s/^SUBLEVEL = //p' "$out/Makefile" |
         paste -sd.)
@@ -147,21 +163,33 @@ generate() {
         die "$tarball is Linux $src but the kernel is $numeric: install the linux-source-$series" \
             "of the kernel's version"
     cp "$kdir/.config" "$out/.config"
+    # Not the caller's make variables (MAKEFLAGS: dkms's CC, CLIPPY=1,
+    # KRUSTFLAGS...): the tree is the kernel's, made with its own compilers.
     # shellcheck disable=SC2086
-    mk() { make -C "$out" -s $ccv RUSTC="$rustc" BINDGEN="$bindgen" KERNELRELEASE="$release" "$@"; }
+    mk() {
+        env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL \
+            make -C "$out" -s $ccv RUSTC="$rustc" BINDGEN="$bindgen" KERNELRELEASE="$release" "$@"
+    }
     mk olddefconfig >"$out/rtbackup-prepare.log" 2>&1 ||
         { tail -20 "$out/rtbackup-prepare.log" >&2; die "olddefconfig of $release's config failed"; }
-    cmp -s "$kdir/.config" "$out/.config" ||
-        die "the toolchain here configures kernel $release differently from Debian's build" \
-            "(diff $kdir/.config $out/.config): its rustc, bindgen or $ccv differ from the kernel's"
+    config_core "$out/.config" >"$out/rtbackup-config.core"
+    if ! config_core "$kdir/.config" | cmp -s - "$out/rtbackup-config.core"; then
+        diff=$(config_core "$kdir/.config" | diff - "$out/rtbackup-config.core" | grep '^[<>]' |
+            head -4 | tr '\n' ' ')
+        die "the toolchain here configures kernel $release differently from the kernel's own" \
+            "build (${diff% }): its rustc, bindgen or $ccv differ from the kernel's"
+    fi
     mk -j"$(nproc)" modules_prepare >>"$out/rtbackup-prepare.log" 2>&1 ||
         { tail -20 "$out/rtbackup-prepare.log" >&2
             die "generating the Rust metadata of $release failed (log: $out/rtbackup-prepare.log)"; }
     cp "$kdir/Module.symvers" "$out/Module.symvers"
     check_symbols "$out" "$kdir/Module.symvers"
     touch "$out/.rtbackup-complete"
+    rm -rf "$final"
+    mv "$out" "$final" || die "cannot move $out to $final"
+    trap - EXIT
     echo "rtbackup: Rust metadata of kernel $release generated; all $total symbols match" >&2
-    echo "$out"
+    echo "$final"
 }
 
 prepare() {

@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Probe: the misc-device abstraction (6.13) registers a device whose
-//! `file_operations` dispatch `ioctl` to a `MiscDevice`, with the module as
-//! their owner. The probe is a module of its own (with 6.15's `authors`),
-//! since `#[vtable]` names the module of the impl in 7.3: a kernel between
-//! 6.13 and 6.15 keeps the glue's misc device, which works everywhere.
+//! Probe: the misc-device abstraction registers a device whose
+//! `file_operations` dispatch `ioctl` to a `MiscDevice` and name the module
+//! of the impl as their owner (`MiscDevice::OwnerModule`, 7.3), so that an
+//! open file pins the module. Before 7.3 the abstraction leaves `owner`
+//! null: `rmmod` would succeed under an open control device, so those
+//! kernels keep the glue's misc device. The probe is a module of its own,
+//! since `#[vtable]` names the module of the impl.
 
 use kernel::{
     fs::File,
@@ -44,6 +46,9 @@ impl MiscDevice for Probe {
         Ok(0)
     }
 }
+
+/// The module that owns the device's `file_operations`.
+pub type Owner = <Probe as MiscDevice>::OwnerModule;
 
 /// The probe.
 pub fn probe() -> impl PinInit<MiscDeviceRegistration<Probe>, Error> {

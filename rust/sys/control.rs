@@ -2,9 +2,9 @@
 
 //! The control misc device, `/dev/rtbackup-control`.
 //!
-//! Where the kernel has the Rust misc-device abstraction (probe
-//! `miscdevice`), it registers the device and builds its `file_operations`,
-//! owned by this module; [`ControlFile::ioctl`] dispatches. On older kernels
+//! Where the kernel has the Rust misc-device abstraction with the module as
+//! the owner of its `file_operations` (probe `miscdevice`: 7.3), it
+//! registers the device and builds them; [`ControlFile::ioctl`] dispatches. On older kernels
 //! (6.12) the `struct miscdevice` and its `file_operations` are static C
 //! structures in the glue, whose `unlocked_ioctl` is `rtb_control_ioctl`
 //! below. Both hand each request to

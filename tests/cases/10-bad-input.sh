@@ -2,7 +2,8 @@
 # Bad input gets a clear message and a non-zero exit, and changes nothing:
 # module not loaded, paths that are not usable block devices, a device
 # already attached, a partition in use, marks with bad names or for a
-# wrong device or mount point, and raw ioctls with garbage.
+# wrong device or mount point, raw ioctls with garbage, and rmmod while the
+# control device is open.
 . "$(dirname "$0")/../lib.sh"
 
 d0=$(disk 0); d1=$(disk 1)
@@ -89,6 +90,11 @@ rtbackupctl detach rtbackup0
 say "a non-root caller is refused"
 expect_fail 'permission denied|must run as root' setpriv --reuid=65534 --regid=65534 --clear-groups rtbackupctl attach "$d0"
 [ "$(table)" = "$before" ] || fail "device table changed"
+
+say "the module cannot be unloaded while its control device is open"
+exec 3</dev/rtbackup-control
+expect_fail 'in use' rmmod rtbackup
+exec 3<&-
 
 unload
 say "pass"
