@@ -89,6 +89,10 @@ build) ;;
 *) die "usage: $0 dir|build [test|bench|lts]" ;;
 esac
 
+# One build of a directory at a time: a second waits, then finds it built.
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 if [ -f "$out/.rtbackup-complete" ]; then
     echo "kernel: cached build $out"
     exit 0
