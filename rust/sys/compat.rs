@@ -77,17 +77,16 @@ pub(crate) fn user_ptr(addr: u64) -> UserPtr {
     ptr
 }
 
-/// The bytes of `s` without its terminating NUL. `kernel::str::CStr` is
-/// `core::ffi::CStr` since 6.18, the kernel's own type before.
+/// The bytes of `s` without its terminating NUL (see
+/// [`cstr_bytes_with_nul`]).
 pub(crate) fn cstr_bytes(s: &CStr) -> &[u8] {
-    #[cfg(rtb_core_cstr)]
-    let bytes = s.to_bytes();
-    #[cfg(not(rtb_core_cstr))]
-    let bytes = s.as_bytes();
-    bytes
+    cstr_bytes_with_nul(s)
+        .split_last()
+        .map_or(&[], |(_, bytes)| bytes)
 }
 
-/// The bytes of `s` with its terminating NUL (see [`cstr_bytes`]).
+/// The bytes of `s` with its terminating NUL. `kernel::str::CStr` is
+/// `core::ffi::CStr` since 6.18, the kernel's own type before.
 pub(crate) fn cstr_bytes_with_nul(s: &CStr) -> &[u8] {
     #[cfg(rtb_core_cstr)]
     let bytes = s.to_bytes_with_nul();

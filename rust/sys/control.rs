@@ -4,10 +4,10 @@
 //!
 //! Where the kernel has the Rust misc-device abstraction with the module as
 //! the owner of its `file_operations` (probe `miscdevice`: 7.3), it
-//! registers the device and builds them; [`ControlFile::ioctl`] dispatches. On older kernels
-//! (6.12) the `struct miscdevice` and its `file_operations` are static C
-//! structures in the glue, whose `unlocked_ioctl` is `rtb_control_ioctl`
-//! below. Both hand each request to
+//! registers the device and builds them, and `ControlFile::ioctl`
+//! dispatches. On older kernels (6.12, 7.2) the `struct miscdevice` and its
+//! `file_operations` are static C structures in the glue, whose
+//! `unlocked_ioctl` is `rtb_control_ioctl` below. Both hand each request to
 //! [`Control::ioctl`](crate::control::Control::ioctl).
 //!
 //! C header: [`include/linux/miscdevice.h`](srctree/include/linux/miscdevice.h)
