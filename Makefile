@@ -11,7 +11,8 @@
 #   make demo             replicate a disk in the VM, restore it, compare
 #   make check            every test: lints, unit tests, fuzz-check, VM tests
 #                         (the suite on the 7.3 test kernel, the smoke test
-#                         on 6.12, Debian's stock 7.2 kernel with DKMS)
+#                         on 6.12, Debian's stock 7.2 kernel with DKMS),
+#                         overlapped as tests/check describes
 #   make fuzz             each fuzz target for FUZZ_SECONDS (default 300)
 #   make fuzz-check       each fuzz target for 10 s on its checked-in inputs
 #   make bench            throughput against the raw device and the peers
@@ -45,8 +46,8 @@ KMAKE = kdir=$$(KRUSTC=$(KRUSTC) scripts/kdir.sh prepare $(KDIR)) && \
 	vars=$$(KRUSTC=$(KRUSTC) scripts/kdir.sh vars $$kdir) && \
 	$(MAKE) -C $$kdir M=$(CURDIR) $$vars
 
-.PHONY: all module module-clean tools docs deps kernel check lint test fuzz fuzz-check vm-test \
-	vm-lts vm-debian \
+.PHONY: all module module-clean tools docs deps kernel check lint lint-module lint-tools test \
+	fuzz fuzz-check vm-test vm-lts vm-debian \
 	bench bench-module profile demo clean install install-module install-tools dkms-source
 all: module tools
 
@@ -132,14 +133,16 @@ deps:
 kernel:
 	scripts/kernel.sh build
 
-lint: module
+lint: lint-module lint-tools
+lint-module:
 	$(KRUSTFMT) --check --edition 2021 --config-path $(KDIR)/source/.rustfmt.toml \
 		rust/*.rs rust/sys/*.rs rust/compat/*.rs
 	$(KMAKE) CLIPPY=1 CLIPPY_DRIVER=$(KCLIPPY) modules
+lint-tools:
 	$(CARGO) fmt --manifest-path tools/Cargo.toml --all -- --check
 	$(CARGO) clippy --manifest-path tools/Cargo.toml --locked --all-targets -- -D warnings
 
-test: tools
+test:
 	$(CARGO) test --manifest-path tools/Cargo.toml --locked
 	tests/host/units-verify
 	tests/host/kdir-refusals
@@ -182,7 +185,7 @@ fuzz-check:
 	rm -rf $(FUZZ_DIR)/work/check
 	$(call fuzz_run,$(FUZZ_CHECK_SECONDS),$(FUZZ_DIR)/work/check,-verbosity=0 -print_funcs=0)
 
-vm-test: all
+vm-test:
 	tests/vm/selftest
 	tests/vm/run-suite
 
@@ -191,7 +194,7 @@ vm-test: all
 # (warnings are errors), and the replication smoke test booted on it.
 LTS_DIR := tests/vm/out/lts
 LTS_SRC := $(LTS_DIR)/usr/src/rtbackup-$(VERSION)
-vm-lts: tools
+vm-lts:
 	scripts/kernel.sh build lts
 	rm -rf $(LTS_DIR)
 	$(MAKE) -s --no-print-directory dkms-source DESTDIR=$(CURDIR)/$(LTS_DIR)
@@ -202,7 +205,7 @@ vm-lts: tools
 
 # Debian's own, unmodified 7.2 kernel: dkms install in a sid system, clippy
 # on its toolchain, and replication end to end on that kernel in the VM.
-vm-debian: tools
+vm-debian:
 	tests/dkms/debian-stock
 
 # Throughput ratios against the raw device, measured in one VM run; see
@@ -235,8 +238,17 @@ profile: bench-module
 demo: all
 	RTB_VM_DISKS=1 tests/vm/run tests/demo/demo-in-guest
 
+# The parts of check overlap (tests/check): the module and the tools are
+# built first, and then BUILT=1 keeps the parts that run beside the VM
+# suite from building them again while it reads them.
 check: deps
-	$(MAKE) lint test fuzz-check vm-test vm-lts vm-debian
+	MAKE="$(MAKE)" tests/check
+
+ifndef BUILT
+lint-module: module
+test vm-lts vm-debian: tools
+vm-test: all
+endif
 
 clean:
 	-$(KMAKE) clean

@@ -53,9 +53,13 @@ apt_opts() {
         "-o APT::Sandbox::User=root"
 }
 
-# The private configuration, its lists fetched once a day at most.
+# The private configuration, its lists fetched once a day at most. One
+# user of it at a time (make check runs several): the lock is held until
+# this script exits.
 apt_lists() {
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/empty"
+    exec 8>"$apt_dir.lock"
+    flock 8
     : >>"$apt_dir/status"
     printf 'deb %s sid main\ndeb %s trixie-backports main\n' "$mirror" "$mirror" \
         >"$apt_dir/sources.list"
@@ -63,7 +67,12 @@ apt_lists() {
     # (Acquire::Check-Valid-Until=false in apt_opts).
     if [ -z "$(find "$apt_dir/lists" -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null)" ]; then
         # shellcheck disable=SC2046
-        apt-get $(apt_opts) -qq update >&2 || die "apt-get update of sid failed"
+        if ! apt-get $(apt_opts) -qq update >&2; then
+            # Offline, yesterday's lists still name what is in the cache.
+            [ -n "$(find "$apt_dir/lists" -maxdepth 1 -name '*Packages*' 2>/dev/null)" ] ||
+                die "apt-get update of sid failed"
+            echo "debian: apt-get update failed: using the lists of an earlier day" >&2
+        fi
     fi
 }
 
@@ -115,6 +124,10 @@ source_tarball() {
 }
 
 make_chroot() {
+    mkdir -p "$(dirname "$chroot_root")"
+    # One debootstrap at a time; a second caller waits, then finds it made.
+    exec 7>"$chroot_root.lock"
+    flock 7
     if [ ! -f "$chroot_root/.rtbackup-complete" ]; then
         command -v debootstrap >/dev/null || die "debootstrap missing: run 'make deps'"
         echo "debian: debootstrap sid into $chroot_root (about 2 minutes)" >&2
