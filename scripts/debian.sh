@@ -54,12 +54,16 @@ apt_opts() {
 }
 
 # The private configuration, its lists fetched once a day at most. One
-# user of it at a time (make check runs several): the lock is held until
-# this script exits.
+# user of it at a time (make check runs several): the lock is taken once
+# (a subshell has it already: opened again, it would wait on itself) and
+# held until this script exits.
 apt_lists() {
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/empty"
-    exec 8>"$apt_dir.lock"
-    flock 8
+    if [ -z "${apt_locked:-}" ]; then
+        exec 8>"$apt_dir.lock"
+        flock 8
+        apt_locked=1
+    fi
     : >>"$apt_dir/status"
     printf 'deb %s sid main\ndeb %s trixie-backports main\n' "$mirror" "$mirror" \
         >"$apt_dir/sources.list"
