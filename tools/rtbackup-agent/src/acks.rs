@@ -54,6 +54,11 @@ impl AckTracker {
         self.acked
     }
 
+    /// Highest seq the server acknowledged.
+    pub(crate) fn server_acked(&self) -> u64 {
+        self.server_acked
+    }
+
     /// Last seq handed to the socket.
     pub(crate) fn last_sent(&self) -> u64 {
         self.sent.back().map_or(self.acked.seq, |c| c.seq) - 1

@@ -437,6 +437,11 @@ fn send_loop<S: RingSource>(
                     Err(e) => return Err(e),
                 };
                 *lock(&conn.resync_end) = Some(fin.end_seq);
+                // The server may have acknowledged the end record before
+                // it was stored above: the receiver then found no resync
+                // to clear, and no later ACK comes if the device is idle.
+                let acked = lock(&conn.acks).server_acked();
+                resync_acknowledged(ring, conn, acked);
                 cursor = fin.cursor;
                 continue;
             }
