@@ -281,8 +281,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 
 fn print_points(points: &[PointInfo]) {
     println!(
-        "{:<32} {:>18} {:>12} {:<10} MARKS",
-        "TIME", "RING_ID", "SEQ", "KIND"
+        "{:<32} {:<32} {:>18} {:>12} {:<10} MARKS",
+        "TIME", "RECEIVED", "RING_ID", "SEQ", "KIND"
     );
     for p in points {
         let kind = serde_json::to_value(p.kind)
@@ -290,8 +290,9 @@ fn print_points(points: &[PointInfo]) {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         println!(
-            "{:<32} {:>#18x} {:>12} {:<10} {}",
+            "{:<32} {:<32} {:>#18x} {:>12} {:<10} {}",
             p.time,
+            p.received,
             p.ring_id,
             p.seq,
             kind,
@@ -434,6 +435,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     keep_bytes: keep_size,
                 },
                 apply_delay,
+                ..VolumeOptions::default()
             };
             let st = Store::with_segment_store(
                 &store,

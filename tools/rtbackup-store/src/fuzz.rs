@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rtbackup_proto::fuzz::{fix_record_checksums, split_mode};
 
 use crate::history::{format_time, Scanner};
+use crate::index::{PointKind, PointRow};
 use crate::journal::{walk, CpTracker, Event, SegmentSource, WalkEnd};
 use crate::section::SectionTracker;
 use crate::segment::{
@@ -161,7 +162,13 @@ pub fn segment_target(data: &[u8]) {
         seq: 0,
     };
     let mut cps = CpTracker::new(from);
-    let mut scanner = Scanner::new(from, None, SectionTracker::default());
+    let base = PointRow {
+        pos: from,
+        time_ns: 0,
+        received_ns: 0,
+        kind: PointKind::Base,
+    };
+    let mut scanner = Scanner::new(base, None, SectionTracker::default(), 1);
     let mut records = 0u64;
     let end = walk(&src, from, last, None, |e| {
         if let Event::Record { start, end, .. } = &e {
@@ -179,6 +186,14 @@ pub fn segment_target(data: &[u8]) {
     assert!(!cps.last.is_after(&end), "a point after the end");
     for p in &scanner.rows.points {
         assert!(!p.pos.is_after(&end), "a point after the end");
+    }
+    // Whatever times the records carry, point times never go backwards.
+    for w in scanner.rows.points.windows(2) {
+        assert!(
+            w[0].time_ns <= w[1].time_ns,
+            "a point before the previous one"
+        );
+        assert!(w[0].received_ns <= w[1].received_ns);
     }
     // Up to the end found, the same walk must succeed and see the same
     // records (this is how a restore replays the journal to a point).

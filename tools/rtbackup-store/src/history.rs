@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::clock::system_ns as now_ns;
 use crate::error::{Result, StoreError};
 use crate::index::{Index, MarkRow, PointKind, PointRow, RecordRow, Rows};
 use crate::journal::{walk_reading, Event, SegmentSource};
 use crate::section::SectionTracker;
 use crate::segment::Payloads;
-use crate::state::{now_ns, Position};
+use crate::state::Position;
 
 /// A restore point as a user names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,9 +122,24 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 }
 
 /// Turns journal walk events into index rows.
+///
+/// Point times never go backwards. A point's host time below the previous
+/// point's (other than the base point's) is raised to it (and counted in
+/// [`Rows::clamped`]): a host
+/// whose clock was stepped back, or that forged a time, cannot put a new
+/// point before older ones. A point's received time is the backup host's
+/// clock when it is scanned (`now`, right after the records became
+/// durable), never after the next segment was created (a scan of older
+/// journal, as in an index rebuild) and never before the previous point's.
 pub(crate) struct Scanner {
-    last_point: Position,
+    last_point: PointRow,
     last_time: Option<u64>,
+    /// The backup host's clock at the scan.
+    now: u64,
+    /// The first point in `rows` of the segment being walked, and the
+    /// received time of the point before it.
+    segment_first: usize,
+    segment_floor: u64,
     /// Resync sections, which make consistency-point candidates not points.
     pub(crate) sections: SectionTracker,
     /// The end of the previous segment, when the walk just crossed into a
@@ -135,15 +151,20 @@ pub(crate) struct Scanner {
 
 impl Scanner {
     /// A scan continuing after the point `last_point`, a record of time
-    /// `last_time` and with the resync sections as `sections`.
+    /// `last_time` and with the resync sections as `sections`, at `now` on
+    /// the backup host's clock.
     pub(crate) fn new(
-        last_point: Position,
+        last_point: PointRow,
         last_time: Option<u64>,
         sections: SectionTracker,
+        now: u64,
     ) -> Self {
         Self {
             last_point,
             last_time,
+            now,
+            segment_first: 0,
+            segment_floor: last_point.received_ns,
             sections,
             crossed: None,
             rows: Rows::default(),
@@ -151,11 +172,41 @@ impl Scanner {
     }
 
     fn point(&mut self, pos: Position, time_ns: u64, kind: PointKind) {
-        if self.last_point.same_place(&pos) {
+        let last = self.last_point;
+        if last.pos.same_place(&pos) {
             return;
         }
-        self.rows.points.push(PointRow { pos, time_ns, kind });
-        self.last_point = pos;
+        // A new volume's base point has the backup host's time, not the
+        // protected host's: no floor for host times.
+        let floor = match last.kind {
+            PointKind::Base => 0,
+            _ => last.time_ns,
+        };
+        if time_ns < floor {
+            self.rows.clamped += 1;
+        }
+        let p = PointRow {
+            pos,
+            time_ns: time_ns.max(floor),
+            received_ns: self.now.max(last.received_ns),
+            kind,
+        };
+        self.rows.points.push(p);
+        self.last_point = p;
+    }
+
+    /// The walk leaves a segment for one created at `created_ns`: the
+    /// segment's points were received before then.
+    fn segment_end(&mut self, created_ns: u64) {
+        let floor = self.segment_floor;
+        for p in &mut self.rows.points[self.segment_first..] {
+            p.received_ns = p.received_ns.min(created_ns).max(floor);
+        }
+        if let Some(p) = self.rows.points.last() {
+            self.last_point.received_ns = p.received_ns;
+        }
+        self.segment_first = self.rows.points.len();
+        self.segment_floor = self.last_point.received_ns;
     }
 
     pub(crate) fn event(&mut self, e: &Event<'_, '_>) {
@@ -193,7 +244,7 @@ impl Scanner {
                         ring_id: end.ring_id,
                         seq: h.seq,
                         time_ns: h.time_ns,
-                        point: self.last_point,
+                        point: self.last_point.pos,
                     });
                 }
                 if let Some(kind) = points.after {
@@ -211,6 +262,7 @@ impl Scanner {
                 } else {
                     self.crossed = Some(*prev_end);
                 }
+                self.segment_end(next.created_ns);
             }
         }
     }
@@ -250,10 +302,16 @@ pub(crate) fn scan(
 /// A consistency point as `points` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PointInfo {
-    /// When the volume was in this state (the protected host's clock).
+    /// When the volume was in this state (the protected host's clock,
+    /// never before an earlier point's).
     pub time: String,
     /// The same, ns since the epoch.
     pub time_ns: u64,
+    /// When the backup host had the point (its own clock, which retention
+    /// and the apply delay go by).
+    pub received: String,
+    /// The same, ns since the epoch.
+    pub received_ns: u64,
     /// Ring of the last record before the point.
     pub ring_id: u64,
     /// Seq of the last record before the point (0: none of this ring).
@@ -273,6 +331,8 @@ impl PointInfo {
         Self {
             time: format_time(p.time_ns),
             time_ns: p.time_ns,
+            received: format_time(p.received_ns),
+            received_ns: p.received_ns,
             ring_id: p.pos.ring_id,
             seq: p.pos.seq,
             kind: p.kind,
@@ -331,7 +391,7 @@ impl HistoryView {
         last_segment: u64,
     ) -> Result<Self> {
         let mut from = base.pos;
-        let mut last_point = base.pos;
+        let mut last_point = base;
         let mut last_time = None;
         // The base point is a consistency point: no resync section open.
         let mut sections = SectionTracker::default();
@@ -341,7 +401,7 @@ impl HistoryView {
             let state = ix.read_consistent(|ix| match ix.indexed()? {
                 Some(i) if !base.pos.is_after(&i) => Ok(Some((
                     i,
-                    ix.last_point()?.map_or(base.pos, |p| p.pos),
+                    ix.last_point()?.unwrap_or(base),
                     ix.last_record_time()?,
                     ix.indexed_sections()?,
                 ))),
@@ -360,7 +420,7 @@ impl HistoryView {
             None,
             // The journal's end may be torn or being written: checked whole.
             Payloads::All,
-            Scanner::new(last_point, last_time, sections),
+            Scanner::new(last_point, last_time, sections, now_ns()),
         )?;
         Ok(Self {
             base,

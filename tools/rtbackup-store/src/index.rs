@@ -22,7 +22,7 @@ use crate::section::{OpenSection, SectionTracker};
 use crate::state::Position;
 
 /// Version of the index schema; another version is rebuilt.
-const INDEX_FORMAT: i64 = 3;
+const INDEX_FORMAT: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -41,7 +41,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS extents USING rtree (id, lo, hi);
 CREATE TABLE IF NOT EXISTS points (
     segment INTEGER NOT NULL, offset INTEGER NOT NULL,
     ring_id INTEGER NOT NULL, seq INTEGER NOT NULL, time_ns INTEGER NOT NULL,
-    kind TEXT NOT NULL,
+    kind TEXT NOT NULL, received_ns INTEGER NOT NULL,
     PRIMARY KEY (segment, offset)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS marks (
     segment INTEGER NOT NULL, offset INTEGER NOT NULL,
@@ -161,8 +161,12 @@ const DATA_OPS: [u8; 4] = [
 pub struct PointRow {
     /// The journal position: every record before it, none after.
     pub pos: Position,
-    /// When the volume was in this state (protected host's clock).
+    /// When the volume was in this state (protected host's clock, never
+    /// before the previous point's: see [`crate::history::Scanner`]).
     pub time_ns: u64,
+    /// When the backup host had the point (its own clock, never before
+    /// the previous point's), which retention and the apply delay go by.
+    pub received_ns: u64,
     /// Why it is a consistency point.
     pub kind: PointKind,
 }
@@ -447,8 +451,9 @@ impl Index {
             }
             let mut pt = tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO points (segment, offset, ring_id, seq, time_ns, kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT OR IGNORE INTO points
+                     (segment, offset, ring_id, seq, time_ns, kind, received_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .map_err(wrap)?;
             for p in &rows.points {
@@ -458,7 +463,8 @@ impl Index {
                     to_i(p.pos.ring_id),
                     to_i(p.pos.seq),
                     to_i(p.time_ns),
-                    p.kind.as_str()
+                    p.kind.as_str(),
+                    to_i(p.received_ns)
                 ])
                 .map_err(wrap)?;
             }
@@ -524,7 +530,7 @@ impl Index {
         if indexed.is_some_and(|i| i.is_after(&end)) {
             let back = tx
                 .query_row(
-                    "SELECT segment, offset, ring_id, seq, time_ns, kind FROM points
+                    "SELECT segment, offset, ring_id, seq, time_ns, kind, received_ns FROM points
                      ORDER BY segment DESC, offset DESC LIMIT 1",
                     [],
                     Self::point_from,
@@ -586,6 +592,7 @@ impl Index {
                 seq: to_u(r.get(3)?),
             },
             time_ns: to_u(r.get(4)?),
+            received_ns: to_u(r.get(6)?),
             kind: PointKind::parse(&kind).unwrap_or(PointKind::Flush),
         })
     }
@@ -595,7 +602,7 @@ impl Index {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT segment, offset, ring_id, seq, time_ns, kind FROM points
+                "SELECT segment, offset, ring_id, seq, time_ns, kind, received_ns FROM points
                  WHERE (segment, offset) >= (?1, ?2) ORDER BY segment, offset",
             )
             .map_err(|e| self.err("listing points", e))?;
@@ -609,24 +616,37 @@ impl Index {
             .map_err(|e| self.err("listing points", e))
     }
 
-    /// The newest point with a time at or before `time_ns`.
+    /// The newest point the backup host had at or before `received_ns`.
+    pub(crate) fn point_received_by(&self, received_ns: u64) -> Result<Option<PointRow>> {
+        self.newest_point_by("received_ns", received_ns)
+    }
+
+    /// The newest point with a (host) time at or before `time_ns`.
     pub(crate) fn point_at_time(&self, time_ns: u64) -> Result<Option<PointRow>> {
+        self.newest_point_by("time_ns", time_ns)
+    }
+
+    /// The newest point whose time `column` is at or before `ns` (point
+    /// times never go backwards, so it is also the latest such time).
+    fn newest_point_by(&self, column: &'static str, ns: u64) -> Result<Option<PointRow>> {
         self.conn
             .query_row(
-                "SELECT segment, offset, ring_id, seq, time_ns, kind FROM points
-                 WHERE time_ns <= ?1 ORDER BY segment DESC, offset DESC LIMIT 1",
-                [to_i(time_ns)],
+                &format!(
+                    "SELECT segment, offset, ring_id, seq, time_ns, kind, received_ns FROM points
+                     WHERE {column} <= ?1 ORDER BY segment DESC, offset DESC LIMIT 1"
+                ),
+                [to_i(ns)],
                 Self::point_from,
             )
             .optional()
-            .map_err(|e| self.err("finding a point by time", e))
+            .map_err(|e| self.err(&format!("finding a point by {column}"), e))
     }
 
     /// The newest point at or before `pos`.
     pub(crate) fn point_at_or_before(&self, pos: Position) -> Result<Option<PointRow>> {
         self.conn
             .query_row(
-                "SELECT segment, offset, ring_id, seq, time_ns, kind FROM points
+                "SELECT segment, offset, ring_id, seq, time_ns, kind, received_ns FROM points
                  WHERE (segment, offset) <= (?1, ?2) ORDER BY segment DESC, offset DESC LIMIT 1",
                 params![to_i(pos.segment), to_i(pos.offset)],
                 Self::point_from,
@@ -853,7 +873,7 @@ impl Index {
     pub(crate) fn first_point_after(&self, pos: Position) -> Result<Option<PointRow>> {
         self.conn
             .query_row(
-                "SELECT segment, offset, ring_id, seq, time_ns, kind FROM points
+                "SELECT segment, offset, ring_id, seq, time_ns, kind, received_ns FROM points
                  WHERE (segment, offset) > (?1, ?2) ORDER BY segment, offset LIMIT 1",
                 params![to_i(pos.segment), to_i(pos.offset)],
                 Self::point_from,
@@ -867,7 +887,7 @@ impl Index {
     pub(crate) fn last_point(&self) -> Result<Option<PointRow>> {
         self.conn
             .query_row(
-                "SELECT segment, offset, ring_id, seq, time_ns, kind FROM points
+                "SELECT segment, offset, ring_id, seq, time_ns, kind, received_ns FROM points
                  ORDER BY segment DESC, offset DESC LIMIT 1",
                 [],
                 Self::point_from,
@@ -929,6 +949,9 @@ pub(crate) struct Rows {
     pub(crate) records: Vec<RecordRow>,
     pub(crate) points: Vec<PointRow>,
     pub(crate) marks: Vec<MarkRow>,
+    /// Points whose host time was before the previous point's (and was
+    /// raised to it).
+    pub(crate) clamped: u64,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! small state file with the checkpoint. Sealed journal segments go through
 //! a [`SegmentStore`] ([`LocalDirStore`] today; an object store later).
 
+mod clock;
 mod error;
 #[doc(hidden)]
 pub mod fuzz;
@@ -29,6 +30,7 @@ use nix::fcntl::FlockArg;
 use rtbackup_proto::validate_volume_name;
 use serde::Serialize;
 
+pub use clock::Clock;
 pub use error::{Result, StoreError};
 pub use history::{format_time, parse_duration, JournalEnd, PointInfo, PointSpec};
 pub use index::{PointKind, RecordRow};
@@ -246,7 +248,7 @@ impl Store {
         if !dir.join(STATE_FILE).exists() {
             return Err(StoreError::NoSuchVolume(name.to_owned()));
         }
-        Volume::open(dir, self.source(name), self.opts)
+        Volume::open(dir, self.source(name), self.opts.clone())
     }
 
     /// Opens volume `name`, creating it with `size_bytes` and `block_size`
@@ -272,7 +274,7 @@ impl Store {
         if !dir.join(STATE_FILE).exists() {
             self.create_volume(name, size_bytes, block_size)?;
         }
-        let vol = Volume::open(dir, self.source(name), self.opts)?;
+        let vol = Volume::open(dir, self.source(name), self.opts.clone())?;
         if vol.size_bytes() != size_bytes {
             return Err(StoreError::SizeMismatch {
                 volume: name.to_owned(),
@@ -291,7 +293,7 @@ impl Store {
         if tmp.exists() {
             fs::remove_dir_all(&tmp).ctx(|| format!("removing {}", tmp.display()))?;
         }
-        let now = state::now_ns();
+        let now = self.opts.clock.now_ns();
         let start = Position {
             segment: 1,
             offset: SEGMENT_HEADER_LEN,
@@ -308,9 +310,11 @@ impl Store {
             checkpoint: start,
             base: Some(start),
             base_time_ns: now,
+            base_received_ns: now,
             rings: Vec::new(),
             folding: None,
             folding_time_ns: 0,
+            folding_received_ns: 0,
             created_ns: now,
             updated_ns: now,
         };
@@ -525,12 +529,7 @@ impl Store {
         st: &VolumeState,
         last: u64,
     ) -> Result<HistoryView> {
-        let (pos, time_ns) = st.oldest_point();
-        let base = PointRow {
-            pos,
-            time_ns,
-            kind: PointKind::Base,
-        };
+        let base = st.oldest_point();
         let index = Index::open_ro(&self.volume_dir(name).join(INDEX_FILE))?;
         HistoryView::open(src, base, index, last)
     }

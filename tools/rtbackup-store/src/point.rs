@@ -216,8 +216,7 @@ impl PointReader {
         // and the segments still for this read.
         let _lock = lock_volume(&self.dir, FlockArg::LockShared)?;
         let st = VolumeState::load(&self.dir.join(STATE_FILE))?;
-        let (oldest, _) = st.oldest_point();
-        if oldest.is_after(&self.pos) {
+        if st.oldest_point().pos.is_after(&self.pos) {
             return Err(StoreError::NoSuchPoint(format!(
                 "the point of {} has been folded into the base image by retention",
                 self.point.time

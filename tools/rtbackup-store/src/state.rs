@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, Result, StoreError};
+use crate::index::{PointKind, PointRow};
 use crate::segment::sync_dir;
 
 /// Version of the store's on-disk format (Documentation/store.rst).
@@ -78,6 +79,10 @@ pub struct VolumeState {
     /// Time of the base point (the protected host's clock).
     #[serde(default)]
     pub base_time_ns: u64,
+    /// When the backup host had the base point (its own clock; 0 in
+    /// older state files, which then show `base_time_ns`).
+    #[serde(default)]
+    pub base_received_ns: u64,
     /// A fold of history into the base image in progress up to this point:
     /// the base image may already hold records up to it, so no point
     /// before it can be restored. Set (durably) before the fold starts,
@@ -88,6 +93,9 @@ pub struct VolumeState {
     /// Time of the `folding` point.
     #[serde(default)]
     pub folding_time_ns: u64,
+    /// When the backup host had the `folding` point.
+    #[serde(default)]
+    pub folding_received_ns: u64,
     /// Rings the volume has seen, oldest first, the current one last (at
     /// most [`MAX_RINGS`]). A HELLO or record of any of them but the
     /// current one is refused (`stale-ring`). Absent in older state files.
@@ -105,13 +113,23 @@ impl VolumeState {
         self.base.unwrap_or(self.checkpoint)
     }
 
-    /// The oldest point that can be restored, and its time: the base
-    /// point, or the end of a fold in progress.
-    pub fn oldest_point(&self) -> (Position, u64) {
-        match self.folding {
-            Some(f) => (f, self.folding_time_ns),
-            None if self.base.is_some() => (self.base(), self.base_time_ns),
-            None => (self.checkpoint, self.updated_ns),
+    /// The oldest point that can be restored: the base point, or the end
+    /// of a fold in progress.
+    pub(crate) fn oldest_point(&self) -> PointRow {
+        let (pos, time_ns, received_ns) = match self.folding {
+            Some(f) => (f, self.folding_time_ns, self.folding_received_ns),
+            None if self.base.is_some() => (self.base(), self.base_time_ns, self.base_received_ns),
+            None => (self.checkpoint, self.updated_ns, self.updated_ns),
+        };
+        PointRow {
+            pos,
+            time_ns,
+            received_ns: if received_ns == 0 {
+                time_ns
+            } else {
+                received_ns
+            },
+            kind: PointKind::Base,
         }
     }
 
@@ -154,12 +172,4 @@ impl VolumeState {
         sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))?;
         Ok(())
     }
-}
-
-/// `CLOCK_REALTIME` in nanoseconds.
-pub(crate) fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }

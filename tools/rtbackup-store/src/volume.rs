@@ -13,6 +13,7 @@ use nix::fcntl::{posix_fadvise, Flock, FlockArg, PosixFadviseAdvice};
 use rtbackup_proto::{records, RecordError};
 use tracing::{debug, info, warn};
 
+use crate::clock::{system_ns as now_ns, Clock};
 use crate::error::{IoContext, Result, StoreError};
 use crate::history::{scan, Scanner};
 use crate::image::{sparse_copy, Target};
@@ -23,7 +24,7 @@ use crate::segment::{
     create_segment, parse_segment_file_name, read_segment_header, segment_file_name, sync_data,
     sync_dir, CreateSegmentError, Payloads, SegmentHeader, SEGMENT_HEADER_LEN,
 };
-use crate::state::{now_ns, Position, VolumeState, MAX_RINGS};
+use crate::state::{Position, VolumeState, MAX_RINGS};
 
 /// File names inside a volume directory.
 pub(crate) const STATE_FILE: &str = "state.json";
@@ -106,7 +107,7 @@ impl Default for Retention {
 }
 
 /// Tunables of an open volume.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct VolumeOptions {
     /// A new segment is started when a batch would make the active one
     /// larger than this.
@@ -115,6 +116,9 @@ pub struct VolumeOptions {
     pub retention: Retention,
     /// The image trails the journal by this long (a delayed replica).
     pub apply_delay: Duration,
+    /// The backup host's clock, which the ages of retention and the apply
+    /// delay are measured by.
+    pub clock: Clock,
 }
 
 impl Default for VolumeOptions {
@@ -123,6 +127,7 @@ impl Default for VolumeOptions {
             segment_bytes: 256 << 20,
             retention: Retention::default(),
             apply_delay: Duration::ZERO,
+            clock: Clock::system(),
         }
     }
 }
@@ -533,7 +538,7 @@ impl Volume {
         state.durable_seq = end.end.seq;
         state.rings = rings.clone();
         let base = open_base(&dir, &name, &image, &mut state)?;
-        let index = open_index(&dir, &src, &state, end.end)?;
+        let index = open_index(&dir, &src, &state, end.end, &opts.clock)?;
         let oldest = src
             .store
             .list(&name)
@@ -579,16 +584,9 @@ impl Volume {
                 info!(volume = %name, seq = checkpoint.seq, records, "replayed journal onto the image");
             }
             if let Some(to) = img.state.folding {
-                let time_ns = img.state.folding_time_ns;
                 info!(volume = %name, seq = to.seq, "finishing a fold of history interrupted by a crash");
-                vol.fold(
-                    &mut img,
-                    PointRow {
-                        pos: to,
-                        time_ns,
-                        kind: PointKind::Base,
-                    },
-                )?;
+                let p = img.state.oldest_point();
+                vol.fold(&mut img, p)?;
             }
         }
         drop(vlock);
@@ -862,7 +860,7 @@ impl Volume {
             id: old_id + 1,
             ring_id,
             first_seq,
-            created_ns: now_ns(),
+            created_ns: self.opts.clock.now_ns(),
         };
         let path = self.src.local_path(header.id);
         let file = match create_segment(&path, &header) {
@@ -1029,7 +1027,7 @@ impl Volume {
     /// Indexes the durable records not indexed yet, up to `durable`.
     fn catch_up_index(&self, durable: Position) -> Result<()> {
         let mut ix = lock(&self.index);
-        catch_up(&mut ix, &self.src, durable)
+        catch_up(&mut ix, &self.src, durable, &self.opts.clock)
     }
 
     /// Where the image should stand: the last durable consistency point,
@@ -1038,8 +1036,9 @@ impl Volume {
         if self.opts.apply_delay.is_zero() {
             return Ok(durable_cp);
         }
-        let horizon = now_ns().saturating_sub(self.opts.apply_delay.as_nanos() as u64);
-        let p = lock(&self.index).point_at_time(horizon)?;
+        // The backup host's clock: the protected host's may lie.
+        let horizon = self.opts.clock.ago(self.opts.apply_delay);
+        let p = lock(&self.index).point_received_by(horizon)?;
         Ok(match p {
             Some(p) if !p.pos.is_after(&durable_cp) => p.pos,
             Some(_) => durable_cp,
@@ -1060,8 +1059,8 @@ impl Volume {
         let ix = lock(&self.index);
         let mut target: Option<PointRow> = None;
         if let Some(keep) = r.keep {
-            let horizon = now_ns().saturating_sub(keep.as_nanos() as u64);
-            target = ix.point_at_time(horizon)?;
+            // The backup host's clock: the protected host's may lie.
+            target = ix.point_received_by(self.opts.clock.ago(keep))?;
         }
         if let Some(cap) = r.keep_bytes {
             let mut segs = local_segments(&self.src.journal_dir)?;
@@ -1171,14 +1170,17 @@ impl Volume {
         if img.state.folding.map(|f| f.same_place(&to.pos)) != Some(true) {
             img.state.folding = Some(to.pos);
             img.state.folding_time_ns = to.time_ns;
+            img.state.folding_received_ns = to.received_ns;
             img.state.updated_ns = now_ns();
             img.state.store(&self.dir.join(STATE_FILE))?;
         }
         let n = self.replay_onto(&img.base, BASE_FILE, base, to.pos)?;
         img.state.base = Some(to.pos);
         img.state.base_time_ns = to.time_ns;
+        img.state.base_received_ns = to.received_ns;
         img.state.folding = None;
         img.state.folding_time_ns = 0;
+        img.state.folding_received_ns = 0;
         img.state.updated_ns = now_ns();
         img.state.store(&self.dir.join(STATE_FILE))?;
         let active = lock(&self.journal).header.id;
@@ -1269,6 +1271,7 @@ fn open_base(dir: &Path, name: &str, image: &File, state: &mut VolumeState) -> R
     sync_dir(dir).map_err(|e| fsync_error(dir, name, format!("syncing {}", dir.display()), e))?;
     state.base = Some(state.checkpoint);
     state.base_time_ns = now_ns();
+    state.base_received_ns = state.base_time_ns;
     state.format = crate::STORE_FORMAT_VERSION;
     state.store(&dir.join(STATE_FILE))?;
     Ok(f)
@@ -1282,6 +1285,7 @@ fn open_index(
     src: &SegmentSource,
     state: &VolumeState,
     end: Position,
+    clock: &Clock,
 ) -> Result<Index> {
     let (mut ix, fresh) = Index::open_rw(&dir.join(INDEX_FILE))?;
     let base = state.base();
@@ -1298,6 +1302,10 @@ fn open_index(
             points: vec![PointRow {
                 pos: base,
                 time_ns: state.base_time_ns,
+                received_ns: match state.base_received_ns {
+                    0 => state.base_time_ns,
+                    t => t,
+                },
                 kind: PointKind::Base,
             }],
             ..Rows::default()
@@ -1306,19 +1314,24 @@ fn open_index(
         ix.add(&rows, base, SectionTracker::default())?;
     }
     ix.trim_before(base)?;
-    catch_up(&mut ix, src, end)?;
+    catch_up(&mut ix, src, end, clock)?;
     Ok(ix)
 }
 
 /// Indexes the journal from where `ix` stands up to `upto`.
-fn catch_up(ix: &mut Index, src: &SegmentSource, upto: Position) -> Result<()> {
+fn catch_up(ix: &mut Index, src: &SegmentSource, upto: Position, clock: &Clock) -> Result<()> {
     let Some(from) = ix.indexed()? else {
         return Ok(());
     };
     if !upto.is_after(&from) {
         return Ok(());
     }
-    let last_point = ix.last_point()?.map_or(from, |p| p.pos);
+    let last_point = ix.last_point()?.unwrap_or(PointRow {
+        pos: from,
+        time_ns: 0,
+        received_ns: 0,
+        kind: PointKind::Base,
+    });
     let last_time = ix.last_record_time()?;
     let sections = ix.indexed_sections()?;
     let s = scan(
@@ -1333,8 +1346,15 @@ fn catch_up(ix: &mut Index, src: &SegmentSource, upto: Position) -> Result<()> {
         // it check it again, and a rebuilt index leaves rot in older
         // records to the restore that reads them.
         Payloads::Indexed,
-        Scanner::new(last_point, last_time, sections),
+        Scanner::new(last_point, last_time, sections, clock.now_ns()),
     )?;
+    if s.rows.clamped > 0 {
+        warn!(
+            volume = %src.volume,
+            points = s.rows.clamped,
+            "points whose host time was before an earlier point's (the protected host's clock went back, or forged); each shows the earlier time"
+        );
+    }
     ix.add(&s.rows, s.end, s.sections)
 }
 

@@ -11,18 +11,38 @@ use std::time::Duration;
 use common::*;
 use proptest::prelude::*;
 use rtbackup_proto::RTB_REC_PREFLUSH;
-use rtbackup_store::{CompactOutcome, PointKind, PointSpec, Store, StoreError, VolumeOptions};
+use rtbackup_store::{
+    Clock, CompactOutcome, PointInfo, PointKind, PointSpec, Store, StoreError, VolumeOptions,
+};
 
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+/// The backup host's clock of a test: [`rounds`] sets it to the time of
+/// the last record of each batch, as an honest host's clock in step with
+/// the server's.
+fn test_clock() -> Clock {
+    Clock::manual(T0)
 }
 
-/// A retention time that keeps the points from about `time_of(seq)` on.
-fn keep_from(seq: u64) -> Duration {
-    Duration::from_nanos(now_ns() - time_of(seq) - 500_000_000)
+/// An age that keeps the points from about `time_of(seq)` on when the
+/// clock reads `time_of(now_seq)`.
+fn keep_from(now_seq: u64, seq: u64) -> Duration {
+    Duration::from_nanos((time_of(now_seq) - time_of(seq)).saturating_sub(500_000_000))
+}
+
+/// Points without the time the backup host received them: a journal read
+/// without the index, or indexed again, has them as received when read.
+fn host_view(mut points: Vec<PointInfo>) -> Vec<PointInfo> {
+    for p in &mut points[1..] {
+        p.received = String::new();
+        p.received_ns = 0;
+    }
+    points
+}
+
+fn clocked(o: VolumeOptions, clock: &Clock) -> VolumeOptions {
+    VolumeOptions {
+        clock: clock.clone(),
+        ..o
+    }
 }
 
 /// write A, flush, mark m1, write B (preflush), flush, mark m2, write C.
@@ -136,17 +156,26 @@ fn marks_times_and_seqs_name_the_right_points() {
     // from the journal alone.
     drop(vol);
     fs::remove_file(d.path().join("volumes/v/index.sqlite")).unwrap();
-    assert_eq!(store.points("v").unwrap(), points);
+    assert_eq!(
+        host_view(store.points("v").unwrap()),
+        host_view(points.clone())
+    );
     check(PointSpec::Mark("m1".into()), 2);
     // Reopening rebuilds it.
     let vol = store.open_volume("v").unwrap();
     assert!(d.path().join("volumes/v/index.sqlite").exists());
-    assert_eq!(store.points("v").unwrap(), points);
+    assert_eq!(
+        host_view(store.points("v").unwrap()),
+        host_view(points.clone())
+    );
     drop(vol);
     // A damaged index is rebuilt too.
     fs::write(d.path().join("volumes/v/index.sqlite"), b"garbage").unwrap();
     let vol = store.open_volume("v").unwrap();
-    assert_eq!(store.points("v").unwrap(), points);
+    assert_eq!(
+        host_view(store.points("v").unwrap()),
+        host_view(points.clone())
+    );
 
     // Reads at a point, with the index and (server stopped, index gone)
     // without it.
@@ -167,14 +196,16 @@ fn marks_times_and_seqs_name_the_right_points() {
     assert!(r.read_at(&mut buf, u64::MAX - 10).is_err());
 }
 
-/// A stream of `n` rounds: a few writes, then a flush; returns the model.
-fn rounds(vol: &rtbackup_store::Volume, n: u64) -> Model {
+/// A stream of `n` rounds: a few writes, then a flush, each committed
+/// when `clock` reads the time of its flush; returns the model.
+fn rounds(vol: &rtbackup_store::Volume, clock: &Clock, n: u64) -> Model {
     let mut m = Model::new();
     for i in 0..n {
         let mut b = Vec::new();
         b.extend(m.push(write((i * 3) % 120, i as u8 + 1, 1024), 0));
         b.extend(m.push(write((i * 7 + 1) % 120, i as u8 + 100, 512), 0));
         b.extend(m.push(Op::Flush, 0));
+        clock.set(time_of(m.ops.len() as u64));
         vol.append(RING, &b).unwrap();
         vol.sync().unwrap();
         vol.apply(true).unwrap();
@@ -193,10 +224,12 @@ fn fold_all(vol: &rtbackup_store::Volume) -> u64 {
 #[test]
 fn retention_by_time_folds_old_history_and_keeps_the_window() {
     let d = tempfile::tempdir().unwrap();
-    // Keep from about round 20 (flush seq 60) on.
-    let store = store_with(d.path(), opts(4096, Some(keep_from(60)), None));
+    // Keep from about round 20 (flush seq 60) on, after 30 rounds.
+    let clock = test_clock();
+    let o = opts(4096, Some(keep_from(90, 60)), None);
+    let store = store_with(d.path(), clocked(o, &clock));
     let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
-    let m = rounds(&vol, 30);
+    let m = rounds(&vol, &clock, 30);
     let before = store.volume_status("v").unwrap().segments;
     let old = store.open_point("v", &PointSpec::Seq(3)).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -231,9 +264,10 @@ fn retention_by_time_folds_old_history_and_keeps_the_window() {
 #[test]
 fn retention_by_size_drops_whole_old_segments() {
     let d = tempfile::tempdir().unwrap();
-    let store = store_with(d.path(), opts(4096, None, Some(3 * 4096)));
+    let clock = test_clock();
+    let store = store_with(d.path(), clocked(opts(4096, None, Some(3 * 4096)), &clock));
     let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
-    let m = rounds(&vol, 40);
+    let m = rounds(&vol, &clock, 40);
     fold_all(&vol);
     let st = store.volume_status("v").unwrap();
     assert!(st.journal_bytes <= 4 * 4096, "{st:?}");
@@ -251,9 +285,10 @@ fn retention_by_size_drops_whole_old_segments() {
 #[test]
 fn a_fold_interrupted_by_a_crash_is_finished_and_nothing_older_restores_meanwhile() {
     let d = tempfile::tempdir().unwrap();
-    let store = store_with(d.path(), opts(4096, None, None));
+    let clock = test_clock();
+    let store = store_with(d.path(), clocked(opts(4096, None, None), &clock));
     let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
-    let m = rounds(&vol, 12);
+    let m = rounds(&vol, &clock, 12);
     drop(vol);
     // What a crash in the middle of folding up to seq 18 leaves: the fold
     // recorded in the state file, and the base image holding records up to
@@ -297,11 +332,12 @@ fn a_fold_interrupted_by_a_crash_is_finished_and_nothing_older_restores_meanwhil
 #[test]
 fn the_delayed_image_trails_the_stream() {
     let d = tempfile::tempdir().unwrap();
-    let mut o = opts(1 << 20, None, None);
-    o.apply_delay = keep_from(15);
+    let clock = test_clock();
+    let mut o = clocked(opts(1 << 20, None, None), &clock);
+    o.apply_delay = keep_from(30, 15);
     let store = store_with(d.path(), o);
     let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
-    let m = rounds(&vol, 10);
+    let m = rounds(&vol, &clock, 10);
     let st = store.volume_status("v").unwrap();
     assert_eq!(st.applied_seq, 15, "{st:?}");
     assert_eq!(st.durable_seq, 30);
@@ -354,7 +390,8 @@ proptest! {
         chunk in 1usize..20000,
     ) {
         let d = fast_tempdir();
-        let store = store_with(d.path(), opts(seg, None, None));
+        let clock = test_clock();
+        let store = store_with(d.path(), clocked(opts(seg, None, None), &clock));
         let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
         let mut m = Model::new();
         let recs: Vec<Vec<u8>> = ops.iter().map(|(op, f)| m.push(op.clone(), *f)).collect();
@@ -362,6 +399,7 @@ proptest! {
         for c in cuts.iter().cycle() {
             if i >= recs.len() { break; }
             let end = (i + c).min(recs.len());
+            clock.set(time_of(end as u64));
             vol.append(RING, &recs[i..end].concat()).unwrap();
             vol.sync().unwrap();
             vol.apply(true).unwrap();
@@ -378,8 +416,8 @@ proptest! {
         // Fold up to the newest point at or before seq `fold_at` with a
         // store that keeps only from there.
         let oldest = store.find_point("v", &PointSpec::Seq(fold_at)).map(|p| p.seq).unwrap_or(0);
-        let keep = keep_from(oldest.max(1)) ;
-        let folding = store_with(d.path(), opts(seg, Some(keep), None));
+        let keep = keep_from(m.ops.len() as u64, oldest.max(1));
+        let folding = store_with(d.path(), clocked(opts(seg, Some(keep), None), &clock));
         let vol = folding.open_volume("v").unwrap();
         fold_all(&vol);
         let listed = store.points("v").unwrap();
@@ -459,4 +497,70 @@ fn end_matches(
     r.read_at(&mut buf, 0).unwrap();
     prop_assert!(buf == m.image, "the end is not after every record");
     Ok(())
+}
+
+/// A compromised host steps its clock back three days and forges a FLUSH
+/// stamped 1970 (Documentation/security.rst, "Time"). Retention and the
+/// delayed image go by the backup host's clock: nothing younger than the
+/// window is folded, the image does not jump ahead, the mark taken before
+/// the step still restores, and point times never go backwards.
+#[test]
+fn a_host_clock_stepped_back_or_forged_deletes_no_history() {
+    let d = tempfile::tempdir().unwrap();
+    let clock = test_clock();
+    let hour = Duration::from_secs(3600);
+    let mut o = clocked(opts(4096, Some(hour), None), &clock);
+    o.apply_delay = Duration::from_secs(600);
+    let store = store_with(d.path(), o);
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let mut m = Model::new();
+    let mut good = marked_stream(&mut m);
+    good.extend(m.push(Op::Flush, 0));
+    clock.set(time_of(8));
+    commit(&vol, RING, &good);
+    let good_image = m.at_cp.0.clone();
+    clock.advance(Duration::from_secs(600));
+
+    m.host_time = Some(time_of(8) - 3 * 86_400 * 1_000_000_000);
+    let mut stepped = Vec::new();
+    stepped.extend(m.push(write(8, 0xdd, 4096), 0));
+    stepped.extend(m.push(Op::Flush, 0));
+    m.host_time = Some(0);
+    stepped.extend(m.push(write(16, 0xee, 4096), 0));
+    stepped.extend(m.push(Op::Flush, 0));
+    commit(&vol, RING, &stepped);
+
+    // A minute later on the backup host's clock: the image, ten minutes
+    // behind, holds the first batch only, whatever the later records say
+    // of their age.
+    clock.advance(Duration::from_secs(60));
+    vol.apply(true).unwrap();
+    assert_eq!(store.volume_status("v").unwrap().applied_seq, 8);
+    // Within the hour: nothing is folded.
+    assert_eq!(fold_all(&vol), 0);
+    let (bytes, seq) = restore_at(&store, d.path(), &PointSpec::Mark("m2".into())).unwrap();
+    assert_eq!(seq, 5);
+    assert!(bytes == m.points.iter().find(|p| p.0 == 5).unwrap().2);
+    let (bytes, seq) = restore_at(&store, d.path(), &PointSpec::Seq(8)).unwrap();
+    assert_eq!(seq, 8);
+    assert!(bytes == good_image);
+
+    // Host times are raised to the last honest one, received times are
+    // the backup host's, and neither goes backwards.
+    let points = store.points("v").unwrap();
+    let after: Vec<_> = points.iter().filter(|p| p.seq > 8).collect();
+    assert_eq!(after.len(), 2, "{points:?}");
+    for p in &after {
+        assert_eq!(p.time_ns, time_of(8), "{p:?}");
+        assert_eq!(p.received_ns, time_of(8) + 600 * 1_000_000_000, "{p:?}");
+    }
+    for w in points[1..].windows(2) {
+        assert!(w[0].time_ns <= w[1].time_ns && w[0].received_ns <= w[1].received_ns);
+    }
+
+    // Once the backup host's clock passes the hour, retention folds.
+    clock.advance(hour);
+    vol.apply(true).unwrap();
+    assert!(fold_all(&vol) > 0);
+    assert_eq!(store.points("v").unwrap()[0].seq, 12);
 }

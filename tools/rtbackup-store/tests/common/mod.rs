@@ -67,6 +67,9 @@ pub struct Model {
     /// Seqs of the records after which a section was open and not yet
     /// past its `consistent_seq`: no point can be there.
     pub inside: Vec<u64>,
+    /// The time the next records carry (default: [`time_of`] their seq), as
+    /// a host with a stepped or forged clock sends.
+    pub host_time: Option<u64>,
 }
 
 /// Submission time of record `seq` in test streams: one second apart.
@@ -87,6 +90,7 @@ impl Model {
             marks: Vec::new(),
             section: None,
             inside: Vec::new(),
+            host_time: None,
         }
     }
 
@@ -106,7 +110,7 @@ impl Model {
     /// Adds an op, returns its record.
     pub fn push(&mut self, op: Op, flags: u8) -> Vec<u8> {
         let seq = self.ops.len() as u64 + 1;
-        let time = time_of(seq);
+        let time = self.host_time.unwrap_or_else(|| time_of(seq));
         if flags & RTB_REC_PREFLUSH != 0 {
             self.candidate(seq - 1, time);
         }
