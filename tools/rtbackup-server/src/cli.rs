@@ -67,10 +67,16 @@ pub enum Command {
         /// Start a new journal segment after this many MiB.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         segment_mib: u64,
-        /// Connections served at once; more are refused (ERROR
-        /// too-many-connections) until some end.
+        /// Authenticated connections served at once; more are refused
+        /// (ERROR too-many-connections) until some end. Connections still
+        /// in their TLS handshake take none of these slots (at most 64 at
+        /// once; a new one ends the oldest).
         #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
         max_connections: usize,
+        /// A peer that has not finished its TLS handshake this long after
+        /// connecting is cut off, however slowly it keeps sending.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+        handshake_timeout: std::time::Duration,
         /// Keep every restore point of this last span of time (7d, 12h,
         /// 90min; "forever" for no limit); older history is folded into
         /// each volume's base image.
@@ -272,6 +278,14 @@ fn parse_keep(s: &str) -> Result<KeepTime, String> {
     parse_duration(s).map(|d| KeepTime(Some(d)))
 }
 
+/// A timeout: a duration above zero.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: a timeout must be above zero")),
+        d => Ok(d),
+    }
+}
+
 fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size::Config::new()
         .with_binary()
@@ -423,6 +437,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             insecure_loopback_only,
             segment_mib,
             max_connections,
+            handshake_timeout,
             keep,
             keep_size,
             apply_delay,
@@ -476,7 +491,9 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     "the server needs TLS credentials (or --insecure-loopback-only for a demo on 127.0.0.1)",
                 )?)
             };
-            let mut server = Server::bind(st, &listen)?.max_connections(max_connections);
+            let mut server = Server::bind(st, &listen)?
+                .max_connections(max_connections)
+                .handshake_timeout(handshake_timeout)?;
             if let Some(pki) = tls {
                 server = server.with_tls(pki)?;
             }

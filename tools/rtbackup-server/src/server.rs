@@ -8,10 +8,10 @@ use std::fs::OpenOptions;
 use std::io::{BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
@@ -30,6 +30,14 @@ pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// How long a peer has to send its HELLO.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `--handshake-timeout`: how long a peer has for the whole
+/// TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections in their TLS handshake at once (not yet authenticated; they
+/// take none of the `--max-connections` slots). When all are taken, a new
+/// connection ends the oldest: a peer that holds handshakes open cannot
+/// keep an agent's few-millisecond handshake out.
+pub const MAX_HANDSHAKES: usize = 64;
 /// Buffer for reading frames from a socket.
 const SOCKET_BUF: usize = 1 << 20;
 /// TCP keepalive: idle time before the first probe, interval between
@@ -75,14 +83,53 @@ struct Shared {
     volumes: Mutex<HashMap<String, Maintained>>,
     /// Volumes a connection is streaming now: ring and connection id.
     busy: Mutex<HashMap<String, Busy>>,
-    /// Sockets of live connections, to end their reads on shutdown.
+    /// Sockets of authenticated connections (with TLS; all connections
+    /// without), to end their reads on shutdown.
     conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Sockets of connections in their TLS handshake, and when each came.
+    handshakes: Mutex<HashMap<u64, (TcpStream, Instant)>>,
+    /// `--max-connections`: authenticated connections served at once.
+    max_connections: AtomicUsize,
+    /// `--handshake-timeout`.
+    handshake_timeout: Duration,
     next_conn: AtomicU64,
     /// The server is shutting down: reads were ended on purpose.
     stopping: AtomicBool,
     /// TLS with client certificates; `None`: plain (loopback demos).
     tls: Option<TlsServer>,
     stats: Arc<Stats>,
+}
+
+impl Shared {
+    /// Registers a connection that starts its handshake; if
+    /// [`MAX_HANDSHAKES`] are already in theirs, ends the oldest.
+    fn admit(&self, id: u64, tcp: TcpStream, peer: SocketAddr) {
+        let mut hs = lock(&self.handshakes);
+        if hs.len() >= MAX_HANDSHAKES {
+            if let Some((&old, (s, _))) = hs.iter().min_by_key(|(_, (_, since))| *since) {
+                let from = s.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
+                warn!(%peer, oldest = from, "{MAX_HANDSHAKES} connections in their handshake: ending the oldest");
+                let _ = s.shutdown(Shutdown::Both);
+                hs.remove(&old);
+            }
+        }
+        hs.insert(id, (tcp, Instant::now()));
+    }
+
+    /// Moves connection `id` from the handshakes to the authenticated
+    /// connections, unless they are at `--max-connections` (`Err`: how
+    /// many there are) or it was ended meanwhile (`Err(None)`).
+    fn authenticated(&self, id: u64) -> Result<(), Option<usize>> {
+        let Some((tcp, _)) = lock(&self.handshakes).remove(&id) else {
+            return Err(None);
+        };
+        let mut conns = lock(&self.conns);
+        if conns.len() >= self.max_connections.load(Ordering::Relaxed) {
+            return Err(Some(conns.len()));
+        }
+        conns.insert(id, tcp);
+        Ok(())
+    }
 }
 
 /// What the server counts for its metrics (crate::metrics).
@@ -158,6 +205,7 @@ struct Registered<'a> {
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
+        lock(&self.shared.handshakes).remove(&self.id);
         lock(&self.shared.conns).remove(&self.id);
         self.shared
             .stats
@@ -170,7 +218,6 @@ impl Drop for Registered<'_> {
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
-    max_connections: usize,
     _store_lock: Flock<std::fs::File>,
 }
 
@@ -202,21 +249,33 @@ impl Server {
                 volumes: Mutex::new(volumes),
                 busy: Mutex::new(HashMap::new()),
                 conns: Mutex::new(HashMap::new()),
+                handshakes: Mutex::new(HashMap::new()),
+                max_connections: AtomicUsize::new(DEFAULT_MAX_CONNECTIONS),
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 next_conn: AtomicU64::new(1),
                 stopping: AtomicBool::new(false),
                 tls: None,
                 stats: Arc::default(),
             }),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
             _store_lock: store_lock,
         })
     }
 
-    /// Sets how many connections are served at once (at least 1); more are
-    /// refused with ERROR `too-many-connections`.
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
+    /// Sets how many authenticated connections are served at once (at
+    /// least 1); more are refused with ERROR `too-many-connections`.
+    pub fn max_connections(self, n: usize) -> Self {
+        self.shared
+            .max_connections
+            .store(n.max(1), Ordering::Relaxed);
         self
+    }
+
+    /// Sets how long a peer has for the whole TLS handshake.
+    pub fn handshake_timeout(mut self, t: Duration) -> anyhow::Result<Self> {
+        Arc::get_mut(&mut self.shared)
+            .context("the handshake timeout must be set before the server runs")?
+            .handshake_timeout = t;
+        Ok(self)
     }
 
     /// Requires TLS 1.3 with a client certificate of `pki` (registered, not
@@ -253,17 +312,9 @@ impl Server {
                             warn!(%peer, "cannot set socket options: {e}");
                         }
                         let shared = Arc::clone(&self.shared);
-                        let live = lock(&shared.conns).len();
-                        if live >= self.max_connections {
-                            warn!(%peer, live, "too many connections; refusing");
-                            refuse(conn, shared.tls.is_none());
-                            continue;
-                        }
                         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
                         match conn.try_clone() {
-                            Ok(c) => {
-                                lock(&shared.conns).insert(id, c);
-                            }
+                            Ok(c) => shared.admit(id, c, peer),
                             Err(e) => {
                                 warn!(%peer, "cannot register connection: {e}");
                                 continue;
@@ -299,6 +350,9 @@ impl Server {
         for c in lock(&self.shared.conns).values() {
             let _ = c.shutdown(Shutdown::Read);
         }
+        for (c, _) in lock(&self.shared.handshakes).values() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
         for t in threads {
             let _ = t.join();
         }
@@ -332,20 +386,16 @@ fn open_volumes(store: &Store) -> anyhow::Result<HashMap<String, Maintained>> {
 /// Refuses a connection over the limit: ERROR `too-many-connections` on
 /// a plain connection (a TLS client is only closed: the ERROR would come
 /// before its handshake), without blocking the accept loop.
-fn refuse(conn: TcpStream, plain: bool) {
-    if plain {
-        let msg =
-            "the server has as many connections as it accepts (--max-connections); retry later";
-        let link = Link::plain(conn);
-        let w = Mutex::new(&link);
-        send_error(&w, error_code::TOO_MANY_CONNECTIONS, msg);
-        let _ = link.tcp().shutdown(Shutdown::Write);
-        // Read what already arrived (a HELLO), so that closing does not
-        // reset the connection before the peer reads the ERROR.
-        if link.tcp().set_nonblocking(true).is_ok() {
-            let mut buf = [0u8; 8192];
-            while matches!(link.tcp().read(&mut buf), Ok(1..)) {}
-        }
+fn refuse(link: &Link) {
+    let msg = "the server has as many connections as it accepts (--max-connections); retry later";
+    let w = Mutex::new(link);
+    send_error(&w, error_code::TOO_MANY_CONNECTIONS, msg);
+    let _ = link.tcp().shutdown(Shutdown::Write);
+    // Read what already arrived (a HELLO), so that closing does not reset
+    // the connection before the peer reads the ERROR.
+    if link.tcp().set_nonblocking(true).is_ok() {
+        let mut buf = [0u8; 8192];
+        while matches!(link.tcp().read(&mut buf), Ok(1..)) {}
     }
 }
 
@@ -488,15 +538,30 @@ pub(crate) fn open_point_for_client(
 
 fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr, id: u64) {
     let link = match &shared.tls {
-        Some(t) => match rtbackup_tls::accept(conn, Arc::clone(&t.config), &t.pki, HELLO_TIMEOUT) {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(%peer, "connection refused: {e}");
-                return;
+        Some(t) => {
+            let timeout = shared.handshake_timeout;
+            match rtbackup_tls::accept(conn, Arc::clone(&t.config), &t.pki, timeout) {
+                Ok(l) => l,
+                Err(e) => {
+                    warn!(%peer, "connection refused: {e}");
+                    return;
+                }
             }
-        },
+        }
         None => Link::plain(conn),
     };
+    // Authenticated (or plain): now it takes a connection slot.
+    match shared.authenticated(id) {
+        Ok(()) => {}
+        Err(Some(live)) => {
+            let client = link.client_name().unwrap_or("-");
+            warn!(%peer, client, live, "too many connections; refusing");
+            refuse(&link);
+            return;
+        }
+        // Ended as the oldest handshake.
+        Err(None) => return,
+    }
     let writer = Mutex::new(&link);
     let mut volume = String::new();
     let client = link.client_name().unwrap_or("-").to_owned();

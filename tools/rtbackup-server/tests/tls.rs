@@ -44,8 +44,13 @@ impl Drop for Server {
 }
 
 fn serve(store: &Path) -> Server {
+    serve_with(store, &[])
+}
+
+fn serve_with(store: &Path, args: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .args(["serve", "--store", store.to_str().unwrap()])
+        .args(args)
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -141,6 +146,82 @@ fn durable_seq(store: &Path, volume: &str) -> u64 {
         .find(|s| s["volume"] == volume)
         .map(|s| s["durable_seq"].as_u64().unwrap())
         .unwrap()
+}
+
+/// A socket that holds a TLS handshake open: a record header announcing
+/// 512 bytes, then one byte every half second. Returns when the server
+/// closes it (or after 60 s), with how long that took.
+fn slowloris(addr: &str) -> std::thread::JoinHandle<Duration> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let start = std::time::Instant::now();
+        let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+        while start.elapsed() < Duration::from_secs(60) {
+            if s.write_all(&[0]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        start.elapsed()
+    })
+}
+
+/// Sockets in their TLS handshake, trickling a byte every half second,
+/// take none of the `--max-connections` slots and are cut off at
+/// `--handshake-timeout`: agents get in meanwhile, and the slots count
+/// authenticated connections only. Beyond 64 handshakes at once, a new
+/// connection ends the oldest.
+#[test]
+fn handshakes_in_progress_keep_no_agent_out() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let alice = enroll(&store, "alice");
+    let srv = serve_with(
+        &store,
+        &["--max-connections", "2", "--handshake-timeout", "3s"],
+    );
+    let slow: Vec<_> = (0..4).map(|_| slowloris(&srv.addr)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, w) = say_hello(&srv.addr, &alice, "va").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+    let (b, w) = say_hello(&srv.addr, &alice, "vb").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+    // Two authenticated: the third is refused.
+    match say_hello(&srv.addr, &alice, "vc") {
+        Ok((_, Frame::Error(e))) => assert_eq!(e.code, "too-many-connections", "{e:?}"),
+        r => panic!("a third connection: {:?}", r.map(|(_, f)| f)),
+    }
+    stream(&a, 3);
+    drop((a, b));
+    for t in slow {
+        let took = t.join().unwrap();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+            "a trickling handshake lasted {took:?} (timeout 3s)"
+        );
+    }
+
+    drop(srv);
+    let srv = serve_with(&store, &["--handshake-timeout", "60s"]);
+    let first = TcpStream::connect(&srv.addr).unwrap();
+    first.set_read_timeout(Some(T)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _others: Vec<_> = (0..64)
+        .map(|_| TcpStream::connect(&srv.addr).unwrap())
+        .collect();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut &first, &mut buf);
+    assert!(
+        matches!(n, Ok(0)) || n.is_err() && start.elapsed() < Duration::from_secs(20),
+        "the oldest handshake was not ended: {n:?} after {:?}",
+        start.elapsed()
+    );
+    let (_c, w) = say_hello(&srv.addr, &alice, "va").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
 }
 
 #[test]

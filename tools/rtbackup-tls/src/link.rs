@@ -11,7 +11,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
@@ -226,29 +226,57 @@ impl Write for Link {
     }
 }
 
-/// Runs a handshake on `tcp` within `timeout`.
+/// Runs a handshake on `tcp`, all of it within `timeout`: a peer that
+/// trickles its bytes (one every few seconds, each within a read timeout)
+/// is cut off at the deadline all the same.
 fn handshake(tcp: &TcpStream, conn: &mut Connection, timeout: Duration) -> io::Result<()> {
     let (rt, wt) = (tcp.read_timeout()?, tcp.write_timeout()?);
-    let t = Some(timeout.max(Duration::from_millis(1)));
-    tcp.set_read_timeout(t)?;
-    tcp.set_write_timeout(t)?;
+    let deadline = Instant::now() + timeout;
     let mut io = tcp;
     let mut r = Ok(());
-    while conn.is_handshaking() {
-        if let Err(e) = conn.complete_io(&mut io) {
-            r = Err(e);
+    // In TLS 1.3 the client's last flight may still be queued after the
+    // handshake.
+    while r.is_ok() && (conn.is_handshaking() || conn.wants_write()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            r = Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TLS handshake not finished within {timeout:?}"),
+            ));
             break;
         }
-    }
-    // In TLS 1.3 the client's last flight may still be queued.
-    while r.is_ok() && conn.wants_write() {
-        if let Err(e) = conn.write_tls(&mut io) {
-            r = Err(e);
+        let t = Some(left.max(Duration::from_millis(1)));
+        r = tcp
+            .set_read_timeout(t)
+            .and_then(|()| tcp.set_write_timeout(t));
+        if r.is_err() {
+            break;
         }
+        r = handshake_step(conn, &mut io);
     }
     tcp.set_read_timeout(rt)?;
     tcp.set_write_timeout(wt)?;
     r
+}
+
+/// One write or one read of a handshake (not `complete_io`, which reads
+/// on for as long as bytes keep coming).
+fn handshake_step(conn: &mut Connection, io: &mut &TcpStream) -> io::Result<()> {
+    if conn.wants_write() {
+        return conn.write_tls(io).map(|_| ());
+    }
+    if conn.read_tls(io)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection in the TLS handshake",
+        ));
+    }
+    if let Err(e) = conn.process_new_packets() {
+        // Best effort: the alert that tells the peer why.
+        let _ = conn.write_tls(io);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+    }
+    Ok(())
 }
 
 /// The client side: TLS 1.3 to a server whose certificate names
