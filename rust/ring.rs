@@ -215,6 +215,29 @@ impl RingState {
         }
     }
 
+    /// The header of the record at `pos` (a record boundary in
+    /// `[tail, head)`), checked: `EIO` if the ring is damaged there.
+    fn header_at(&self, pos: u64) -> Result<RtbRecordHeader> {
+        let h = self.mem.read_header(pos & self.mask())?;
+        if h.magic != RTB_RECORD_MAGIC || h.size == 0 || u64::from(h.size) % RTB_RECORD_ALIGN != 0 {
+            return Err(EIO);
+        }
+        Ok(h)
+    }
+
+    /// The seq of the first record at or after `pos` (a record boundary in
+    /// `[tail, head]`), padding skipped: `head_seq` if there is none.
+    fn first_seq_from(&self, mut pos: u64) -> Result<u64> {
+        while pos < self.head {
+            let h = self.header_at(pos)?;
+            if h.op != RTB_OP_PAD {
+                return Ok(h.seq);
+            }
+            pos += u64::from(h.size);
+        }
+        Ok(self.head_seq)
+    }
+
     /// Submission time of the oldest record not acknowledged.
     fn oldest_unacked_ns(&self) -> u64 {
         let mut pos = self.tail;
@@ -603,19 +626,20 @@ impl Ring {
         let mut pos = st.tail;
         let mut seq = st.tail_seq;
         while pos < req.tail {
-            let h = st.mem.read_header(pos & st.mask())?;
-            if h.magic != RTB_RECORD_MAGIC
-                || h.size == 0
-                || u64::from(h.size) % RTB_RECORD_ALIGN != 0
-            {
-                return Err(EIO);
-            }
+            let h = st.header_at(pos)?;
             if h.op != RTB_OP_PAD {
                 seq = h.seq + 1;
             }
             pos += u64::from(h.size);
         }
         if pos != req.tail {
+            return Err(EINVAL);
+        }
+        // The acknowledgement may cover seqs reserved for resync records
+        // (sent apart, never in the ring), but never a record the ring
+        // still holds after the new tail: `sync` would report durable what
+        // the server does not have.
+        if req.acked_seq >= st.first_seq_from(req.tail)? {
             return Err(EINVAL);
         }
         // Seqs reserved for resync records the server acknowledged.

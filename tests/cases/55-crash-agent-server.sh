@@ -2,7 +2,9 @@
 # kill -9 of the agent and then of the server while fio writes: nothing is
 # lost (the ring keeps every record until the server has it durably), the
 # agent resumes from the last acknowledged record, each record is applied
-# once, and the restored image is byte-identical to the device.
+# once, and the restored image is byte-identical to the device. While the
+# agent is down, the ring refuses an acknowledgement whose seq claims
+# records it still holds (rtb-ack-check).
 . "$(dirname "$0")/../lib.sh"
 trap cleanup_replication EXIT
 
@@ -25,7 +27,12 @@ kill9 "$AGENT_PID_0"
 wait_written 0 $(($(written 0) + 500))
 before=$(lag 0)
 [ "$before" -gt 0 ] || fail "no records waiting in the ring while the agent is down"
-say "$before records wait in the ring; restart the agent"
+say "$before records wait in the ring"
+durable=$(rtbackupctl status --json "$dev" | jq '.devices[0].ring.last_acked_seq')
+rtb-ack-check "$dev" || fail "the ring took an acknowledgement that claims records it still holds"
+[ "$(rtbackupctl status --json "$dev" | jq '.devices[0].ring.last_acked_seq')" = "$durable" ] ||
+    fail "refused acknowledgements changed the durable seq ($durable)"
+say "restart the agent"
 start_agent 0 vol0
 wait_written 0 $(($(written 0) + 500))
 

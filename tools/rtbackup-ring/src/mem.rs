@@ -612,6 +612,20 @@ impl MemRing {
             seq: st.tail_seq,
         };
         let mut cur = self.view.cursor_at(from, position)?;
+        // As the kernel: reserved seqs may be covered, never a record the
+        // ring still holds after the new tail.
+        let mut next = st.staged_seq;
+        let mut at = position;
+        while let Some(span) = self.view.record_at(at)? {
+            if !span.is_pad() {
+                next = span.seq;
+                break;
+            }
+            at = span.end();
+        }
+        if cursor.seq.saturating_sub(1) >= next || spooled.is_some_and(|d| d >= next) {
+            return Err(rtbackup_control::Error::sys("ack", nix::errno::Errno::EINVAL).into());
+        }
         cur.seq = cur.seq.max(cursor.seq).min(st.staged_seq);
         // As the kernel (rust/ring.rs, `ack`).
         match spooled {
