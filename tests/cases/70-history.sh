@@ -8,10 +8,18 @@
 # refused, and the latest image equals the device.
 . "$(dirname "$0")/../lib.sh"
 trap cleanup_replication EXIT
+# TLS: the NBD export serves only TLS clients with the store's
+# certificates (Documentation/security.rst, "NBD").
+RTB_TEST_TLS=1
 
 # Small segments and a journal cap of 12 MiB: the rounds below (about 6 MiB
 # each) outgrow it, so old history is folded while the load runs.
-replicate_device --log-level debug --segment-mib 1 --keep-size 12M
+replicate_device --log-level debug --segment-mib 1 --keep-size 12M --nbd-listen 127.0.0.1:10809
+# The client's own certificate as qemu and nbd-client take it.
+PEM=/tmp/nbd-pem
+rm -rf "$PEM"
+rtbackup-server enroll --store "$STORE" --pem-dir "$PEM" test-client >/dev/null ||
+    fail "enroll --pem-dir failed"
 mkfs.ext4 -q -F "$dev"
 mount "$dev" "$MNT"
 
@@ -62,11 +70,13 @@ restored_matches m3 noload
 
 say "NBD: past states read in place by qemu-img and mounted with nbd-client"
 rtbackup-server restore --store "$STORE" --volume vol0 --at mark:m1 --output /tmp/m1.img >/dev/null
-qemu-img convert -f raw -O raw "nbd://127.0.0.1:10809/vol0@mark:m1" /tmp/m1-nbd.img ||
-    fail "qemu-img could not read the NBD export vol0@mark:m1"
+qemu-img convert -O raw --object "tls-creds-x509,id=tls0,endpoint=client,dir=$PEM" \
+    --image-opts "driver=nbd,host=127.0.0.1,port=10809,export=vol0@mark:m1,tls-creds=tls0,tls-hostname=rtbackup-server" \
+    /tmp/m1-nbd.img || fail "qemu-img could not read the NBD export vol0@mark:m1 over TLS"
+expect_fail 'TLS' qemu-img convert -O raw "nbd://127.0.0.1:10809/vol0@mark:m1" /tmp/plain.img
 cmp /tmp/m1.img /tmp/m1-nbd.img || fail "the NBD export of mark m1 differs from its restore"
 rm -f /tmp/m1.img /tmp/m1-nbd.img
-say "qemu-img read vol0@mark:m1 byte-identical to its restore"
+say "qemu-img read vol0@mark:m1 over TLS byte-identical to its restore; plaintext refused"
 modprobe nbd
 # nbd_fail WHAT: the server's view of the NBD session, then fail.
 nbd_fail() {
@@ -77,7 +87,9 @@ nbd_fail() {
     fail "$1"
 }
 # -t: a request the server leaves unanswered fails instead of hanging.
-nbd-client 127.0.0.1 10809 /dev/nbd0 -N vol0@mark:m2 -readonly -t 60 || nbd_fail "nbd-client could not connect vol0@mark:m2"
+nbd-client 127.0.0.1 10809 /dev/nbd0 -N vol0@mark:m2 -readonly -t 60 \
+    -A "$PEM/ca-cert.pem" -F "$PEM/client-cert.pem" -K "$PEM/client-key.pem" -H rtbackup-server ||
+    nbd_fail "nbd-client could not connect vol0@mark:m2 over TLS"
 mkdir -p /tmp/atmnt
 timeout 300 mount -o ro /dev/nbd0 /tmp/atmnt || nbd_fail "cannot mount vol0@mark:m2"
 (cd /tmp/atmnt && timeout 300 md5sum --quiet -c /tmp/m2.md5) || nbd_fail "files of vol0@mark:m2 over NBD differ"

@@ -1,5 +1,6 @@
 //! A read-only NBD server: the fixed newstyle handshake (`NBD_OPT_GO`,
-//! `NBD_OPT_INFO`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`)
+//! `NBD_OPT_INFO`, `NBD_OPT_EXPORT_NAME`, `NBD_OPT_LIST`, `NBD_OPT_ABORT`,
+//! and `NBD_OPT_STARTTLS`, whose TLS the caller runs: [`negotiate`])
 //! and transmission with simple replies, following the protocol
 //! specification (<https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>).
 //! Writes, trims and write-zeroes are refused with `EPERM`.
@@ -14,4 +15,6 @@ pub mod fuzz;
 pub mod proto;
 mod serve;
 
-pub use serve::{serve, Export, ExportInfo, Exports, NbdError};
+pub use serve::{
+    greet, negotiate, serve, Export, ExportInfo, Exports, Handshake, NbdError, TlsMode,
+};

@@ -55,6 +55,8 @@ pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 /// The option was malformed.
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+/// `NBD_REP_ERR_TLS_REQD`: the server needs `NBD_OPT_STARTTLS` first.
+pub const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
 /// No such export.
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 
@@ -96,7 +98,7 @@ pub const MAX_NAME: usize = 4096;
 /// Longest option payload read.
 pub const MAX_OPTION_DATA: usize = 64 * 1024;
 /// Longest read served in one request.
-pub const MAX_READ: u32 = 32 << 20;
+pub const MAX_READ: u32 = 8 << 20;
 
 /// A malformed option or request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -62,14 +62,51 @@ fn io(context: &'static str) -> impl FnOnce(io::Error) -> NbdError {
 const TRANSMISSION_FLAGS: u16 =
     FLAG_HAS_FLAGS | FLAG_READ_ONLY | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN;
 
-/// Serves one connection: handshake, then the export the client chose,
-/// until it disconnects. `Ok` for a clean end (`NBD_CMD_DISC`,
+/// Where a handshake stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Not offered: `NBD_OPT_STARTTLS` is refused (a plaintext server).
+    Off,
+    /// Required and not started yet: nothing but `NBD_OPT_STARTTLS` and
+    /// `NBD_OPT_ABORT` is answered (`NBD_REP_ERR_TLS_REQD`).
+    Required,
+    /// On: the options go on inside TLS.
+    Established,
+}
+
+/// How [`negotiate`] ended.
+#[derive(Debug)]
+pub enum Handshake<S> {
+    /// The connection is over: `Some` if an export was served.
+    Ended(Option<ExportInfo>),
+    /// The client asked for TLS and was told yes: the caller runs the TLS
+    /// handshake on `stream` and goes on with [`negotiate`] inside it.
+    StartTls {
+        /// The connection, with nothing read past the option.
+        stream: S,
+        /// The client's `NBD_FLAG_C_NO_ZEROES`.
+        no_zeroes: bool,
+    },
+}
+
+/// Serves one plaintext connection: handshake, then the export the client
+/// chose, until it disconnects. `Ok` for a clean end (`NBD_CMD_DISC`,
 /// `NBD_OPT_ABORT`, or the client closing between requests).
 pub fn serve<S: Read + Write>(
     mut s: S,
     exports: &dyn Exports,
     peer: &str,
 ) -> Result<Option<ExportInfo>, NbdError> {
+    let no_zeroes = greet(&mut s)?;
+    match negotiate(s, exports, peer, no_zeroes, TlsMode::Off)? {
+        Handshake::Ended(e) => Ok(e),
+        Handshake::StartTls { .. } => Err(ProtoError::Invalid("TLS is not offered".into()).into()),
+    }
+}
+
+/// Sends the greeting and reads the client's flags: whether it asked for
+/// `NBD_FLAG_C_NO_ZEROES`.
+pub fn greet<S: Read + Write>(s: &mut S) -> Result<bool, NbdError> {
     s.write_all(&greeting())
         .map_err(io("sending the greeting"))?;
     s.flush().map_err(io("sending the greeting"))?;
@@ -86,7 +123,18 @@ pub fn serve<S: Read + Write>(
     if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
         return Err(ProtoError::Invalid(format!("unknown client flags {client_flags:#x}")).into());
     }
-    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    Ok(client_flags & FLAG_C_NO_ZEROES != 0)
+}
+
+/// The option haggling after [`greet`], then the export the client chose
+/// until it disconnects, or the switch to TLS.
+pub fn negotiate<S: Read + Write>(
+    mut s: S,
+    exports: &dyn Exports,
+    peer: &str,
+    no_zeroes: bool,
+    tls: TlsMode,
+) -> Result<Handshake<S>, NbdError> {
     loop {
         let mut h = [0u8; 16];
         s.read_exact(&mut h).map_err(io("reading an option"))?;
@@ -103,6 +151,20 @@ pub fn serve<S: Read + Write>(
             s.write_all(&option_reply(opt, kind, d))
                 .map_err(io("sending an option reply"))
         };
+        if tls == TlsMode::Required && !matches!(opt, OPT_STARTTLS | OPT_ABORT) {
+            if opt == OPT_EXPORT_NAME {
+                // No error reply exists for it: close.
+                warn!(peer, "NBD export asked for before TLS; closing");
+                return Ok(Handshake::Ended(None));
+            }
+            reply(
+                &mut s,
+                REP_ERR_TLS_REQD,
+                b"TLS is required: NBD_OPT_STARTTLS first",
+            )?;
+            s.flush().map_err(io("sending an option reply"))?;
+            continue;
+        }
         match opt {
             OPT_EXPORT_NAME => {
                 let name = export_name(&data)?;
@@ -112,7 +174,7 @@ pub fn serve<S: Read + Write>(
                         // This option has no error reply: the protocol
                         // says to close the connection.
                         warn!(peer, export = %name, "NBD export refused: {why}");
-                        return Ok(None);
+                        return Ok(Handshake::Ended(None));
                     }
                 };
                 let mut r = Vec::with_capacity(134);
@@ -123,12 +185,12 @@ pub fn serve<S: Read + Write>(
                 }
                 s.write_all(&r).map_err(io("sending the export"))?;
                 s.flush().map_err(io("sending the export"))?;
-                return transmission(s, export.as_ref(), &name, peer);
+                return transmission(s, export.as_ref(), &name, peer).map(Handshake::Ended);
             }
             OPT_ABORT => {
                 reply(&mut s, REP_ACK, &[])?;
                 s.flush().map_err(io("sending an option reply"))?;
-                return Ok(None);
+                return Ok(Handshake::Ended(None));
             }
             OPT_LIST => {
                 if !data.is_empty() {
@@ -175,12 +237,24 @@ pub fn serve<S: Read + Write>(
                 reply(&mut s, REP_ACK, &[])?;
                 s.flush().map_err(io("sending an option reply"))?;
                 if opt == OPT_GO {
-                    return transmission(s, export.as_ref(), &name, peer);
+                    return transmission(s, export.as_ref(), &name, peer).map(Handshake::Ended);
                 }
             }
-            OPT_STARTTLS => {
-                reply(&mut s, REP_ERR_POLICY, b"TLS is not offered on this port")?;
-            }
+            OPT_STARTTLS => match tls {
+                TlsMode::Off => reply(&mut s, REP_ERR_POLICY, b"TLS is not offered on this port")?,
+                TlsMode::Established => reply(&mut s, REP_ERR_INVALID, b"TLS is already on")?,
+                TlsMode::Required if !data.is_empty() => {
+                    reply(&mut s, REP_ERR_INVALID, b"NBD_OPT_STARTTLS takes no data")?
+                }
+                TlsMode::Required => {
+                    reply(&mut s, REP_ACK, &[])?;
+                    s.flush().map_err(io("sending an option reply"))?;
+                    return Ok(Handshake::StartTls {
+                        stream: s,
+                        no_zeroes,
+                    });
+                }
+            },
             _ => {
                 reply(&mut s, REP_ERR_UNSUP, b"option not supported")?;
             }

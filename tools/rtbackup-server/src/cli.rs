@@ -88,9 +88,12 @@ pub enum Command {
         #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
         keep_size: Option<u64>,
         /// Address of the read-only NBD export of past states (export
-        /// VOLUME@POINT, e.g. db1@mark:before-upgrade), or "none". NBD has
-        /// no authentication here: keep it on loopback or a trusted network.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+        /// VOLUME@POINT, e.g. db1@mark:before-upgrade), or "none" (the
+        /// default). Clients start TLS with a certificate of the store's CA
+        /// and read their own volumes only (an `enroll --admin`
+        /// certificate, all of them); without TLS (--insecure-loopback-only)
+        /// loopback only. Port 10809 unless given.
+        #[arg(long, value_name = "ADDR", default_value = "none")]
         nbd_listen: String,
         /// Keep each volume's image this far behind the stream (a delayed
         /// replica: 1h); restores of any point are unaffected.
@@ -120,9 +123,19 @@ pub enum Command {
         #[arg(long, default_value_t = rtbackup_tls::DEFAULT_CLIENT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36500))]
         days: u32,
         /// Write the bundle to this new file (mode 0600) instead of
-        /// standard output.
+        /// standard output (which must then not be a terminal: the bundle
+        /// holds a private key).
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Also write the certificate as PEM files into this new directory
+        /// (mode 0700): ca-cert.pem, client-cert.pem and client-key.pem, as
+        /// qemu's tls-creds-x509 and nbd-client (-A, -F, -K) take them.
+        #[arg(long, value_name = "DIR")]
+        pem_dir: Option<PathBuf>,
+        /// An administrator: its certificates read every client's volumes
+        /// over NBD (others read their own only).
+        #[arg(long)]
+        admin: bool,
     },
     /// Withdraw every certificate of a client: the server refuses them from
     /// the next connection on. Its volumes and their history stay.
@@ -278,6 +291,33 @@ fn parse_keep(s: &str) -> Result<KeepTime, String> {
     parse_duration(s).map(|d| KeepTime(Some(d)))
 }
 
+/// Writes `creds` as qemu's and nbd-client's PEM files into the new
+/// directory `dir` (mode 0700; the key 0600).
+fn write_pem_dir(dir: &Path, creds: &rtbackup_tls::Credentials) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for (name, pem, mode) in [
+        ("ca-cert.pem", &creds.ca, 0o644),
+        ("client-cert.pem", &creds.certificate, 0o644),
+        ("client-key.pem", &creds.key, 0o600),
+    ] {
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(pem.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// A timeout: a duration above zero.
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     match parse_duration(s)? {
@@ -346,9 +386,25 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             client,
             days,
             output,
+            pem_dir,
+            admin,
         } => {
+            use std::io::IsTerminal;
+            if output.is_none() && std::io::stdout().is_terminal() {
+                bail!(
+                    "the bundle holds a private key: not printed to a terminal; \
+                     use --output FILE, or redirect standard output"
+                );
+            }
             let pki = rtbackup_tls::Pki::open(&store)?;
             let creds = pki.enroll(&client, days)?;
+            if admin {
+                pki.make_admin(&client)?;
+            }
+            if let Some(dir) = &pem_dir {
+                write_pem_dir(dir, &creds)?;
+                eprintln!("PEM files of client {client} written to {}", dir.display());
+            }
             let json = creds.to_json() + "\n";
             match output {
                 Some(path) => {
@@ -406,19 +462,24 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                             "client": c.name,
                             "certificates": c.certificates,
                             "revoked": c.revoked,
+                            "admin": c.admin,
                             "volumes": vols,
                         })
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<24} {:>6} {:>8}  VOLUMES", "CLIENT", "CERTS", "REVOKED");
+                println!(
+                    "{:<24} {:>6} {:>8} {:>5}  VOLUMES",
+                    "CLIENT", "CERTS", "REVOKED", "ADMIN"
+                );
                 for (c, vols) in &rows {
                     println!(
-                        "{:<24} {:>6} {:>8}  {}",
+                        "{:<24} {:>6} {:>8} {:>5}  {}",
                         c.name,
                         c.certificates.len(),
                         c.revoked.len(),
+                        if c.admin { "yes" } else { "no" },
                         if vols.is_empty() {
                             "-".to_owned()
                         } else {
@@ -494,6 +555,18 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             let mut server = Server::bind(st, &listen)?
                 .max_connections(max_connections)
                 .handshake_timeout(handshake_timeout)?;
+            // The NBD export takes the server's TLS, or is plaintext on
+            // loopback only.
+            let nbd_tls = match &tls {
+                Some(pki) => Some((pki.server_config()?, pki.clone())),
+                None => None,
+            };
+            if let (Some(l), None) = (&nbd, &nbd_tls) {
+                let a = l.local_addr()?;
+                if !a.ip().is_loopback() {
+                    bail!("--insecure-loopback-only refuses NBD on {a}: not a loopback address");
+                }
+            }
             if let Some(pki) = tls {
                 server = server.with_tls(pki)?;
             }
@@ -519,7 +592,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     Some(
                         std::thread::Builder::new()
                             .name("nbd".into())
-                            .spawn(move || crate::nbd::run(l, nbd_store, &stop))
+                            .spawn(move || crate::nbd::run(l, nbd_store, nbd_tls, &stop))
                             .context("starting the NBD thread")?,
                     )
                 }

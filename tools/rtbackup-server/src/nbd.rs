@@ -1,7 +1,10 @@
 //! The read-only NBD export of past states: export `VOLUME@POINT` (POINT as
 //! for `restore --at`: a time, `seq:N`, `mark:NAME`, `latest`; `VOLUME`
 //! alone is the latest point) is the volume as of that point, read in
-//! place from the store (Documentation/nbd.rst).
+//! place from the store (Documentation/nbd.rst). With TLS (the server's),
+//! a client must start TLS with a certificate of the store's CA before
+//! anything else, and then sees its own volumes only (an administrator's
+//! certificate, all of them).
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -9,17 +12,36 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use rtbackup_nbd::{Export, Exports};
+use rtbackup_nbd::{Export, Exports, Handshake, NbdError, TlsMode};
 use rtbackup_store::{PointReader, PointSpec, Store};
+use rtbackup_tls::{rustls::ServerConfig, Pki};
 use tracing::{error, info, warn};
 
-use crate::server::configure_socket;
+use crate::server::{configure_socket, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// Buffer of an NBD connection's socket.
 const NBD_BUF: usize = 256 << 10;
+/// NBD connections served at once; more are closed at once.
+pub const MAX_NBD_CONNECTIONS: usize = 32;
+/// How long a TLS export gives a peer to reach TLS (greeting and options
+/// in plaintext) and then to finish the TLS handshake, however slowly it
+/// sends.
+const NBD_PLAINTEXT_DEADLINE: Duration = DEFAULT_HANDSHAKE_TIMEOUT;
+
+/// Who reads the exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reader {
+    /// A plaintext export (`--insecure-loopback-only`): every volume.
+    Anyone,
+    /// An administrator's certificate: every volume.
+    Admin(String),
+    /// A client's certificate: its own volumes.
+    Client(String),
+}
 
 /// Splits an export name into the volume and the point.
 pub fn parse_export_name(name: &str) -> Result<(&str, PointSpec), String> {
@@ -31,9 +53,21 @@ pub fn parse_export_name(name: &str) -> Result<(&str, PointSpec), String> {
     Ok((vol, spec))
 }
 
-/// The volumes of a store as NBD exports.
-struct StoreExports {
-    store: Store,
+/// The volumes of a store as NBD exports, as `reader` may see them.
+struct StoreExports<'a> {
+    store: &'a Store,
+    reader: Reader,
+}
+
+impl StoreExports<'_> {
+    /// Whether the reader may read `volume`: the same answer for a volume
+    /// of another client and for none, so that names cannot be probed.
+    fn may_read(&self, volume: &str) -> bool {
+        match &self.reader {
+            Reader::Anyone | Reader::Admin(_) => true,
+            Reader::Client(c) => self.store.owner(volume).ok().flatten().as_deref() == Some(c),
+        }
+    }
 }
 
 struct PointExport(PointReader);
@@ -65,13 +99,18 @@ impl Export for PointExport {
     }
 }
 
-impl Exports for StoreExports {
+impl Exports for StoreExports<'_> {
     fn list(&self) -> Vec<String> {
-        self.store.volumes().unwrap_or_default()
+        let mut v = self.store.volumes().unwrap_or_default();
+        v.retain(|name| self.may_read(name));
+        v
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Export>, String> {
         let (vol, spec) = parse_export_name(name)?;
+        if !self.may_read(vol) {
+            return Err(format!("no volume {vol} that this certificate may read"));
+        }
         let r = self
             .store
             .open_point(vol, &spec)
@@ -86,9 +125,16 @@ impl Exports for StoreExports {
     }
 }
 
-/// Serves NBD on `listener` until `stop`; one thread per connection.
-pub fn run(listener: TcpListener, store: Store, stop: &AtomicBool) -> anyhow::Result<()> {
-    let exports = Arc::new(StoreExports { store });
+/// Serves NBD on `listener` until `stop`, one thread per connection (at
+/// most [`MAX_NBD_CONNECTIONS`]): with `tls` (the server's configuration
+/// and PKI), TLS with a registered client certificate first.
+pub fn run(
+    listener: TcpListener,
+    store: Store,
+    tls: Option<(Arc<ServerConfig>, Pki)>,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let shared = Arc::new((store, tls));
     let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::new();
     while !stop.load(Ordering::SeqCst) {
@@ -97,31 +143,30 @@ pub fn run(listener: TcpListener, store: Store, stop: &AtomicBool) -> anyhow::Re
             Ok(0) => {}
             Ok(_) => match listener.accept() {
                 Ok((conn, peer)) => {
+                    threads.retain(|t: &thread::JoinHandle<()>| !t.is_finished());
+                    if threads.len() >= MAX_NBD_CONNECTIONS {
+                        warn!(%peer, "{MAX_NBD_CONNECTIONS} NBD connections already; closing");
+                        continue;
+                    }
                     if let Err(e) = configure_socket(&conn) {
                         warn!(%peer, "cannot set socket options: {e}");
                     }
                     if let Ok(c) = conn.try_clone() {
                         conns.lock().unwrap_or_else(|p| p.into_inner()).push(c);
                     }
-                    let exports = Arc::clone(&exports);
+                    let shared = Arc::clone(&shared);
                     let t = thread::Builder::new()
                         .name(format!("nbd-{peer}"))
                         .spawn(move || {
                             let peer = peer.to_string();
                             let closer = conn.try_clone();
+                            let (store, tls) = &*shared;
                             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                conn.try_clone().map(|w| {
-                                    let rw = ReadWrite {
-                                        r: BufReader::with_capacity(NBD_BUF, conn),
-                                        w: BufWriter::with_capacity(NBD_BUF, w),
-                                    };
-                                    rtbackup_nbd::serve(rw, exports.as_ref(), &peer)
-                                })
+                                connection(conn, store, tls.as_ref(), &peer)
                             }));
                             match r {
-                                Ok(Ok(Ok(_))) => info!(%peer, "NBD connection closed"),
-                                Ok(Ok(Err(e))) => warn!(%peer, "NBD connection ended: {e}"),
-                                Ok(Err(e)) => error!(%peer, "NBD connection: {e}"),
+                                Ok(Ok(())) => info!(%peer, "NBD connection closed"),
+                                Ok(Err(e)) => warn!(%peer, "NBD connection ended: {e:#}"),
                                 Err(_) => error!(%peer, "NBD connection thread panicked"),
                             }
                             // The listener keeps a clone for shutdown: close
@@ -155,19 +200,124 @@ pub fn run(listener: TcpListener, store: Store, stop: &AtomicBool) -> anyhow::Re
     Ok(())
 }
 
-/// A socket as one `Read + Write` with buffering both ways.
-struct ReadWrite {
-    r: BufReader<TcpStream>,
-    w: BufWriter<TcpStream>,
+/// One NBD connection: plaintext, or STARTTLS and then the client's own
+/// exports.
+fn connection(
+    conn: TcpStream,
+    store: &Store,
+    tls: Option<&(Arc<ServerConfig>, Pki)>,
+    peer: &str,
+) -> anyhow::Result<()> {
+    let Some((config, pki)) = tls else {
+        let exports = StoreExports {
+            store,
+            reader: Reader::Anyone,
+        };
+        let rw = ReadWrite {
+            r: BufReader::with_capacity(NBD_BUF, conn.try_clone()?),
+            w: BufWriter::with_capacity(NBD_BUF, conn),
+        };
+        rtbackup_nbd::serve(rw, &exports, peer)?;
+        return Ok(());
+    };
+    // Until TLS, unbuffered (nothing may be read past STARTTLS) and under
+    // one deadline, whatever the peer trickles.
+    let deadline = Instant::now() + NBD_PLAINTEXT_DEADLINE;
+    let mut plain = Deadline {
+        tcp: &conn,
+        until: deadline,
+    };
+    let no_zeroes = rtbackup_nbd::greet(&mut plain)?;
+    let nobody = StoreExports {
+        store,
+        reader: Reader::Client(String::new()),
+    };
+    let no_zeroes =
+        match rtbackup_nbd::negotiate(plain, &nobody, peer, no_zeroes, TlsMode::Required)? {
+            Handshake::Ended(_) => return Ok(()),
+            Handshake::StartTls { no_zeroes, .. } => no_zeroes,
+        };
+    conn.set_read_timeout(None)?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let link = rtbackup_tls::accept(
+        conn,
+        Arc::clone(config),
+        pki,
+        left.max(Duration::from_millis(1)),
+    )?;
+    let client = link.client_name().unwrap_or_default().to_owned();
+    let reader = if pki.is_admin(&client) {
+        Reader::Admin(client)
+    } else {
+        Reader::Client(client)
+    };
+    info!(peer, reader = ?reader, "NBD over TLS");
+    let exports = StoreExports { store, reader };
+    let rw = ReadWrite {
+        r: BufReader::with_capacity(NBD_BUF, &link),
+        w: BufWriter::with_capacity(NBD_BUF, &link),
+    };
+    let end = rtbackup_nbd::negotiate(rw, &exports, peer, no_zeroes, TlsMode::Established)?;
+    match end {
+        Handshake::Ended(_) => Ok(()),
+        Handshake::StartTls { .. } => Err(NbdError::Proto(
+            rtbackup_nbd::proto::ProtoError::Invalid("TLS started twice".into()),
+        )
+        .into()),
+    }
 }
 
-impl Read for ReadWrite {
+/// A socket whose reads and writes all end by `until`.
+struct Deadline<'a> {
+    tcp: &'a TcpStream,
+    until: Instant,
+}
+
+impl Deadline<'_> {
+    fn arm(&self) -> std::io::Result<()> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no TLS within {NBD_PLAINTEXT_DEADLINE:?}"),
+            ));
+        }
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.set_write_timeout(Some(left))
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        (&mut &*self.tcp).read(buf)
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.arm()?;
+        (&mut &*self.tcp).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A stream as one `Read + Write` with buffering both ways.
+struct ReadWrite<R: Read, W: Write> {
+    r: BufReader<R>,
+    w: BufWriter<W>,
+}
+
+impl<R: Read, W: Write> Read for ReadWrite<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.r.read(buf)
     }
 }
 
-impl Write for ReadWrite {
+impl<R: Read, W: Write> Write for ReadWrite<R, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.w.write(buf)
     }

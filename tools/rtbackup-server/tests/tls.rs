@@ -48,31 +48,30 @@ fn serve(store: &Path) -> Server {
 }
 
 fn serve_with(store: &Path, args: &[&str]) -> Server {
+    serve_lines(store, args, 1).0
+}
+
+/// The server with `args`, and the first `lines` lines it prints (its
+/// addresses).
+fn serve_lines(store: &Path, args: &[&str], lines: usize) -> (Server, Vec<String>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--store", store.to_str().unwrap()])
         .args(args)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--nbd-listen",
-            "none",
-            "--keep",
-            "forever",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--keep", "forever"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    Server { child, addr }
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let printed: Vec<String> = (0..lines)
+        .map(|_| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim().to_owned()
+        })
+        .collect();
+    let addr = printed[0].strip_prefix("listening on ").unwrap().to_owned();
+    (Server { child, addr }, printed)
 }
 
 fn hello(volume: &str) -> Frame {
@@ -224,6 +223,132 @@ fn handshakes_in_progress_keep_no_agent_out() {
     assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
 }
 
+/// Enrolls `client` (`--admin` too if `admin`) with its PEM files in
+/// `dir`, as qemu's tls-creds-x509 takes them.
+fn enroll_pem(store: &Path, client: &str, dir: &Path, admin: bool) -> Credentials {
+    let s = store.to_str().unwrap();
+    let d = dir.to_str().unwrap();
+    let mut args = vec!["enroll", "--store", s, "--pem-dir", d, client];
+    if admin {
+        args.push("--admin");
+    }
+    let out = cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `qemu-img convert` of NBD export `export` at `addr` into `out`, with
+/// the PEM files in `pem` (TLS) or none (plaintext): its stderr if it
+/// fails.
+fn qemu_img_nbd(addr: &str, export: &str, pem: Option<&Path>, out: &Path) -> Result<(), String> {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut opts = format!("driver=nbd,host={host},port={port},export={export}");
+    let mut cmd = Command::new("qemu-img");
+    cmd.arg("convert").arg("-O").arg("raw");
+    if let Some(dir) = pem {
+        cmd.arg("--object").arg(format!(
+            "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+            dir.display()
+        ));
+        opts.push_str(",tls-creds=tls0,tls-hostname=rtbackup-server");
+    }
+    let o = cmd.arg("--image-opts").arg(opts).arg(out).output().unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// The NBD export is off unless asked for; then it speaks only TLS with a
+/// registered certificate of the store's CA, a client reads only its own
+/// volumes (another's is refused as if it did not exist) and an
+/// administrator's certificate reads them all; what qemu-img reads is
+/// byte-identical to a restore.
+#[test]
+fn nbd_needs_tls_and_gives_each_client_its_own_volumes() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let alice = enroll_pem(&store, "alice", &d.path().join("alice"), false);
+    let bob = enroll_pem(&store, "bob", &d.path().join("bob"), false);
+    enroll_pem(&store, "root", &d.path().join("root"), true);
+    let mallory = d.path().join("mallory");
+    enroll_pem(&store, "mallory", &mallory, false);
+    assert!(cli(&["revoke", "--store", s, "mallory"]).status.success());
+
+    // Off by default: the server prints no NBD address.
+    let (srv, lines) = serve_lines(&store, &[], 1);
+    let (la, _) = say_hello(&srv.addr, &alice, "va").unwrap();
+    stream(&la, 3);
+    let (lb, _) = say_hello(&srv.addr, &bob, "vb").unwrap();
+    stream(&lb, 5);
+    drop((la, lb, srv));
+    assert_eq!(lines.len(), 1);
+
+    let (srv, lines) = serve_lines(&store, &["--nbd-listen", "127.0.0.1:0"], 2);
+    let nbd = lines[1].strip_prefix("nbd on ").unwrap().to_owned();
+    let restored = |vol: &str| {
+        let out = d.path().join(format!("{vol}.restored"));
+        let o = cli(&[
+            "restore",
+            "--store",
+            s,
+            "--volume",
+            vol,
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    let read = |export: &str, pem: Option<&Path>| {
+        let out = d.path().join("nbd.img");
+        let _ = std::fs::remove_file(&out);
+        qemu_img_nbd(&nbd, export, pem, &out).map(|()| std::fs::read(&out).unwrap())
+    };
+    let alice_pem = d.path().join("alice");
+    assert!(read("va", Some(&alice_pem)).unwrap() == restored("va"));
+    let e = read("vb", Some(&alice_pem)).unwrap_err();
+    assert!(
+        e.contains("no volume vb that this certificate may read"),
+        "{e}"
+    );
+    let e = read("nothere", Some(&alice_pem)).unwrap_err();
+    assert!(
+        e.contains("no volume nothere that this certificate may read"),
+        "{e}"
+    );
+    assert!(read("vb", Some(&d.path().join("bob"))).unwrap() == restored("vb"));
+    assert!(read("va@latest", Some(&d.path().join("root"))).unwrap() == restored("va"));
+    assert!(read("vb", Some(&d.path().join("root"))).unwrap() == restored("vb"));
+    // Plaintext, or a revoked certificate: nothing.
+    assert!(read("va", None).is_err());
+    assert!(read("va", Some(&mallory)).is_err());
+    drop(srv);
+
+    // The roles show in `clients`.
+    let o = cli(&["clients", "--store", s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let admin_of = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client"] == n)
+            .unwrap()["admin"]
+            .clone()
+    };
+    assert_eq!(admin_of("root"), true);
+    assert_eq!(admin_of("alice"), false);
+    assert_eq!(admin_of("mallory"), false);
+    let _ = alice;
+}
+
 #[test]
 fn no_plaintext_unless_asked_and_only_on_loopback() {
     let d = tempfile::tempdir().unwrap();
@@ -339,6 +464,39 @@ fn enroll_writes_a_private_bundle() {
         "overwrote"
     );
     assert!(!cli(&["enroll", "--store", s, "../evil"]).status.success());
+    // Not to a terminal (script(1) gives it one): no private key shown.
+    let shown = Command::new("script")
+        .args(["-qec", &format!("{BIN} enroll --store {s} y"), "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("not printed to a terminal"), "{shown}");
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    // PEM files for qemu and nbd-client: a private directory.
+    let pem = d.path().join("pem");
+    let out = cli(&[
+        "enroll",
+        "--store",
+        s,
+        "z",
+        "--pem-dir",
+        pem.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pem), 0o700);
+    assert_eq!(mode(&pem.join("client-key.pem")), 0o600);
+    let key = std::fs::read_to_string(pem.join("client-key.pem")).unwrap();
+    assert!(key.contains("PRIVATE KEY"));
+    for f in ["ca-cert.pem", "client-cert.pem"] {
+        assert!(std::fs::read_to_string(pem.join(f))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE"));
+    }
 }
 
 /// `serve --config FILE` (the unit's way), the command line over it, and

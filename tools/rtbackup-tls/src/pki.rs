@@ -94,7 +94,12 @@ pub struct ClientInfo {
     pub certificates: Vec<String>,
     /// Fingerprints of its revoked ones.
     pub revoked: Vec<String>,
+    /// Its certificates read every volume over NBD (`enroll --admin`).
+    pub admin: bool,
 }
+
+/// The file in a client's registration that makes it an administrator.
+const ADMIN_MARK: &str = "admin";
 
 /// The certificate authority and client registry of a store.
 #[derive(Clone, Debug)]
@@ -206,14 +211,46 @@ impl Pki {
         })
     }
 
+    /// Makes client `name` (enrolled) an administrator: its certificates
+    /// read every client's volumes over NBD.
+    pub fn make_admin(&self, name: &str) -> Result<(), TlsError> {
+        validate_client_name(name)?;
+        let dir = self.dir.join("clients").join(name);
+        if list_certs(&dir)?.is_empty() {
+            return Err(TlsError::NoSuchClient(name.to_owned()));
+        }
+        let mark = dir.join(ADMIN_MARK);
+        if !mark.is_file() {
+            write_new(&mark, "", 0o644)?;
+        }
+        tracing::info!(client = name, "client made an administrator");
+        Ok(())
+    }
+
+    /// Whether client `name` is an administrator ([`Pki::make_admin`]).
+    pub fn is_admin(&self, name: &str) -> bool {
+        validate_client_name(name).is_ok()
+            && self
+                .dir
+                .join("clients")
+                .join(name)
+                .join(ADMIN_MARK)
+                .is_file()
+    }
+
     /// Withdraws every certificate of client `name`: the server refuses
-    /// them from the next handshake on. Returns how many.
+    /// them from the next handshake on, and it is no administrator any
+    /// more. Returns how many.
     pub fn revoke(&self, name: &str) -> Result<usize, TlsError> {
         validate_client_name(name)?;
         let from = self.dir.join("clients").join(name);
         let certs = list_certs(&from)?;
         if certs.is_empty() {
             return Err(TlsError::NoSuchClient(name.to_owned()));
+        }
+        let mark = from.join(ADMIN_MARK);
+        if mark.exists() {
+            fs::remove_file(&mark).map_err(|e| file_err(&mark, e))?;
         }
         let to = self.dir.join("revoked").join(name);
         mkdir(&to)?;
@@ -246,6 +283,7 @@ impl Pki {
                 Ok(ClientInfo {
                     certificates: list_certs(&self.dir.join("clients").join(&name))?,
                     revoked: list_certs(&self.dir.join("revoked").join(&name))?,
+                    admin: self.is_admin(&name),
                     name,
                 })
             })
