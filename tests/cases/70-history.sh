@@ -13,8 +13,10 @@ trap cleanup_replication EXIT
 RTB_TEST_TLS=1
 
 # Small segments and a journal cap of 12 MiB: the rounds below (about 6 MiB
-# each) outgrow it, so old history is folded while the load runs.
-replicate_device --log-level debug --segment-mib 1 --keep-size 12M --nbd-listen 127.0.0.1:10809
+# each) outgrow it, so old history is folded while the load runs (any
+# history, however young: --keep-size-min-age 0).
+replicate_device --log-level debug --segment-mib 1 --keep-size 12M --keep-size-min-age 0 \
+    --nbd-listen 127.0.0.1:10809
 # The client's own certificate as qemu and nbd-client take it.
 PEM=/tmp/nbd-pem
 rm -rf "$PEM"

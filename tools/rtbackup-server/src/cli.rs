@@ -87,6 +87,11 @@ pub enum Command {
         /// --keep-size folds more wins.
         #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
         keep_size: Option<u64>,
+        /// History younger than this is never folded by --keep-size,
+        /// however much a host writes (default: the --keep window; with
+        /// --keep forever, size folds nothing).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        keep_size_min_age: Option<std::time::Duration>,
         /// Address of the read-only NBD export of past states (export
         /// VOLUME@POINT, e.g. db1@mark:before-upgrade), or "none" (the
         /// default). Clients start TLS with a certificate of the store's CA
@@ -501,6 +506,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             handshake_timeout,
             keep,
             keep_size,
+            keep_size_min_age,
             apply_delay,
             nbd_listen,
         } => {
@@ -509,6 +515,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 retention: Retention {
                     keep: keep.0,
                     keep_bytes: keep_size,
+                    size_min_age: keep_size_min_age,
                 },
                 apply_delay,
                 ..VolumeOptions::default()

@@ -95,6 +95,11 @@ pub struct Retention {
     /// Whole segments are dropped, so the journal may exceed it by one
     /// segment.
     pub keep_bytes: Option<u64>,
+    /// History received within this last span is never folded by size,
+    /// however much a host writes (`None`: the `keep` window; with no
+    /// `keep` either, size folds nothing). A compromised host cannot flush
+    /// out its own recent history with junk.
+    pub size_min_age: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -102,6 +107,7 @@ impl Default for Retention {
         Self {
             keep: Some(Duration::from_secs(24 * 3600)),
             keep_bytes: None,
+            size_min_age: None,
         }
     }
 }
@@ -1092,7 +1098,18 @@ impl Volume {
                     ring_id: 0,
                     seq: 0,
                 };
-                if let Some(p) = ix.first_point_after(start)? {
+                // Never a point younger than the minimum age (the backup
+                // host's clock).
+                let oldest_young = match r.size_min_age.or(r.keep) {
+                    Some(age) => ix.point_received_by(self.opts.clock.ago(age))?,
+                    None => None,
+                };
+                let by_size = match (ix.first_point_after(start)?, oldest_young) {
+                    (Some(p), Some(f)) if p.pos.is_after(&f.pos) => Some(f),
+                    (Some(p), Some(_)) => Some(p),
+                    _ => None,
+                };
+                if let Some(p) = by_size {
                     if target.is_none_or(|t| p.pos.is_after(&t.pos)) {
                         target = Some(p);
                     }

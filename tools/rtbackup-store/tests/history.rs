@@ -564,3 +564,54 @@ fn a_host_clock_stepped_back_or_forged_deletes_no_history() {
     assert!(fold_all(&vol) > 0);
     assert_eq!(store.points("v").unwrap()[0].seq, 12);
 }
+
+/// `--keep-size` does not let a host flush out its own recent history:
+/// junk written far past the cap folds nothing received within the
+/// minimum age, and once that history is old enough on the backup host's
+/// clock, size folds as before. By default the minimum age is the `--keep`
+/// window.
+#[test]
+fn junk_past_the_size_cap_folds_no_young_history() {
+    let d = tempfile::tempdir().unwrap();
+    let clock = test_clock();
+    let mut o = clocked(opts(4096, None, Some(3 * 4096)), &clock);
+    o.retention.size_min_age = Some(Duration::from_secs(3600));
+    let store = store_with(d.path(), o);
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    let m = rounds(&vol, &clock, 40);
+    assert_eq!(
+        fold_all(&vol),
+        0,
+        "history younger than the minimum age folded by size"
+    );
+    let st = store.volume_status("v").unwrap();
+    assert!(st.journal_bytes > 6 * 4096, "{st:?}");
+    let (bytes, _) = restore_at(&store, d.path(), &PointSpec::Seq(3)).unwrap();
+    assert!(bytes == m.points.iter().find(|p| p.0 == 3).unwrap().2);
+    // An hour and a half on: old enough; size folds.
+    clock.advance(Duration::from_secs(5400));
+    assert!(fold_all(&vol) > 0);
+    let st = store.volume_status("v").unwrap();
+    assert!(st.journal_bytes <= 4 * 4096, "{st:?}");
+
+    // The default: the keep window (2 hours here, so the fold above is by
+    // size alone on a second volume).
+    let d = tempfile::tempdir().unwrap();
+    let clock = test_clock();
+    let mut o = clocked(
+        opts(4096, Some(Duration::from_secs(7200)), Some(3 * 4096)),
+        &clock,
+    );
+    o.retention.size_min_age = None;
+    let store = store_with(d.path(), o);
+    let vol = store.open_or_create_volume("v", SIZE, 512).unwrap();
+    rounds(&vol, &clock, 40);
+    clock.advance(Duration::from_secs(5400));
+    assert_eq!(
+        fold_all(&vol),
+        0,
+        "history inside the keep window folded by size"
+    );
+    clock.advance(Duration::from_secs(3600));
+    assert!(fold_all(&vol) > 0);
+}

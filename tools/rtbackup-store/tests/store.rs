@@ -303,7 +303,7 @@ fn ring_change_is_a_consistency_point_and_segments_retire() {
         segment_bytes: 4096,
         retention: Retention {
             keep: Some(Duration::ZERO),
-            keep_bytes: None,
+            ..Retention::default()
         },
         ..VolumeOptions::default()
     };

@@ -219,7 +219,12 @@ pub fn store_with(dir: &Path, opts: VolumeOptions) -> Store {
 pub fn opts(segment_bytes: u64, keep: Option<Duration>, keep_bytes: Option<u64>) -> VolumeOptions {
     VolumeOptions {
         segment_bytes,
-        retention: Retention { keep, keep_bytes },
+        retention: Retention {
+            keep,
+            keep_bytes,
+            // Size alone decides in these tests.
+            size_min_age: Some(Duration::ZERO),
+        },
         ..VolumeOptions::default()
     }
 }
