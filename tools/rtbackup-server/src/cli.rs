@@ -179,7 +179,9 @@ pub enum Command {
         output: PathBuf,
         /// Restore the newest consistency point at or before POINT: a time
         /// (2026-11-26T05:00:00Z, "10 minutes ago"), a seq (1234 or
-        /// seq:1234), mark:NAME, or latest.
+        /// seq:1234), mark:NAME, id:ID (as `points` lists it), or latest.
+        /// A mark name or seq that names several points is an error that
+        /// lists them by id.
         #[arg(long, value_name = "POINT", default_value = "latest")]
         at: PointSpec,
         /// Print the result as JSON.
@@ -340,8 +342,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 
 fn print_points(points: &[PointInfo]) {
     println!(
-        "{:<32} {:<32} {:>18} {:>12} {:<10} MARKS",
-        "TIME", "RECEIVED", "RING_ID", "SEQ", "KIND"
+        "{:<16} {:<32} {:<32} {:>18} {:>12} {:<10} MARKS",
+        "ID", "TIME", "RECEIVED", "RING_ID", "SEQ", "KIND"
     );
     for p in points {
         let kind = serde_json::to_value(p.kind)
@@ -349,7 +351,8 @@ fn print_points(points: &[PointInfo]) {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         println!(
-            "{:<32} {:<32} {:>#18x} {:>12} {:<10} {}",
+            "{:<16} {:<32} {:<32} {:>#18x} {:>12} {:<10} {}",
+            p.id,
             p.time,
             p.received,
             p.ring_id,

@@ -81,6 +81,10 @@ pub enum StoreError {
     /// No restore point matches what was asked.
     #[error("no such restore point: {0}")]
     NoSuchPoint(String),
+    /// What was asked names several restore points (a mark name used
+    /// again, a seq of several rings): the message lists them by id.
+    #[error("ambiguous restore point: {0}")]
+    AmbiguousPoint(String),
     /// A state file or other metadata is unreadable.
     #[error("bad state file {path}: {reason}")]
     BadState {

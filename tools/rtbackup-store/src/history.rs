@@ -28,8 +28,12 @@ pub enum PointSpec {
     /// The newest consistency point at or before the end of the newest
     /// record with this seq.
     Seq(u64),
-    /// The consistency point of the newest mark with this name.
+    /// The consistency point of the mark with this name (an error if the
+    /// name names several points).
     Mark(String),
+    /// The point at this journal position (segment, offset): its id, as
+    /// `points` prints it (`id:SEGMENT.OFFSET`), never ambiguous.
+    Id(u64, u64),
 }
 
 /// Formats nanoseconds since the epoch as RFC 3339 (UTC), with as many
@@ -70,6 +74,15 @@ impl FromStr for PointSpec {
                 .map(PointSpec::Seq)
                 .map_err(|e| format!("bad seq {n:?}: {e}"));
         }
+        if let Some(id) = s.strip_prefix("id:") {
+            let bad =
+                || format!("bad point id {id:?}: expected SEGMENT.OFFSET, as `points` prints it");
+            let (seg, off) = id.split_once('.').ok_or_else(bad)?;
+            return Ok(PointSpec::Id(
+                seg.parse().map_err(|_| bad())?,
+                off.parse().map_err(|_| bad())?,
+            ));
+        }
         if let Some(name) = s.strip_prefix("mark:") {
             rtbackup_proto::validate_volume_name(name)
                 .map_err(|e| format!("bad mark name {name:?}: {e}"))?;
@@ -109,6 +122,7 @@ impl fmt::Display for PointSpec {
             PointSpec::Time(ns) => write!(f, "{}", format_time(*ns)),
             PointSpec::Seq(n) => write!(f, "seq:{n}"),
             PointSpec::Mark(m) => write!(f, "mark:{m}"),
+            PointSpec::Id(seg, off) => write!(f, "id:{seg}.{off}"),
         }
     }
 }
@@ -299,6 +313,11 @@ pub(crate) fn scan(
     })
 }
 
+/// The id of the point at `pos` (`SEGMENT.OFFSET`).
+fn point_id(pos: &Position) -> String {
+    format!("{}.{}", pos.segment, pos.offset)
+}
+
 /// A consistency point as `points` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PointInfo {
@@ -320,6 +339,9 @@ pub struct PointInfo {
     pub kind: PointKind,
     /// Marks naming this point.
     pub marks: Vec<String>,
+    /// Its id (`restore --at id:ID`): the journal position, unique in the
+    /// volume's history.
+    pub id: String,
     /// Journal position (segment, offset).
     pub segment: u64,
     /// Byte offset in the segment.
@@ -337,6 +359,7 @@ impl PointInfo {
             seq: p.pos.seq,
             kind: p.kind,
             marks,
+            id: point_id(&p.pos),
             segment: p.pos.segment,
             offset: p.pos.offset,
         }
@@ -543,43 +566,101 @@ impl HistoryView {
                 )))
             }
             PointSpec::Seq(n) => {
-                let rec = match self.tail.records.iter().rev().find(|r| r.seq == *n) {
-                    Some(r) => Some(*r),
-                    None => match &self.index {
-                        Some(ix) => ix
-                            .record_with_seq(*n)?
-                            .filter(|r| !self.base.pos.is_after(&r.end())),
-                        None => None,
-                    },
+                let mut recs: Vec<RecordRow> = match &self.index {
+                    Some(ix) => ix.records_with_seq(*n)?,
+                    None => Vec::new(),
                 };
-                match rec {
-                    Some(r) => self.point_at_or_before(r.end()),
-                    // The record that ends at the base point (folded).
-                    None if self.base.pos.seq == *n => Ok(self.base),
-                    None => Err(StoreError::NoSuchPoint(format!(
-                        "no record with seq {n} in the history held (it starts at {})",
-                        oldest()
-                    ))),
+                recs.extend(self.tail.records.iter().filter(|r| r.seq == *n).copied());
+                recs.retain(|r| !self.base.pos.is_after(&r.end()));
+                let mut points = Vec::new();
+                for r in &recs {
+                    points.push(self.point_at_or_before(r.end())?);
                 }
+                if points.is_empty() && self.base.pos.seq == *n {
+                    // The record that ends at the base point (folded).
+                    points.push(self.base);
+                }
+                self.one_of(
+                    points,
+                    || format!("seq {n}"),
+                    || {
+                        format!(
+                            "no record with seq {n} in the history held (it starts at {})",
+                            oldest()
+                        )
+                    },
+                )
             }
             PointSpec::Mark(name) => {
-                let m = match self.tail.marks.iter().rev().find(|m| &m.name == name) {
-                    Some(m) => Some(m.clone()),
-                    None => match &self.index {
-                        Some(ix) => ix
-                            .mark_named(name)?
-                            .filter(|m| !self.base.pos.is_after(&m.point)),
-                        None => None,
-                    },
+                let mut marks: Vec<MarkRow> = match &self.index {
+                    Some(ix) => ix.marks_named(name)?,
+                    None => Vec::new(),
                 };
-                match m {
-                    Some(m) => self.point_at_or_before(m.point),
-                    None => Err(StoreError::NoSuchPoint(format!(
-                        "no mark {name:?} in the history held (it starts at {})",
+                marks.extend(self.tail.marks.iter().filter(|m| &m.name == name).cloned());
+                marks.retain(|m| !self.base.pos.is_after(&m.point));
+                let mut points = Vec::new();
+                for m in &marks {
+                    points.push(self.point_at_or_before(m.point)?);
+                }
+                self.one_of(
+                    points,
+                    || format!("mark {name:?}"),
+                    || {
+                        format!(
+                            "no mark {name:?} in the history held (it starts at {})",
+                            oldest()
+                        )
+                    },
+                )
+            }
+            PointSpec::Id(segment, offset) => {
+                let pos = Position {
+                    segment: *segment,
+                    offset: *offset,
+                    ring_id: 0,
+                    seq: 0,
+                };
+                let p = self.point_at_or_before(pos)?;
+                if p.pos.same_place(&pos) {
+                    Ok(p)
+                } else {
+                    Err(StoreError::NoSuchPoint(format!(
+                        "no point with id {segment}.{offset} in the history held (it starts at {})",
                         oldest()
-                    ))),
+                    )))
                 }
             }
+        }
+    }
+
+    /// The one point of `points` (duplicates merged): none is `missing`,
+    /// several are ambiguous, listed with their ids.
+    fn one_of(
+        &self,
+        mut points: Vec<PointRow>,
+        what: impl FnOnce() -> String,
+        missing: impl FnOnce() -> String,
+    ) -> Result<PointRow> {
+        points.sort_by_key(|p| (p.pos.segment, p.pos.offset));
+        points.dedup_by(|a, b| a.pos.same_place(&b.pos));
+        match points.as_slice() {
+            [] => Err(StoreError::NoSuchPoint(missing())),
+            [p] => Ok(*p),
+            many => Err(StoreError::AmbiguousPoint(format!(
+                "{} names {} points: {}; give one by its id",
+                what(),
+                many.len(),
+                many.iter()
+                    .map(|p| format!(
+                        "id:{} ({}, ring {:#x} seq {})",
+                        point_id(&p.pos),
+                        format_time(p.time_ns),
+                        p.pos.ring_id,
+                        p.pos.seq
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
         }
     }
 

@@ -671,18 +671,21 @@ impl Index {
         })
     }
 
-    /// The newest record with this seq (of any ring).
-    pub(crate) fn record_with_seq(&self, seq: u64) -> Result<Option<RecordRow>> {
-        self.conn
-            .query_row(
+    /// Every record with this seq (of any ring), oldest first.
+    pub(crate) fn records_with_seq(&self, seq: u64) -> Result<Vec<RecordRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
                 "SELECT segment, offset, size, ring_id, seq, time_ns, op, flags, start, len,
                         consistent_seq
-                 FROM records WHERE seq = ?1 ORDER BY segment DESC, offset DESC LIMIT 1",
-                [to_i(seq)],
-                Self::record_from,
+                 FROM records WHERE seq = ?1 ORDER BY segment, offset",
             )
-            .optional()
-            .map_err(|e| self.err("finding a record by seq", e))
+            .map_err(|e| self.err("finding records by seq", e))?;
+        let rows = st
+            .query_map([to_i(seq)], Self::record_from)
+            .map_err(|e| self.err("finding records by seq", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err("finding records by seq", e))
     }
 
     /// The newest record that starts before `pos`.
@@ -839,18 +842,21 @@ impl Index {
             .map_err(|e| self.err("listing marks", e))
     }
 
-    /// The newest mark called `name`.
-    pub(crate) fn mark_named(&self, name: &str) -> Result<Option<MarkRow>> {
-        self.conn
-            .query_row(
+    /// Every mark called `name`, oldest first.
+    pub(crate) fn marks_named(&self, name: &str) -> Result<Vec<MarkRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
                 "SELECT segment, offset, name, ring_id, seq, time_ns,
                         point_segment, point_offset, point_ring, point_seq
-                 FROM marks WHERE name = ?1 ORDER BY segment DESC, offset DESC LIMIT 1",
-                [name],
-                Self::mark_from,
+                 FROM marks WHERE name = ?1 ORDER BY segment, offset",
             )
-            .optional()
-            .map_err(|e| self.err("finding a mark", e))
+            .map_err(|e| self.err("finding marks", e))?;
+        let rows = st
+            .query_map([name], Self::mark_from)
+            .map_err(|e| self.err("finding marks", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.err("finding marks", e))
     }
 
     /// Names of the marks naming the point at `pos`, oldest first.

@@ -456,14 +456,38 @@ proptest! {
                 n = n * 3 % 7919 + 512;
             }
         }
-        for (name, seq) in &m.marks {
-            let newest = m.marks.iter().rev().find(|(n, _)| n == name).map(|x| x.1);
-            if Some(*seq) != newest || *seq < base { continue; }
-            let (bytes, got) = restore_at(&store, d.path(), &PointSpec::Mark(name.clone())).unwrap();
-            prop_assert_eq!(got, *seq);
-            let img = &m.points.iter().rev().find(|p| p.0 == *seq).map(|p| p.2.clone())
-                .unwrap_or_else(|| vec![0; SIZE as usize]);
-            prop_assert!(&bytes == img, "mark {}", name);
+        // A mark name naming one point held restores it; one naming
+        // several is ambiguous, and each of them restores by its id.
+        let mut names: Vec<&String> = m.marks.iter().map(|(n, _)| n).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let mut seqs: Vec<u64> = m.marks.iter().filter(|(n, s)| n == name && *s >= base).map(|x| x.1).collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            let r = restore_at(&store, d.path(), &PointSpec::Mark(name.clone()));
+            match seqs.as_slice() {
+                [] => prop_assert!(matches!(r, Err(StoreError::NoSuchPoint(_))), "mark {}: {:?}", name, r),
+                [seq] => {
+                    let (bytes, got) = r.unwrap();
+                    prop_assert_eq!(got, *seq);
+                    let img = &m.points.iter().rev().find(|p| p.0 == *seq).map(|p| p.2.clone())
+                        .unwrap_or_else(|| vec![0; SIZE as usize]);
+                    prop_assert!(&bytes == img, "mark {}", name);
+                }
+                many => {
+                    let Err(StoreError::AmbiguousPoint(msg)) = r else {
+                        return Err(TestCaseError::fail(format!("mark {name} names {many:?}: {r:?}")));
+                    };
+                    prop_assert_eq!(msg.matches("id:").count(), many.len(), "{}", msg);
+                }
+            }
+        }
+        // Every point listed restores by its id.
+        for p in store.points("v").unwrap() {
+            let at: PointSpec = format!("id:{}", p.id).parse().unwrap();
+            let (_, got) = restore_at(&store, d.path(), &at).unwrap();
+            prop_assert_eq!(got, p.seq);
         }
         let (latest, _) = restore_at(&store, d.path(), &PointSpec::Latest).unwrap();
         prop_assert!(latest == m.at_cp.0);
@@ -614,4 +638,52 @@ fn junk_past_the_size_cap_folds_no_young_history() {
     );
     clock.advance(Duration::from_secs(3600));
     assert!(fold_all(&vol) > 0);
+}
+
+/// A compromised host cannot re-point a known-good mark name: a name that
+/// names two points is an error listing both by id, and each id restores
+/// its own point. A seq of two rings (a re-attach) is ambiguous the same
+/// way; a seq of one ring still resolves.
+#[test]
+fn a_mark_name_used_again_or_a_seq_of_two_rings_is_ambiguous() {
+    let (d, store, vol) = fresh();
+    let mut m = Model::new();
+    let mut b = Vec::new();
+    b.extend(m.push(write(0, 0x11, 512), 0));
+    b.extend(m.push(Op::Flush, 0));
+    b.extend(m.push(Op::Mark("good".into()), 0));
+    b.extend(m.push(write(0, 0x66, 512), 0));
+    b.extend(m.push(Op::Flush, 0));
+    b.extend(m.push(Op::Mark("good".into()), 0));
+    commit(&vol, RING, &b);
+    let e = restore_at(&store, d.path(), &PointSpec::Mark("good".into())).unwrap_err();
+    let StoreError::AmbiguousPoint(msg) = &e else {
+        panic!("{e}")
+    };
+    let points = store.points("v").unwrap();
+    let good: Vec<_> = points.iter().filter(|p| p.marks == ["good"]).collect();
+    assert_eq!(good.len(), 2, "{points:?}");
+    for p in &good {
+        assert!(msg.contains(&format!("id:{}", p.id)), "{msg}");
+        let at: PointSpec = format!("id:{}", p.id).parse().unwrap();
+        let (bytes, seq) = restore_at(&store, d.path(), &at).unwrap();
+        assert_eq!(seq, p.seq);
+        assert_eq!(bytes[0], if p.seq == 2 { 0x11 } else { 0x66 });
+    }
+    let e = restore_at(&store, d.path(), &PointSpec::Id(99, 64)).unwrap_err();
+    assert!(matches!(e, StoreError::NoSuchPoint(_)), "{e}");
+    assert!("id:x".parse::<PointSpec>().is_err());
+
+    // A second ring (the device attached again) with the same seqs.
+    let mut m2 = continued(&m);
+    let mut b = Vec::new();
+    b.extend(m2.push(write(8, 0x22, 512), 0));
+    b.extend(m2.push(Op::Flush, 0));
+    commit(&vol, RING + 1, &b);
+    let e = restore_at(&store, d.path(), &PointSpec::Seq(2)).unwrap_err();
+    assert!(matches!(e, StoreError::AmbiguousPoint(_)), "{e}");
+    assert_eq!(
+        restore_at(&store, d.path(), &PointSpec::Seq(5)).unwrap().1,
+        5
+    );
 }
