@@ -577,12 +577,18 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                     bail!("--insecure-loopback-only refuses NBD on {a}: not a loopback address");
                 }
             }
+            let metrics_pki = tls.clone();
             if let Some(pki) = tls {
                 server = server.with_tls(pki)?;
             }
             let addr = server.local_addr()?;
             let metrics = match &metrics {
-                Some(a) => Some(crate::metrics::start(a, nbd_store.clone(), server.stats())?),
+                Some(a) => Some(crate::metrics::start(
+                    a,
+                    nbd_store.clone(),
+                    metrics_pki,
+                    server.stats(),
+                )?),
                 None => None,
             };
             let stop = Arc::new(AtomicBool::new(false));
@@ -781,6 +787,21 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Status { store, json } => {
             let st = existing_store(&store)?;
+            if rtbackup_tls::Pki::exists(&store) {
+                let pki = rtbackup_tls::Pki::open(&store)?;
+                for c in pki.expiring(crate::metrics::EXPIRY_WARNING)? {
+                    let left = crate::metrics::seconds_left(c.not_after);
+                    let when = if left < 0 {
+                        format!("expired {} days ago", -left / 86_400)
+                    } else {
+                        format!("expires in {} days", left / 86_400)
+                    };
+                    eprintln!(
+                        "warning: a certificate of client {} {when} ({}); enroll it again",
+                        c.client, c.fingerprint
+                    );
+                }
+            }
             let mut all = Vec::new();
             for v in st.volumes()? {
                 all.push(

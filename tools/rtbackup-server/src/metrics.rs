@@ -1,7 +1,8 @@
 //! The server's Prometheus metrics (`serve --metrics ADDR`): connections,
 //! what each volume received, and each volume's state in the store (size,
 //! journal, durable and applied seqs, the last consistency point, whether
-//! a resync is open), read from the store at each scrape.
+//! a resync is open), read from the store at each scrape; with TLS, the
+//! client certificates that expire within 30 days.
 
 use crate::server::Stats;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,6 +13,7 @@ use prometheus_client::registry::Registry;
 use rtbackup_cli::metrics::MetricsServer;
 use rtbackup_cli::CliError;
 use rtbackup_store::{PointSpec, Store};
+use rtbackup_tls::Pki;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -21,6 +23,15 @@ struct VolumeLabel {
 }
 
 type PerVolume = Family<VolumeLabel, Gauge>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabel {
+    client: String,
+    fingerprint: String,
+}
+
+/// Certificates that expire within this are counted as expiring.
+pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 #[derive(Clone, Default)]
 struct Metrics {
@@ -36,6 +47,8 @@ struct Metrics {
     resyncing: PerVolume,
     point_seq: PerVolume,
     point_time: Family<VolumeLabel, Gauge<f64, AtomicU64>>,
+    cert_expiry: Family<CertificateLabel, Gauge>,
+    certs_expiring: Gauge,
     scrape_errors: Counter,
 }
 
@@ -94,14 +107,45 @@ impl Metrics {
             self.point_time.clone(),
         );
         r.register(
+            "client_certificate_expiry_seconds",
+            "Seconds until a registered client certificate that expires within 30 days stops being valid (negative: expired)",
+            self.cert_expiry.clone(),
+        );
+        r.register(
+            "client_certificates_expiring",
+            "Registered client certificates that expire within 30 days or have expired: enroll again",
+            self.certs_expiring.clone(),
+        );
+        r.register(
             "scrape_errors",
             "Volumes whose state could not be read for a scrape (see the log)",
             self.scrape_errors.clone(),
         );
     }
 
-    fn refresh(&self, store: &Store, stats: &Stats) {
+    fn refresh(&self, store: &Store, pki: Option<&Pki>, stats: &Stats) {
         self.connections.set(stats.connections() as i64);
+        if let Some(pki) = pki {
+            match pki.expiring(EXPIRY_WARNING) {
+                Ok(certs) => {
+                    self.cert_expiry.clear();
+                    self.certs_expiring.set(certs.len() as i64);
+                    for c in certs {
+                        let left = seconds_left(c.not_after);
+                        self.cert_expiry
+                            .get_or_create(&CertificateLabel {
+                                client: c.client,
+                                fingerprint: c.fingerprint,
+                            })
+                            .set(left);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("metrics: cannot read the client certificates: {e}");
+                    self.scrape_errors.inc();
+                }
+            }
+        }
         for (volume, r) in stats.received() {
             let l = VolumeLabel { volume };
             set_counter(&self.received_records.get_or_create(&l), r.records);
@@ -157,6 +201,14 @@ impl Metrics {
     }
 }
 
+/// Seconds from now to `t` (negative if past).
+pub fn seconds_left(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::SystemTime::now()) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
 /// Counters count up; `total` is the count kept by the server.
 fn set_counter(c: &Counter, total: u64) {
     let now = c.get();
@@ -165,11 +217,18 @@ fn set_counter(c: &Counter, total: u64) {
     }
 }
 
-/// Serves the metrics of a server on `store` (`stats` from
-/// [`crate::Server::stats`]) on `addr`.
-pub fn start(addr: &str, store: Store, stats: Arc<Stats>) -> Result<MetricsServer, CliError> {
+/// Serves the metrics of a server on `store` (with its PKI, if TLS;
+/// `stats` from [`crate::Server::stats`]) on `addr`.
+pub fn start(
+    addr: &str,
+    store: Store,
+    pki: Option<Pki>,
+    stats: Arc<Stats>,
+) -> Result<MetricsServer, CliError> {
     let mut registry = Registry::with_prefix("rtbackup_server");
     let m = Metrics::default();
     m.register(&mut registry);
-    MetricsServer::start(addr, registry, move || m.refresh(&store, &stats))
+    MetricsServer::start(addr, registry, move || {
+        m.refresh(&store, pki.as_ref(), &stats)
+    })
 }

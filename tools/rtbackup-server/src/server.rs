@@ -85,7 +85,7 @@ struct Shared {
     busy: Mutex<HashMap<String, Busy>>,
     /// Sockets of authenticated connections (with TLS; all connections
     /// without), to end their reads on shutdown.
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    conns: Mutex<HashMap<u64, Live>>,
     /// Sockets of connections in their TLS handshake, and when each came.
     handshakes: Mutex<HashMap<u64, (TcpStream, Instant)>>,
     /// `--max-connections`: authenticated connections served at once.
@@ -119,7 +119,7 @@ impl Shared {
     /// Moves connection `id` from the handshakes to the authenticated
     /// connections, unless they are at `--max-connections` (`Err`: how
     /// many there are) or it was ended meanwhile (`Err(None)`).
-    fn authenticated(&self, id: u64) -> Result<(), Option<usize>> {
+    fn authenticated(&self, id: u64, link: &Link) -> Result<(), Option<usize>> {
         let Some((tcp, _)) = lock(&self.handshakes).remove(&id) else {
             return Err(None);
         };
@@ -127,10 +127,47 @@ impl Shared {
         if conns.len() >= self.max_connections.load(Ordering::Relaxed) {
             return Err(Some(conns.len()));
         }
-        conns.insert(id, tcp);
+        let client = link
+            .client_name()
+            .zip(link.client_certificate())
+            .map(|(n, c)| (n.to_owned(), c.to_vec()));
+        conns.insert(id, Live { tcp, client });
         Ok(())
     }
+
+    /// Ends the sessions whose certificate is no longer registered
+    /// (`revoke`): within [`REVOCATION_CHECK`] of the revocation, not at
+    /// their next connection.
+    fn end_revoked(&self) {
+        let Some(tls) = &self.tls else { return };
+        for live in lock(&self.conns).values() {
+            let Some((client, cert)) = &live.client else {
+                continue;
+            };
+            if tls.pki.client_of(cert).as_deref() != Some(client.as_str()) {
+                let peer = live
+                    .tcp
+                    .peer_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string());
+                warn!(
+                    peer,
+                    client, "the client's certificate was revoked: ending its session"
+                );
+                let _ = live.tcp.shutdown(Shutdown::Both);
+            }
+        }
+    }
 }
+
+/// An authenticated connection: its socket, and with TLS the client and
+/// the certificate (DER) it authenticated with.
+struct Live {
+    tcp: TcpStream,
+    client: Option<(String, Vec<u8>)>,
+}
+
+/// How often live sessions are checked against revocation.
+const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
 /// What the server counts for its metrics (crate::metrics).
 #[derive(Debug, Default)]
@@ -302,7 +339,12 @@ impl Server {
     /// lets each finish its current commit (and ACK) and returns.
     pub fn run(self, stop: &AtomicBool) -> anyhow::Result<()> {
         let mut threads = Vec::new();
+        let mut checked = Instant::now();
         while !stop.load(Ordering::SeqCst) {
+            if checked.elapsed() >= REVOCATION_CHECK {
+                self.shared.end_revoked();
+                checked = Instant::now();
+            }
             let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, PollTimeout::from(200u16)) {
                 Ok(0) => {}
@@ -348,7 +390,7 @@ impl Server {
         info!(connections = threads.len(), "shutting down");
         self.shared.stopping.store(true, Ordering::SeqCst);
         for c in lock(&self.shared.conns).values() {
-            let _ = c.shutdown(Shutdown::Read);
+            let _ = c.tcp.shutdown(Shutdown::Read);
         }
         for (c, _) in lock(&self.shared.handshakes).values() {
             let _ = c.shutdown(Shutdown::Both);
@@ -551,7 +593,7 @@ fn connection(shared: &Shared, conn: TcpStream, peer: SocketAddr, id: u64) {
         None => Link::plain(conn),
     };
     // Authenticated (or plain): now it takes a connection slot.
-    match shared.authenticated(id) {
+    match shared.authenticated(id, &link) {
         Ok(()) => {}
         Err(Some(live)) => {
             let client = link.client_name().unwrap_or("-");
@@ -713,7 +755,7 @@ fn session(
                 // or half-open. End it, so that it releases the volume
                 // promptly; the agent retries with backoff.
                 if let Some(old) = lock(&shared.conns).get(&b.conn) {
-                    let _ = old.shutdown(Shutdown::Both);
+                    let _ = old.tcp.shutdown(Shutdown::Both);
                 }
                 info!(%peer, volume = hello.volume, old_connection = b.conn,
                     "the same ring reconnected: ending its previous connection");

@@ -223,6 +223,52 @@ fn handshakes_in_progress_keep_no_agent_out() {
     assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
 }
 
+/// Revoking a client ends its live sessions within seconds: the stream
+/// in progress is cut and gets no more acknowledgements, and it cannot
+/// connect again; another client's session goes on.
+#[test]
+fn revocation_ends_live_sessions() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let alice = enroll(&store, "alice");
+    let bob = enroll(&store, "bob");
+    let srv = serve(&store);
+    let (la, _) = say_hello(&srv.addr, &alice, "va").unwrap();
+    stream(&la, 3);
+    let (lb, _) = say_hello(&srv.addr, &bob, "vb").unwrap();
+    stream(&lb, 3);
+    let start = std::time::Instant::now();
+    assert!(cli(&["revoke", "--store", s, "alice"]).status.success());
+    la.tcp()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let r = read_frame(&mut &la);
+    assert!(
+        r.is_err(),
+        "a revoked client's session still answered: {r:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "ended only after {:?}",
+        start.elapsed()
+    );
+    assert!(say_hello(&srv.addr, &alice, "va").is_err());
+    // Bob streams on: records 5 and 6 after the first four.
+    let mut recs = Vec::new();
+    append_record(&mut recs, RTB_OP_WRITE, 0, 5, 0, 512, 5, &[5; 512]);
+    append_record(&mut recs, RTB_OP_FLUSH, 0, 6, 0, 0, 6, &[]);
+    write_records_frame(&mut &lb, &[&recs]).unwrap();
+    loop {
+        match read_frame(&mut &lb).unwrap() {
+            Frame::Ack(6) => break,
+            Frame::Ack(_) => {}
+            f => panic!("{f:?}"),
+        }
+    }
+}
+
 /// Enrolls `client` (`--admin` too if `admin`) with its PEM files in
 /// `dir`, as qemu's tls-creds-x509 takes them.
 fn enroll_pem(store: &Path, client: &str, dir: &Path, admin: bool) -> Credentials {
@@ -508,6 +554,9 @@ fn settings_file_and_metrics() {
     let s = store.to_str().unwrap();
     assert!(cli(&["init", "--store", s]).status.success());
     let creds = enroll(&store, "host-a");
+    // A certificate that ends in 10 days: warned about 30 days ahead.
+    let out = cli(&["enroll", "--store", s, "soon", "--days", "10"]);
+    assert!(out.status.success());
     let config = d.path().join("server.toml");
     std::fs::write(
         &config,
@@ -548,8 +597,23 @@ fn settings_file_and_metrics() {
         c.read_to_string(&mut body).unwrap();
         body
     };
+    let out = cli(&["status", "--store", s]);
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("certificate of client soon expires in 9 days"),
+        "{warned}"
+    );
+    assert!(!warned.contains("host-a"), "{warned}");
     let m = scrape();
     assert!(m.contains("\nrtbackup_server_connections 0\n"), "{m}");
+    assert!(
+        m.contains("\nrtbackup_server_client_certificates_expiring 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("\nrtbackup_server_client_certificate_expiry_seconds{client=\"soon\","),
+        "{m}"
+    );
     assert!(m.contains("\nrtbackup_server_volumes 0\n"), "{m}");
 
     let (link, f) = say_hello(&server.addr, &creds, "v1").unwrap();

@@ -51,6 +51,8 @@ pub struct Link {
     tcp: TcpStream,
     tls: Option<Tls>,
     peer: Peer,
+    /// The client's certificate (DER), on the server side of TLS.
+    certificate: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -70,7 +72,14 @@ impl Link {
             tcp,
             tls: None,
             peer: Peer::Unauthenticated,
+            certificate: None,
         }
+    }
+
+    /// The certificate (DER) the client authenticated with, on the server
+    /// side: to check later that it is still registered.
+    pub fn client_certificate(&self) -> Option<&[u8]> {
+        self.certificate.as_deref()
     }
 
     /// The TCP socket, for its options and `shutdown`.
@@ -110,6 +119,7 @@ impl Link {
                 read: Mutex::new(Vec::new()),
             }),
             peer,
+            certificate: None,
         }
     }
 }
@@ -316,9 +326,12 @@ pub fn accept(
         peer: peer.clone(),
         source,
     })?;
-    let name = conn
+    let cert = conn
         .peer_certificates()
         .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec());
+    let name = cert
+        .as_deref()
         .and_then(|c| pki.client_of(c))
         .ok_or_else(|| TlsError::Handshake {
             peer,
@@ -327,5 +340,7 @@ pub fn accept(
                 "the client's certificate is not registered",
             ),
         })?;
-    Ok(Link::tls(tcp, conn, Peer::Client(name)))
+    let mut link = Link::tls(tcp, conn, Peer::Client(name));
+    link.certificate = cert;
+    Ok(link)
 }

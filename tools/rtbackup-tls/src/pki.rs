@@ -98,6 +98,34 @@ pub struct ClientInfo {
     pub admin: bool,
 }
 
+/// A registered client certificate near or past its end
+/// ([`Pki::expiring`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expiring {
+    /// The client.
+    pub client: String,
+    /// The certificate's fingerprint.
+    pub fingerprint: String,
+    /// When it stops being valid.
+    pub not_after: SystemTime,
+}
+
+/// When the certificate in PEM file `path` stops being valid.
+fn not_after(path: &Path) -> Result<SystemTime, TlsError> {
+    let pem = read(path)?;
+    let bad = |why: String| {
+        file_err(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, why),
+        )
+    };
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let secs = cert.validity().not_after.timestamp();
+    Ok(UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+}
+
 /// The file in a client's registration that makes it an administrator.
 const ADMIN_MARK: &str = "admin";
 
@@ -288,6 +316,32 @@ impl Pki {
                 })
             })
             .collect()
+    }
+
+    /// The registered client certificates that expire within `within`
+    /// (or have expired), soonest first.
+    pub fn expiring(&self, within: std::time::Duration) -> Result<Vec<Expiring>, TlsError> {
+        let limit = SystemTime::now() + within;
+        let mut out = Vec::new();
+        for c in self.clients()? {
+            for fp in &c.certificates {
+                let path = self
+                    .dir
+                    .join("clients")
+                    .join(&c.name)
+                    .join(format!("{fp}.crt"));
+                let not_after = not_after(&path)?;
+                if not_after <= limit {
+                    out.push(Expiring {
+                        client: c.name.clone(),
+                        fingerprint: fp.clone(),
+                        not_after,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|e| e.not_after);
+        Ok(out)
     }
 
     /// The name of the client whose registered certificate this is.
