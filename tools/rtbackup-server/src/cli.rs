@@ -141,6 +141,23 @@ pub enum Command {
         /// over NBD (others read their own only).
         #[arg(long)]
         admin: bool,
+        /// Give this volume name to the client now (repeat for more), so
+        /// that no other client can take the name first.
+        #[arg(long = "volume", value_name = "NAME")]
+        volumes: Vec<String>,
+    },
+    /// Give a volume to a client: one from before volumes had owners (no
+    /// client's HELLO takes it), or a name reserved before its first
+    /// stream. A volume another client owns is refused.
+    Claim {
+        /// Store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// The volume.
+        #[arg(long)]
+        volume: String,
+        /// The client that gets it.
+        client: String,
     },
     /// Withdraw every certificate of a client: the server refuses them from
     /// the next connection on. Its volumes and their history stay.
@@ -298,6 +315,17 @@ fn parse_keep(s: &str) -> Result<KeepTime, String> {
     parse_duration(s).map(|d| KeepTime(Some(d)))
 }
 
+/// Makes `client` the owner of `volume` in the store at `dir` (created if
+/// need be), unless another client owns it.
+fn give_volume(dir: &Path, volume: &str, client: &str) -> anyhow::Result<()> {
+    let st = Store::open(dir)?;
+    let owner = st.claim(volume, client)?;
+    if owner != client {
+        bail!("volume {volume} belongs to client {owner}");
+    }
+    Ok(())
+}
+
 /// Writes `creds` as qemu's and nbd-client's PEM files into the new
 /// directory `dir` (mode 0700; the key 0600).
 fn write_pem_dir(dir: &Path, creds: &rtbackup_tls::Credentials) -> anyhow::Result<()> {
@@ -396,6 +424,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             output,
             pem_dir,
             admin,
+            volumes,
         } => {
             use std::io::IsTerminal;
             if output.is_none() && std::io::stdout().is_terminal() {
@@ -405,6 +434,10 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 );
             }
             let pki = rtbackup_tls::Pki::open(&store)?;
+            rtbackup_tls::validate_client_name(&client)?;
+            for v in &volumes {
+                give_volume(&store, v, &client)?;
+            }
             let creds = pki.enroll(&client, days)?;
             if admin {
                 pki.make_admin(&client)?;
@@ -433,6 +466,16 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 }
                 None => std::io::stdout().write_all(json.as_bytes())?,
             }
+            Ok(())
+        }
+        Command::Claim {
+            store,
+            volume,
+            client,
+        } => {
+            rtbackup_tls::validate_client_name(&client)?;
+            give_volume(&store, &volume, &client)?;
+            println!("volume {volume} belongs to client {client}");
             Ok(())
         }
         Command::Revoke {

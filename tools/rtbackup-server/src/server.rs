@@ -639,6 +639,17 @@ fn authorize(shared: &Shared, link: &Link, volume: &str, claim: bool) -> Result<
     match shared.store.owner(volume)? {
         Some(owner) if owner == client => Ok(()),
         Some(_) => Err(refused()),
+        // A volume from before owners is no client's to take: the
+        // operator gives it (`rtbackup-server claim`).
+        None if claim && shared.store.exists(volume)? => {
+            warn!(
+                client,
+                volume,
+                "an existing volume with no owner is not given to the first client that asks: \
+                 rtbackup-server claim --volume {volume} CLIENT gives it"
+            );
+            Err(refused())
+        }
         None if claim => {
             let owner = shared.store.claim(volume, client)?;
             if owner == client {

@@ -223,6 +223,57 @@ fn handshakes_in_progress_keep_no_agent_out() {
     assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
 }
 
+/// A volume name given at enrolment is that client's before its first
+/// stream; a volume from before owners is nobody's to take by HELLO until
+/// `claim` gives it; neither takes another client's volume.
+#[test]
+fn volumes_belong_to_whom_enrolment_or_claim_gives_them() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let out = cli(&["enroll", "--store", s, "alice", "--volume", "db1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alice: Credentials = serde_json::from_slice(&out.stdout).unwrap();
+    let bob = enroll(&store, "bob");
+    let forbidden = |r: Result<(Link, Frame), String>| match r {
+        Ok((_, Frame::Error(e))) => e.code == "forbidden",
+        _ => false,
+    };
+    let srv = serve(&store);
+    assert!(forbidden(say_hello(&srv.addr, &bob, "db1")));
+    let (l, w) = say_hello(&srv.addr, &alice, "db1").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+    drop(l);
+    // A volume from before owners: bob's stream, its owner file gone.
+    let (l, _) = say_hello(&srv.addr, &bob, "old").unwrap();
+    stream(&l, 2);
+    drop((l, srv));
+    std::fs::remove_file(store.join("owners/old")).unwrap();
+    let srv = serve(&store);
+    assert!(forbidden(say_hello(&srv.addr, &alice, "old")));
+    assert!(forbidden(say_hello(&srv.addr, &bob, "old")));
+    let out = cli(&["claim", "--store", s, "--volume", "old", "bob"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_l, w) = say_hello(&srv.addr, &bob, "old").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+    assert!(forbidden(say_hello(&srv.addr, &alice, "old")));
+    let out = cli(&["claim", "--store", s, "--volume", "old", "alice"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to client bob"));
+    let out = cli(&["enroll", "--store", s, "carol", "--volume", "db1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to client alice"));
+}
+
 /// Revoking a client ends its live sessions within seconds: the stream
 /// in progress is cut and gets no more acknowledgements, and it cannot
 /// connect again; another client's session goes on.
