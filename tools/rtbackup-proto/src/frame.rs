@@ -94,6 +94,10 @@ pub mod error_code {
     /// The volume belongs to another client (TLS: a client uses only its
     /// own volumes). Fatal.
     pub const FORBIDDEN: &str = "forbidden";
+    /// The client is at a limit of its enrolment (volumes, stored bytes):
+    /// nothing more is taken or acknowledged until the operator raises it
+    /// or retention frees room; retry later.
+    pub const OVER_QUOTA: &str = "over-quota";
 }
 
 /// The agent's handshake.

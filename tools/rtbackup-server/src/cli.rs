@@ -145,6 +145,15 @@ pub enum Command {
         /// that no other client can take the name first.
         #[arg(long = "volume", value_name = "NAME")]
         volumes: Vec<String>,
+        /// Volumes the client may own (default 16; kept from an earlier
+        /// enrolment unless given).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        max_volumes: Option<u32>,
+        /// Bytes of history its volumes may hold together (512G; default
+        /// no limit): past it, nothing more is acknowledged, and its hosts
+        /// keep the records in their rings.
+        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        max_bytes: Option<u64>,
     },
     /// Give a volume to a client: one from before volumes had owners (no
     /// client's HELLO takes it), or a name reserved before its first
@@ -315,6 +324,20 @@ fn parse_keep(s: &str) -> Result<KeepTime, String> {
     parse_duration(s).map(|d| KeepTime(Some(d)))
 }
 
+/// Raises the soft limit of open files to the hard one: every open volume
+/// holds about 7 descriptors (the unit also sets LimitNOFILE).
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(soft, hard, "cannot raise the open files limit: {e}"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open files limit"),
+        Err(e) => tracing::warn!("cannot read the open files limit: {e}"),
+    }
+}
+
 /// Makes `client` the owner of `volume` in the store at `dir` (created if
 /// need be), unless another client owns it.
 fn give_volume(dir: &Path, volume: &str, client: &str) -> anyhow::Result<()> {
@@ -425,6 +448,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
             pem_dir,
             admin,
             volumes,
+            max_volumes,
+            max_bytes,
         } => {
             use std::io::IsTerminal;
             if output.is_none() && std::io::stdout().is_terminal() {
@@ -439,6 +464,16 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 give_volume(&store, v, &client)?;
             }
             let creds = pki.enroll(&client, days)?;
+            if max_volumes.is_some() || max_bytes.is_some() {
+                let mut limits = pki.limits(&client)?;
+                if let Some(n) = max_volumes {
+                    limits.max_volumes = n;
+                }
+                if max_bytes.is_some() {
+                    limits.max_bytes = max_bytes;
+                }
+                pki.set_limits(&client, limits)?;
+            }
             if admin {
                 pki.make_admin(&client)?;
             }
@@ -571,6 +606,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                 Arc::new(LocalDirStore::new(store.join("sealed"))),
                 opts,
             )?;
+            raise_descriptor_limit();
             let nbd = match nbd_listen.as_str() {
                 "none" => None,
                 a => {
@@ -843,6 +879,31 @@ fn run(cmd: Command) -> anyhow::Result<()> {
                         "warning: a certificate of client {} {when} ({}); enroll it again",
                         c.client, c.fingerprint
                     );
+                }
+                for c in pki.clients()? {
+                    let limits = pki.limits(&c.name)?;
+                    let owned = st.volumes_of(&c.name)?;
+                    if owned.len() >= limits.max_volumes as usize {
+                        eprintln!(
+                            "warning: client {} owns {} volumes, its limit: a new one is refused",
+                            c.name,
+                            owned.len()
+                        );
+                    }
+                    let Some(max) = limits.max_bytes else {
+                        continue;
+                    };
+                    let mut held = 0u64;
+                    for v in owned.iter().filter(|v| st.exists(v).unwrap_or(false)) {
+                        held = held.saturating_add(st.volume_status(v)?.journal_bytes);
+                    }
+                    if held >= max {
+                        eprintln!(
+                            "warning: client {} holds {held} bytes of history, its limit is {max}: \
+                             nothing more of it is acknowledged",
+                            c.name
+                        );
+                    }
                 }
             }
             let mut all = Vec::new();

@@ -651,6 +651,7 @@ fn authorize(shared: &Shared, link: &Link, volume: &str, claim: bool) -> Result<
             Err(refused())
         }
         None if claim => {
+            quota_for_new_volume(shared, client)?;
             let owner = shared.store.claim(volume, client)?;
             if owner == client {
                 Ok(())
@@ -662,6 +663,75 @@ fn authorize(shared: &Shared, link: &Link, volume: &str, claim: bool) -> Result<
         // that names of other clients' volumes cannot be probed.
         None => Err(refused()),
     }
+}
+
+/// Refuses a volume more to a client at its `max_volumes`.
+fn quota_for_new_volume(shared: &Shared, client: &str) -> Result<(), SessionError> {
+    let Some(tls) = &shared.tls else {
+        return Ok(());
+    };
+    let limits = tls
+        .pki
+        .limits(client)
+        .map_err(|e| session_error(error_code::INTERNAL, e.to_string()))?;
+    let owned = shared.store.volumes_of(client)?.len();
+    if owned >= limits.max_volumes as usize {
+        warn!(
+            client,
+            owned,
+            max = limits.max_volumes,
+            "a volume over the client's limit refused"
+        );
+        return Err(session_error(
+            error_code::OVER_QUOTA,
+            format!(
+                "client {client} owns {owned} volumes, its limit (enroll --max-volumes); \
+                 the operator can raise it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How many more bytes of records client `client` may send: its
+/// `max_bytes` less the journal its volumes hold (`None`: no limit).
+fn byte_budget(shared: &Shared, client: Option<&str>) -> Result<Option<u64>, SessionError> {
+    let (Some(tls), Some(client)) = (&shared.tls, client) else {
+        return Ok(None);
+    };
+    let limits = tls
+        .pki
+        .limits(client)
+        .map_err(|e| session_error(error_code::INTERNAL, e.to_string()))?;
+    let Some(max) = limits.max_bytes else {
+        return Ok(None);
+    };
+    let mut held = 0u64;
+    for v in shared.store.volumes_of(client)? {
+        // A name given at enrolment may have no volume yet.
+        if shared.store.exists(&v)? {
+            held = held.saturating_add(shared.store.volume_status(&v)?.journal_bytes);
+        }
+    }
+    if held >= max {
+        return Err(over_bytes(client, held, max));
+    }
+    Ok(Some(max - held))
+}
+
+fn over_bytes(client: &str, held: u64, max: u64) -> SessionError {
+    warn!(
+        client,
+        held, max, "the client's history is at its limit: nothing more acknowledged"
+    );
+    session_error(
+        error_code::OVER_QUOTA,
+        format!(
+            "client {client} holds {held} bytes of history, its limit is {max} \
+             (enroll --max-bytes): nothing more is acknowledged until retention \
+             frees room or the operator raises it; the ring keeps the records"
+        ),
+    )
 }
 
 /// Gets the open volume or opens (creating) it, with its maintenance
@@ -786,6 +856,7 @@ fn session(
             volume: hello.volume.clone(),
         }
     };
+    let budget = byte_budget(shared, link.client_name())?;
     let (vol, waker) = get_volume(shared, &hello)?;
     vol.check_ring(hello.ring_id)?;
     let durable_seq = vol.durable_seq_for(hello.ring_id);
@@ -819,7 +890,15 @@ fn session(
         // so that the scope's join cannot wait forever.
         let _stop = StopOnDrop(&commit);
         let committer = s.spawn(move || c.run(v, hello.ring_id, writer, peer, w));
-        let r = receive(&mut reader, &vol, hello.ring_id, &commit, &shared.stats);
+        let quota = budget.map(|b| (link.client_name().unwrap_or("-"), b));
+        let r = receive(
+            &mut reader,
+            &vol,
+            hello.ring_id,
+            &commit,
+            &shared.stats,
+            quota,
+        );
         commit.stop();
         let cr = committer.join().unwrap_or_else(|_| {
             Err(session_error(
@@ -887,8 +966,11 @@ fn receive(
     ring_id: u64,
     commit: &Committer,
     stats: &Stats,
+    quota: Option<(&str, u64)>,
 ) -> Result<End, SessionError> {
     let mut payload = Vec::new();
+    // Bytes the client may still send (its quota at HELLO).
+    let mut left = quota.map(|(_, b)| b);
     loop {
         if commit.failed() {
             // The committer reports its own error.
@@ -901,6 +983,15 @@ fn receive(
         };
         match t {
             frame_type::RECORDS => {
+                if let (Some(l), Some((client, max))) = (left, quota) {
+                    let n = payload.len() as u64;
+                    if n > l {
+                        // Not appended, so not acknowledged: the agent's
+                        // ring keeps it.
+                        return Err(over_bytes(client, max - l, max));
+                    }
+                    left = Some(l - n);
+                }
                 let out = vol.append(ring_id, &payload)?;
                 debug!(
                     volume = vol.name(),

@@ -22,13 +22,27 @@ fn cli(args: &[&str]) -> std::process::Output {
 }
 
 fn enroll(store: &Path, client: &str) -> Credentials {
-    let out = cli(&["enroll", "--store", store.to_str().unwrap(), client]);
+    enroll_with(store, client, &[])
+}
+
+/// `enroll` with more options.
+fn enroll_with(store: &Path, client: &str, args: &[&str]) -> Credentials {
+    let out = cli(&[
+        &["enroll", "--store", store.to_str().unwrap(), client],
+        args,
+    ]
+    .concat());
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Whether HELLO was answered with ERROR `code`.
+fn refused(r: Result<(Link, Frame), String>, code: &str) -> bool {
+    matches!(r, Ok((_, Frame::Error(e))) if e.code == code)
 }
 
 struct Server {
@@ -98,10 +112,10 @@ fn say_hello(addr: &str, creds: &Credentials, volume: &str) -> Result<(Link, Fra
     Ok((link, f))
 }
 
-/// Streams `n` writes and a flush as ring 7 from seq 1; waits for the ACK.
-fn stream(link: &Link, n: u64) {
+/// Records of 512-byte writes with seqs `seqs`, each at sector `seq * 8`.
+fn writes(seqs: std::ops::Range<u64>) -> Vec<u8> {
     let mut recs = Vec::new();
-    for seq in 1..=n {
+    for seq in seqs {
         append_record(
             &mut recs,
             RTB_OP_WRITE,
@@ -113,6 +127,12 @@ fn stream(link: &Link, n: u64) {
             &[seq as u8; 512],
         );
     }
+    recs
+}
+
+/// Streams `n` writes and a flush as ring 7 from seq 1; waits for the ACK.
+fn stream(link: &Link, n: u64) {
+    let mut recs = writes(1..n + 1);
     append_record(&mut recs, RTB_OP_FLUSH, 0, n + 1, 0, 0, n + 1, &[]);
     write_records_frame(&mut &*link, &[&recs]).unwrap();
     loop {
@@ -232,18 +252,9 @@ fn volumes_belong_to_whom_enrolment_or_claim_gives_them() {
     let store = d.path().join("s");
     let s = store.to_str().unwrap();
     assert!(cli(&["init", "--store", s]).status.success());
-    let out = cli(&["enroll", "--store", s, "alice", "--volume", "db1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let alice: Credentials = serde_json::from_slice(&out.stdout).unwrap();
+    let alice = enroll_with(&store, "alice", &["--volume", "db1"]);
     let bob = enroll(&store, "bob");
-    let forbidden = |r: Result<(Link, Frame), String>| match r {
-        Ok((_, Frame::Error(e))) => e.code == "forbidden",
-        _ => false,
-    };
+    let forbidden = |r| refused(r, "forbidden");
     let srv = serve(&store);
     assert!(forbidden(say_hello(&srv.addr, &bob, "db1")));
     let (l, w) = say_hello(&srv.addr, &alice, "db1").unwrap();
@@ -272,6 +283,58 @@ fn volumes_belong_to_whom_enrolment_or_claim_gives_them() {
     let out = cli(&["enroll", "--store", s, "carol", "--volume", "db1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to client alice"));
+}
+
+/// Limits set at enrolment: a volume over `--max-volumes` is refused
+/// (`over-quota`, however many HELLOs come) and creates nothing; records
+/// past `--max-bytes` are neither stored nor acknowledged (the client keeps
+/// them); another client goes on throughout.
+#[test]
+fn a_client_at_its_limits_gets_no_more_and_others_go_on() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let alice = enroll_with(
+        &store,
+        "alice",
+        &["--max-volumes", "2", "--max-bytes", "64K"],
+    );
+    let bob = enroll(&store, "bob");
+    let srv = serve(&store);
+    let over = |r| refused(r, "over-quota");
+    let (a1, _) = say_hello(&srv.addr, &alice, "a1").unwrap();
+    let (_a2, w) = say_hello(&srv.addr, &alice, "a2").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+    for i in 0..50 {
+        assert!(over(say_hello(&srv.addr, &alice, &format!("junk{i}"))));
+    }
+    let (b1, w) = say_hello(&srv.addr, &bob, "b1").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+    assert!(!store.join("volumes/junk0").exists());
+
+    stream(&a1, 3);
+    assert_eq!(durable_seq(&store, "a1"), 4);
+    // 200 writes of 512 bytes: over the 64 KiB left.
+    let recs = writes(5..205);
+    write_records_frame(&mut &a1, &[&recs]).unwrap();
+    match read_frame(&mut &a1) {
+        Ok(Frame::Error(e)) => assert_eq!(e.code, "over-quota", "{e:?}"),
+        r => panic!("records past the limit: {r:?}"),
+    }
+    assert_eq!(
+        durable_seq(&store, "a1"),
+        4,
+        "records past the limit were stored"
+    );
+    stream(&b1, 10);
+    assert_eq!(durable_seq(&store, "b1"), 11);
+    let out = cli(&["status", "--store", s]);
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("client alice owns 2 volumes, its limit"),
+        "{warned}"
+    );
 }
 
 /// Revoking a client ends its live sessions within seconds: the stream
@@ -323,19 +386,9 @@ fn revocation_ends_live_sessions() {
 /// Enrolls `client` (`--admin` too if `admin`) with its PEM files in
 /// `dir`, as qemu's tls-creds-x509 takes them.
 fn enroll_pem(store: &Path, client: &str, dir: &Path, admin: bool) -> Credentials {
-    let s = store.to_str().unwrap();
     let d = dir.to_str().unwrap();
-    let mut args = vec!["enroll", "--store", s, "--pem-dir", d, client];
-    if admin {
-        args.push("--admin");
-    }
-    let out = cli(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let admin: &[&str] = if admin { &["--admin"] } else { &[] };
+    enroll_with(store, client, &[&["--pem-dir", d], admin].concat())
 }
 
 /// `qemu-img convert` of NBD export `export` at `addr` into `out`, with

@@ -205,6 +205,32 @@ impl Store {
         }
     }
 
+    /// The volumes client `client` owns, sorted.
+    pub fn volumes_of(&self, client: &str) -> Result<Vec<String>> {
+        let dir = self.root.join(OWNERS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("listing {}", dir.display()),
+                    source: e,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if bad_name(&name).is_ok() && self.owner(&name)?.as_deref() == Some(client) {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Makes `client` the owner of volume `name` unless it has one; returns
     /// the owner. Atomic: of two clients claiming at once, one wins.
     pub fn claim(&self, name: &str, client: &str) -> Result<String> {

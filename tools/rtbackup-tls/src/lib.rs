@@ -22,7 +22,9 @@ mod pki;
 
 pub use creds::Credentials;
 pub use link::{accept, connect, Link, Peer};
-pub use pki::{ClientInfo, Expiring, Pki, DEFAULT_CLIENT_DAYS, PKI_DIR};
+pub use pki::{
+    ClientInfo, ClientLimits, Expiring, Pki, DEFAULT_CLIENT_DAYS, DEFAULT_MAX_VOLUMES, PKI_DIR,
+};
 pub use rustls;
 
 /// The name in the server's certificate that clients check.

@@ -98,6 +98,31 @@ pub struct ClientInfo {
     pub admin: bool,
 }
 
+/// What a client may hold on the server, set at enrolment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientLimits {
+    /// Volumes it may own (a HELLO for one more is refused).
+    pub max_volumes: u32,
+    /// Bytes of journal (history) its volumes may hold together (`None`:
+    /// no limit); past it, nothing more is acknowledged.
+    pub max_bytes: Option<u64>,
+}
+
+/// Volumes a client may own unless its enrolment says otherwise.
+pub const DEFAULT_MAX_VOLUMES: u32 = 16;
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_volumes: DEFAULT_MAX_VOLUMES,
+            max_bytes: None,
+        }
+    }
+}
+
+/// The file of a client's limits in its registration.
+const LIMITS_FILE: &str = "limits.json";
+
 /// A registered client certificate near or past its end
 /// ([`Pki::expiring`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,6 +278,38 @@ impl Pki {
         }
         tracing::info!(client = name, "client made an administrator");
         Ok(())
+    }
+
+    /// Sets the limits of client `name` (enrolled).
+    pub fn set_limits(&self, name: &str, limits: ClientLimits) -> Result<(), TlsError> {
+        validate_client_name(name)?;
+        let dir = self.dir.join("clients").join(name);
+        if list_certs(&dir)?.is_empty() {
+            return Err(TlsError::NoSuchClient(name.to_owned()));
+        }
+        let path = dir.join(LIMITS_FILE);
+        let tmp = dir.join(format!(".{LIMITS_FILE}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let json = serde_json::to_string_pretty(&limits).unwrap_or_default() + "\n";
+        write_new(&tmp, &json, 0o644)?;
+        fs::rename(&tmp, &path).map_err(|e| file_err(&path, e))
+    }
+
+    /// The limits of client `name`: as set at enrolment, else the
+    /// defaults. A damaged limits file is an error, not a lifted limit.
+    pub fn limits(&self, name: &str) -> Result<ClientLimits, TlsError> {
+        validate_client_name(name)?;
+        let path = self.dir.join("clients").join(name).join(LIMITS_FILE);
+        match fs::read_to_string(&path) {
+            Ok(s) => serde_json::from_str(&s).map_err(|e| {
+                file_err(
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientLimits::default()),
+            Err(e) => Err(file_err(&path, e)),
+        }
     }
 
     /// Whether client `name` is an administrator ([`Pki::make_admin`]).
