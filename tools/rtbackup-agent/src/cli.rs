@@ -155,38 +155,7 @@ impl Cli {
     }
 }
 
-/// Parses a non-zero byte count with an optional binary suffix: `4096`,
-/// `64K`, `4M`, `1G`, `2T` (also `KiB`, `MB`...: all binary).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    match parse_bytes_or_zero(s)? {
-        0 => Err(format!("{s:?} must be at least 1 byte")),
-        v => Ok(v),
-    }
-}
-
-/// [`parse_bytes`], 0 included (a rate of 0: no limit).
-pub fn parse_bytes_or_zero(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512K, 4M)"))?;
-    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 0,
-        "K" | "KB" | "KIB" => 10,
-        "M" | "MB" | "MIB" => 20,
-        "G" | "GB" | "GIB" => 30,
-        "T" | "TB" | "TIB" => 40,
-        other => {
-            return Err(format!(
-                "unknown size suffix {other:?} in {s:?} (K, M, G or T)"
-            ))
-        }
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
+pub use rtbackup_cli::size::{parse_bytes, parse_bytes_or_zero};
 
 /// [`parse_bytes`] for a size that must fit in one frame: at most 64 MiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -214,7 +183,7 @@ mod tests {
         assert!(parse_size("1G").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("M").is_err());
-        assert!(parse_size("4X").unwrap_err().contains("suffix"));
+        assert!(parse_size("4X").unwrap_err().contains("not a size"));
         assert!(parse_size("99999999999999999999").is_err());
         assert_eq!(parse_bytes("8G"), Ok(8 << 30));
         assert_eq!(parse_bytes("2T"), Ok(2 << 40));

@@ -12,7 +12,6 @@ use rtbackup_ring::Ring;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = match rtbackup_agent::cli::args_with_config(std::env::args_os().collect()) {
@@ -23,22 +22,11 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    let filter = match &cli.log_level {
-        Some(level) => EnvFilter::try_new(level),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
-    };
-    let filter = match filter {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("rtbackup-agent: invalid log filter: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = rtbackup_cli::logging::init(cli.log_level.as_deref(), "RUST_LOG", "info") {
+        eprintln!("rtbackup-agent: {e}");
+        return ExitCode::from(2);
+    }
+    rtbackup_cli::logging::private_files();
     match agent(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -22,6 +22,14 @@ pub enum CliError {
         /// What is wrong, and where.
         message: String,
     },
+    /// `--log-level` is not a valid filter.
+    #[error("invalid log filter {filter:?}: {message}")]
+    LogFilter {
+        /// The filter given.
+        filter: String,
+        /// Why it is invalid.
+        message: String,
+    },
     /// `--config` without a file name.
     #[error("--config needs a file name")]
     ConfigMissingValue,

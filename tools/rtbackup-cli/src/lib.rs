@@ -7,11 +7,16 @@
 //! - [`progress`]: a progress bar with rate and time left on a terminal
 //!   (`indicatif`), plain progress lines otherwise;
 //! - [`metrics`]: a Prometheus text endpoint (`prometheus-client`,
-//!   `tiny_http`).
+//!   `tiny_http`);
+//! - [`logging`]: the one logging setup (`tracing-subscriber`) and the
+//!   private umask of the daemons;
+//! - [`size`]: the one size parser (`parse-size`).
 
 pub mod config;
 mod error;
+pub mod logging;
 pub mod metrics;
 pub mod progress;
+pub mod size;
 
 pub use error::CliError;

@@ -1,6 +1,6 @@
 //! Command line of `rtbackup-server`.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,6 @@ use rtbackup_store::{
     Store, VolumeOptions,
 };
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 use crate::server::Server;
 
@@ -27,9 +26,10 @@ pub const DEFAULT_PORT: u16 = 7420;
 #[derive(Debug, Parser)]
 #[command(name = "rtbackup-server", version, about, args_override_self = true)]
 pub struct Cli {
-    /// Log level (error, warn, info, debug, trace) unless RUST_LOG is set.
-    #[arg(long, global = true, default_value = "info")]
-    pub log_level: String,
+    /// Log level (error, warn, info, debug, trace; default: RUST_LOG, or
+    /// info).
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -85,7 +85,7 @@ pub enum Command {
         /// Keep at most about this much journal per volume (100G, 512M),
         /// folding the oldest history first; whichever of --keep and
         /// --keep-size folds more wins.
-        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        #[arg(long, value_name = "SIZE", value_parser = rtbackup_cli::size::parse_bytes)]
         keep_size: Option<u64>,
         /// History younger than this is never folded by --keep-size,
         /// however much a host writes (default: the --keep window; with
@@ -152,7 +152,7 @@ pub enum Command {
         /// Bytes of history its volumes may hold together (512G; default
         /// no limit): past it, nothing more is acknowledged, and its hosts
         /// keep the records in their rings.
-        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        #[arg(long, value_name = "SIZE", value_parser = rtbackup_cli::size::parse_bytes)]
         max_bytes: Option<u64>,
     },
     /// Give a volume to a client: one from before volumes had owners (no
@@ -273,14 +273,11 @@ pub fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cli.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Err(e) = rtbackup_cli::logging::init(cli.log_level.as_deref(), "RUST_LOG", "info") {
+        eprintln!("rtbackup-server: {e}");
+        return ExitCode::from(2);
+    }
+    rtbackup_cli::logging::private_files();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -382,13 +379,6 @@ fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
         d if d.is_zero() => Err(format!("{s:?}: a timeout must be above zero")),
         d => Ok(d),
     }
-}
-
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(s)
-        .map_err(|e| format!("bad size {s:?}: {e} (e.g. 512M, 100G)"))
 }
 
 fn print_points(points: &[PointInfo]) {

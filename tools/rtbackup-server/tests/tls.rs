@@ -337,6 +337,57 @@ fn a_client_at_its_limits_gets_no_more_and_others_go_on() {
     );
 }
 
+/// A server started with umask 000 still makes every file of its store
+/// its own alone: volumes, journals, index, owners (0600 files, 0700
+/// directories).
+#[test]
+fn store_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let alice = enroll(&store, "alice");
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("umask 000; exec {BIN} serve --store {s} --listen 127.0.0.1:0 --keep forever"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let srv = Server {
+        child,
+        addr: line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned(),
+    };
+    let (l, _) = say_hello(&srv.addr, &alice, "v1").unwrap();
+    stream(&l, 5);
+    drop((l, srv));
+    let mut seen = 0;
+    let mut dirs = vec![store.join("volumes"), store.join("owners")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", e.path().display());
+            seen += 1;
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    assert!(seen >= 5, "only {seen} files in the store");
+}
+
 /// Revoking a client ends its live sessions within seconds: the stream
 /// in progress is cut and gets no more acknowledgements, and it cannot
 /// connect again; another client's session goes on.

@@ -47,6 +47,18 @@ impl Credentials {
             what,
         };
         let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        let me = nix::unistd::geteuid().as_raw();
+        {
+            use std::os::unix::fs::MetadataExt;
+            // Its owner may change it, mode included: only this user or root.
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(bad(format!(
+                    "owned by uid {}, not by this user (uid {me}) or root: whoever owns it \
+                     can change it; chown it",
+                    meta.uid()
+                )));
+            }
+        }
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(bad(format!(
                 "mode {:o}: the file holds a private key; make it readable by its owner only (chmod 600)",

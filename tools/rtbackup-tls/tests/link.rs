@@ -171,6 +171,13 @@ fn credentials_files_are_checked() {
     assert!(e.contains("chmod 600"), "{e}");
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(Credentials::load(&f).unwrap(), creds);
+    // Mode 0600 but another user's: that user could change it.
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+        let e = Credentials::load(&f).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        std::os::unix::fs::chown(&f, Some(0), None).unwrap();
+    }
     std::fs::write(
         &f,
         creds

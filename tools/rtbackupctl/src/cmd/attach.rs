@@ -1,8 +1,7 @@
 //! `rtbackupctl attach DEVICE`: stack /dev/rtbackupN on a block device.
 
-use anyhow::{bail, Context};
 use rtbackup_control::{AttachOptions, Control};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Protect a block device: create /dev/rtbackupN on top of it and print its
 /// path. The device is opened exclusively: it must not be mounted or in
@@ -18,7 +17,7 @@ pub(crate) struct Args {
     /// Size of the write-journal ring: a power of two from 1M to 4G
     /// (suffixes K, M, G; default 64M). It bounds how much the backup can
     /// lag before writers wait.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = rtbackup_cli::size::parse_bytes)]
     ring_size: Option<u64>,
     /// What happens when the ring is full: `block` makes writers wait for
     /// the agent (every write keeps its order in the backup); `track`
@@ -30,7 +29,7 @@ pub(crate) struct Args {
     /// Bytes of device per bit of the dirty bitmap: a power of two from 4K
     /// to 16M (default 64K). Smaller chunks resend less, at more bitmap
     /// memory (2 MiB per TiB at 64K).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = rtbackup_cli::size::parse_bytes)]
     chunk_size: Option<u64>,
     /// Print the result as JSON.
     #[arg(long)]
@@ -44,24 +43,6 @@ enum OnFull {
     Track,
 }
 
-/// Parses `64M`, `1G`, `1048576`, `512K` (binary units).
-pub(crate) fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&s[..i], 10),
-        Some((i, 'm' | 'M')) => (&s[..i], 20),
-        Some((i, 'g' | 'G')) => (&s[..i], 30),
-        _ => (s, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .with_context(|| format!("'{s}' is not a size (examples: 1048576, 512K, 64M, 1G)"))?;
-    let Some(v) = n.checked_mul(1 << shift) else {
-        bail!("'{s}' is too large");
-    };
-    Ok(v)
-}
-
 impl Args {
     pub(crate) fn run(self, control: &Control) -> anyhow::Result<()> {
         let opts = AttachOptions {
@@ -71,6 +52,14 @@ impl Args {
         };
         let attached = control.attach(&self.device, &opts)?;
         tracing::info!(device = %attached.device, lower = %attached.lower, "attached");
+        if writes_may_bypass(Path::new(WRITE_MOUNTED_PARAM)) {
+            eprintln!(
+                "rtbackupctl: warning: this kernel lets programs write to {} directly while \
+                 {} is in use (block.bdev_allow_write_mounted=1), and such writes are not \
+                 backed up; boot with bdev_allow_write_mounted=0",
+                attached.lower, attached.device
+            );
+        }
         if self.json {
             super::print_json(&attached)
         } else {
@@ -80,20 +69,30 @@ impl Args {
     }
 }
 
+/// The block layer's switch that lets a device opened exclusively (as the
+/// lower device of /dev/rtbackupN is) still be opened for writing by
+/// others (CONFIG_BLK_DEV_WRITE_MOUNTED; Debian's kernels have it on).
+const WRITE_MOUNTED_PARAM: &str = "/sys/module/block/parameters/bdev_allow_write_mounted";
+
+/// Whether the parameter file `param` says plain writers may bypass the
+/// filter (`Y`); absent (a kernel without the switch, where they cannot):
+/// no.
+fn writes_may_bypass(param: &Path) -> bool {
+    std::fs::read_to_string(param).is_ok_and(|v| v.trim() == "Y")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::writes_may_bypass;
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
-        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
-        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
-        assert!(parse_size("").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("-1M").is_err());
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("99999999999G").is_err());
+    fn the_write_mounted_switch_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("param");
+        assert!(!writes_may_bypass(&p));
+        std::fs::write(&p, "Y\n").unwrap();
+        assert!(writes_may_bypass(&p));
+        std::fs::write(&p, "N\n").unwrap();
+        assert!(!writes_may_bypass(&p));
     }
 }
