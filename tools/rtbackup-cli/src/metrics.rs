@@ -32,7 +32,8 @@ impl MetricsServer {
             addr: addr.to_owned(),
             message,
         };
-        let http = tiny_http::Server::http(addr).map_err(|e| failed(e.to_string()))?;
+        let http = tiny_http::Server::http(loopback_unless_named(addr))
+            .map_err(|e| failed(e.to_string()))?;
         let bound = http
             .server_addr()
             .to_ip()
@@ -166,5 +167,30 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().starts_with("cannot serve metrics on"), "{e}");
+    }
+}
+
+/// `addr` with the loopback address when it names only a port (`9742`,
+/// `:9742`): metrics are for the host's own scraper unless an address is
+/// given.
+fn loopback_unless_named(addr: &str) -> String {
+    let port = addr.strip_prefix(':').unwrap_or(addr);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        format!("127.0.0.1:{port}")
+    } else {
+        addr.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod loopback_tests {
+    use super::loopback_unless_named;
+
+    #[test]
+    fn a_bare_port_is_on_loopback() {
+        assert_eq!(loopback_unless_named("9742"), "127.0.0.1:9742");
+        assert_eq!(loopback_unless_named(":9742"), "127.0.0.1:9742");
+        assert_eq!(loopback_unless_named("0.0.0.0:9742"), "0.0.0.0:9742");
+        assert_eq!(loopback_unless_named("[::1]:9742"), "[::1]:9742");
     }
 }

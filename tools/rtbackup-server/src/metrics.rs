@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use rtbackup_cli::metrics::MetricsServer;
 use rtbackup_cli::CliError;
-use rtbackup_store::{PointSpec, Store};
+use rtbackup_store::Store;
 use rtbackup_tls::Pki;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -98,12 +98,12 @@ impl Metrics {
         );
         r.register(
             "last_point_seq",
-            "Seq of the newest restore point (consistency point)",
+            "Seq of the newest restore point (consistency point) in the history index",
             self.point_seq.clone(),
         );
         r.register(
             "last_point_timestamp_seconds",
-            "Time of the newest restore point (the protected host's clock)",
+            "Time of the newest restore point in the history index (the protected host's clock)",
             self.point_time.clone(),
         );
         r.register(
@@ -186,13 +186,16 @@ impl Metrics {
             self.resyncing
                 .get_or_create(&l)
                 .set(i64::from(status.resyncing));
-            match store.find_point(&volume, &PointSpec::Latest) {
-                Ok(p) => {
+            // From the index alone: a scrape never takes the volume lock
+            // or walks the journal.
+            match store.indexed_latest_point(&volume) {
+                Ok(Some(p)) => {
                     self.point_seq.get_or_create(&l).set(p.seq as i64);
                     self.point_time
                         .get_or_create(&l)
                         .set(p.time_ns as f64 / 1e9);
                 }
+                Ok(None) => tracing::debug!(volume, "metrics: no history index yet"),
                 Err(e) => {
                     tracing::debug!(volume, "metrics: no restore point: {e}");
                 }

@@ -624,6 +624,20 @@ impl Store {
         })
     }
 
+    /// The newest restore point the history index holds, read without the
+    /// volume lock and without reading the journal (for metrics scrapes,
+    /// which must never slow ingest): `None` if there is no usable index.
+    pub fn indexed_latest_point(&self, name: &str) -> Result<Option<PointInfo>> {
+        bad_name(name)?;
+        let Some(ix) = Index::open_ro(&self.volume_dir(name).join(INDEX_FILE))? else {
+            return Ok(None);
+        };
+        match ix.last_point()? {
+            Some(p) => Ok(Some(PointInfo::new(&p, Vec::new()))),
+            None => Ok(None),
+        }
+    }
+
     /// Finds the restore point `at` names, without restoring.
     pub fn find_point(&self, name: &str, at: &PointSpec) -> Result<PointInfo> {
         let (src, _lock, st, last) = self.read_snapshot(name)?;
