@@ -67,7 +67,7 @@ fn generate(dir: &Path) -> anyhow::Result<usize> {
     for cmd in [
         rtbackupctl::Cli::command(),
         rtbackup_agent::cli::Cli::command(),
-        rtbackup_server::cli::Cli::command(),
+        rtbackup_server::cmd::Cli::command(),
     ] {
         // Completions from the command as defined (clap_complete builds it
         // itself), pages from the built one (global options propagated).

@@ -2,7 +2,7 @@
 //! (Documentation/protocol.rst) into a store (`rtbackup-store`), restores
 //! volumes from it, and exports past states over NBD.
 
-pub mod cli;
+pub mod cmd;
 mod maintenance;
 pub mod metrics;
 pub mod nbd;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    rtbackup_server::cli::main()
+    rtbackup_server::cmd::main()
 }
