@@ -2,11 +2,20 @@
 # Replication end to end on loopback: a filesystem workload and fio with
 # verify on /dev/rtbackup0, `rtbackupctl sync`, then the image restored from
 # the server is byte-identical to the lower device, fscks clean and holds
-# the same files.
+# the same files. The agent runs with its memory locked, as an I/O
+# flusher.
 . "$(dirname "$0")/../lib.sh"
 trap cleanup_replication EXIT
 
 replicate_device
+
+# The agent cannot wait on the disk it drains: memory locked, and an I/O
+# flusher (PF_MEMALLOC_NOIO, 0x80000, in /proc/PID/stat's flags).
+grep -Eq '^VmLck:[[:space:]]*[1-9]' "/proc/$AGENT_PID_0/status" ||
+    fail "the agent's memory is not locked: $(grep VmLck "/proc/$AGENT_PID_0/status")"
+flags=$(cut -d' ' -f9 "/proc/$AGENT_PID_0/stat")
+[ $((flags & 0x80000)) -ne 0 ] || fail "the agent is not an I/O flusher (flags $flags)"
+say "agent: memory locked, I/O flusher"
 
 say "ext4 with a file tree and fio verify through $dev"
 mkfs.ext4 -q -F "$dev"

@@ -16,7 +16,7 @@ spool_cleanup() {
 }
 trap spool_cleanup EXIT
 
-ATTACH_ARGS="--ring-size 2M" replicate_device
+ATTACH_ARGS="--ring-size 2M --on-full block" replicate_device
 ringjq() { rtbackupctl status --json "$dev" | jq -r ".devices[0].ring | $1"; }
 spool_files() { find $SPOOL_MNT/spool -name '*.spool' | wc -l; }
 

@@ -55,6 +55,7 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
             "INSECURE: --insecure-loopback-only: plaintext, unauthenticated (demos on one machine only)"
         );
     }
+    io_flusher();
     let ring =
         Ring::open(&cli.device).with_context(|| format!("opening the ring of {}", cli.device))?;
     let _metrics = match &cli.metrics {
@@ -94,4 +95,30 @@ fn agent(cli: &Cli) -> anyhow::Result<()> {
     // it, after everything was delivered and acknowledged.
     drop(ring);
     Ok(())
+}
+
+/// `PR_SET_IO_FLUSHER` (include/uapi/linux/prctl.h; not in the libc crate
+/// for Linux yet).
+const PR_SET_IO_FLUSHER: libc::c_int = 57;
+
+/// Keeps the agent running when memory is short and what the kernel must
+/// write back goes through the protected disk (swap on it, or its page
+/// cache): its memory is locked, so no page of it waits on the disk it
+/// drains, and as an I/O flusher (`PR_SET_IO_FLUSHER`) its allocations
+/// never recurse into writeback. Either failing (no CAP_SYS_RESOURCE or
+/// CAP_IPC_LOCK) is reported, not fatal.
+fn io_flusher() {
+    use nix::sys::mman::{mlockall, MlockAllFlags};
+    if let Err(e) = mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
+        tracing::warn!("cannot lock the agent's memory ({e}): under memory pressure it may wait on the disk it drains");
+    }
+    // SAFETY: prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) passes no pointers and
+    // changes only this process's allocation flags.
+    let r = unsafe { libc::prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) };
+    if r != 0 {
+        tracing::warn!(
+            "cannot mark the agent as an I/O flusher ({}): under memory pressure its allocations may wait on writeback",
+            std::io::Error::last_os_error()
+        );
+    }
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 /// path. The device is opened exclusively: it must not be mounted or in
 /// use, and from now on is used only through /dev/rtbackupN. Every write is
 /// recorded in a ring in kernel memory until rtbackup-agent has delivered
-/// it to the backup server; when the ring is full, writers wait
-/// (`--on-full block`) or the device tracks changed chunks in a bitmap that
-/// the agent resyncs later (`--on-full track`).
+/// it to the backup server; when the ring is full, the device tracks
+/// changed chunks in a bitmap that the agent resyncs later (`--on-full
+/// track`, the default) or writers wait (`--on-full block`).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The block device to protect, e.g. /dev/nvme0n1.
@@ -19,12 +19,13 @@ pub(crate) struct Args {
     /// lag before writers wait.
     #[arg(long, value_name = "SIZE", value_parser = rtbackup_cli::size::parse_bytes)]
     ring_size: Option<u64>,
-    /// What happens when the ring is full: `block` makes writers wait for
-    /// the agent (every write keeps its order in the backup); `track`
-    /// never makes them wait: changed chunks are marked in a bitmap and
-    /// resynced by the agent, and the backup has no consistency point
-    /// until the resync completes.
-    #[arg(long, value_enum, default_value_t = OnFull::Block)]
+    /// What happens when the ring is full: `track` (the default: the
+    /// production disk never waits for the backup) marks changed chunks in
+    /// a bitmap that the agent resyncs, and the backup has no consistency
+    /// point until the resync completes; `block` makes writers wait for the
+    /// agent (every write keeps its order in the backup, at the price of a
+    /// stalled disk while the agent or the server is gone).
+    #[arg(long, value_enum, default_value_t = OnFull::Track)]
     on_full: OnFull,
     /// Bytes of device per bit of the dirty bitmap: a power of two from 4K
     /// to 16M (default 64K). Smaller chunks resend less, at more bitmap
