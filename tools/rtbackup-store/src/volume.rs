@@ -21,8 +21,9 @@ use crate::index::{Index, PointKind, PointRow, Rows};
 use crate::journal::{segment_start, walk, CpTracker, Event, SegmentSource};
 use crate::section::SectionTracker;
 use crate::segment::{
-    create_segment, parse_segment_file_name, read_segment_header, segment_file_name, sync_data,
-    sync_dir, CreateSegmentError, Payloads, SegmentHeader, SEGMENT_HEADER_LEN,
+    create_dir_all_durable, create_segment, parse_segment_file_name, read_segment_header,
+    segment_file_name, sync_data, sync_dir, CreateSegmentError, Payloads, SegmentHeader,
+    SEGMENT_HEADER_LEN,
 };
 use crate::state::{Position, VolumeState, MAX_RINGS};
 
@@ -508,13 +509,16 @@ impl Volume {
                 .metadata()
                 .ctx(|| format!("stat {}", active_path.display()))?
                 .len();
+            let kept = quarantine(&dir, &file, active_id, tail.offset, len)?;
             warn!(
                 volume = %name,
                 segment = %active_path.display(),
                 offset = tail.offset,
                 discarded_bytes = len - tail.offset,
                 last_valid_seq = end.end.seq,
-                "torn tail in the active segment (records never acknowledged): {}; truncating",
+                quarantined = %kept.display(),
+                "torn tail in the active segment (records never acknowledged): {}; its bytes \
+                 are kept in the quarantine file, the segment is cut there",
                 tail.error
             );
             file.set_len(tail.offset)
@@ -1292,6 +1296,32 @@ fn open_base(dir: &Path, name: &str, image: &File, state: &mut VolumeState) -> R
     state.format = crate::STORE_FORMAT_VERSION;
     state.store(&dir.join(STATE_FILE))?;
     Ok(f)
+}
+
+/// Directory of a volume's quarantined bytes: what recovery cut from the
+/// journal, kept as evidence (Documentation/store.rst, "Recovery").
+pub(crate) const QUARANTINE_DIR: &str = "quarantine";
+
+/// Copies bytes `[from, len)` of the active segment `segment` (open as
+/// `file`) into a new file of the volume's quarantine directory, durably,
+/// before recovery cuts them off; returns its path.
+fn quarantine(dir: &Path, file: &File, segment: u64, from: u64, len: u64) -> Result<PathBuf> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    create_dir_all_durable(&qdir).ctx(|| format!("creating {}", qdir.display()))?;
+    let path = qdir.join(format!("{segment:016x}-{from}.bin"));
+    let ctx = || {
+        format!(
+            "quarantining bytes {from}..{len} of segment {segment} in {}",
+            path.display()
+        )
+    };
+    let mut out = File::create(&path).ctx(ctx)?;
+    let mut src = file.try_clone().ctx(ctx)?;
+    std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(from)).ctx(ctx)?;
+    std::io::copy(&mut std::io::Read::take(&mut src, len - from), &mut out).ctx(ctx)?;
+    out.sync_all().ctx(ctx)?;
+    sync_dir(&qdir).ctx(ctx)?;
+    Ok(path)
 }
 
 /// Opens the history index, rebuilt if missing or damaged, trimmed to the

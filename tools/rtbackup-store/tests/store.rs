@@ -236,6 +236,24 @@ fn torn_tail_case(cut: usize, fill: Option<u8>) {
     assert!(img == good, "cut {cut}");
     let seg_len = fs::metadata(&seg).unwrap().len() as usize;
     assert_eq!(seg_len, start + if cut >= w3_len { w3_len } else { 0 });
+    // What was cut is kept as evidence, byte for byte.
+    let q = d.path().join("volumes/v/quarantine");
+    let kept: Vec<_> = fs::read_dir(&q)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if damaged.len() > seg_len {
+        assert_eq!(kept.len(), 1, "cut {cut}: {kept:?}");
+        assert!(
+            fs::read(&kept[0]).unwrap() == damaged[seg_len..],
+            "cut {cut}"
+        );
+        assert!(kept[0]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("-{seg_len}.bin")));
+    } else {
+        assert!(kept.is_empty(), "cut {cut}: {kept:?}");
+    }
     // The agent resends; the stream goes on.
     vol.append(RING, &last).unwrap();
     vol.sync().unwrap();
