@@ -1,10 +1,11 @@
 //! The server's Prometheus metrics (`serve --metrics ADDR`): connections,
-//! what each volume received, and each volume's state in the store (size,
+//! what each volume received, and each open volume's state (size,
 //! journal, durable and applied seqs, the last consistency point, whether
-//! a resync is open), read from the store at each scrape; with TLS, the
+//! a resync is open), read at each scrape from memory and the history
+//! index, never under the volume lock or by walking a journal; with TLS, the
 //! client certificates that expire within 30 days.
 
-use crate::server::Stats;
+use crate::server::{OpenVolumes, Stats};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,7 +60,11 @@ impl Metrics {
             "Connections being served (agents, verify, rollback)",
             self.connections.clone(),
         );
-        r.register("volumes", "Volumes in the store", self.volumes.clone());
+        r.register(
+            "volumes",
+            "Volumes the server has open (every volume of its store that opened)",
+            self.volumes.clone(),
+        );
         r.register(
             "received_records",
             "Records appended to the volume's journal since the server started",
@@ -123,7 +128,7 @@ impl Metrics {
         );
     }
 
-    fn refresh(&self, store: &Store, pki: Option<&Pki>, stats: &Stats) {
+    fn refresh(&self, store: &Store, open: &OpenVolumes, pki: Option<&Pki>, stats: &Stats) {
         self.connections.set(stats.connections() as i64);
         if let Some(pki) = pki {
             match pki.expiring(EXPIRY_WARNING) {
@@ -151,20 +156,13 @@ impl Metrics {
             set_counter(&self.received_records.get_or_create(&l), r.records);
             set_counter(&self.received_bytes.get_or_create(&l), r.bytes);
         }
-        let names = match store.volumes() {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!("metrics: cannot list the volumes: {e}");
-                self.scrape_errors.inc();
-                return;
-            }
-        };
-        self.volumes.set(names.len() as i64);
-        for volume in names {
+        let volumes = open.statuses();
+        self.volumes.set(volumes.len() as i64);
+        for (volume, status) in volumes {
             let l = VolumeLabel {
                 volume: volume.clone(),
             };
-            let status = match store.volume_status(&volume) {
+            let status = match status {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(volume, "metrics: cannot read the volume's state: {e}");
@@ -225,6 +223,7 @@ fn set_counter(c: &Counter, total: u64) {
 pub fn start(
     addr: &str,
     store: Store,
+    open: OpenVolumes,
     pki: Option<Pki>,
     stats: Arc<Stats>,
 ) -> Result<MetricsServer, CliError> {
@@ -232,6 +231,6 @@ pub fn start(
     let m = Metrics::default();
     m.register(&mut registry);
     MetricsServer::start(addr, registry, move || {
-        m.refresh(&store, pki.as_ref(), &stats)
+        m.refresh(&store, &open, pki.as_ref(), &stats)
     })
 }

@@ -20,7 +20,7 @@ use rtbackup_proto::{
     error_code, frame_type, read_frame, read_frame_raw, validate_volume_name, write_frame,
     ErrorMsg, Frame, Hello, ProtoError, Welcome, PROTOCOL_VERSION,
 };
-use rtbackup_store::{PointReader, PointSpec, Position, Store, StoreError, Volume};
+use rtbackup_store::{PointReader, PointSpec, Position, Store, StoreError, Volume, VolumeStatus};
 
 use crate::maintenance::{Maintained, Waker};
 use tracing::{debug, error, info, warn};
@@ -251,6 +251,24 @@ impl Drop for Registered<'_> {
     }
 }
 
+/// The volumes a server has open (every volume of its store that opened),
+/// whose state is read from memory: no volume lock, no journal walk, so a
+/// metrics scrape never slows ingest.
+#[derive(Clone)]
+pub struct OpenVolumes(Arc<Shared>);
+
+impl OpenVolumes {
+    /// Each open volume's name and counters, sorted by name.
+    pub fn statuses(&self) -> Vec<(String, rtbackup_store::Result<VolumeStatus>)> {
+        let mut vols: Vec<(String, Arc<Volume>)> = lock(&self.0.volumes)
+            .iter()
+            .map(|(n, m)| (n.clone(), Arc::clone(&m.volume)))
+            .collect();
+        vols.sort_by(|a, b| a.0.cmp(&b.0));
+        vols.into_iter().map(|(n, v)| (n, v.status())).collect()
+    }
+}
+
 /// A running server bound to its address.
 pub struct Server {
     listener: TcpListener,
@@ -328,6 +346,11 @@ impl Server {
     /// Its counters, for the metrics endpoint.
     pub fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.shared.stats)
+    }
+
+    /// The volumes it has open, for the metrics endpoint.
+    pub fn open_volumes(&self) -> OpenVolumes {
+        OpenVolumes(Arc::clone(&self.shared))
     }
 
     /// The address the server listens on.
@@ -708,10 +731,15 @@ fn byte_budget(shared: &Shared, client: Option<&str>) -> Result<Option<u64>, Ses
     };
     let mut held = 0u64;
     for v in shared.store.volumes_of(client)? {
-        // A name given at enrolment may have no volume yet.
-        if shared.store.exists(&v)? {
-            held = held.saturating_add(shared.store.volume_status(&v)?.journal_bytes);
-        }
+        // An open volume's counters come from memory; a name given at
+        // enrolment may have no volume yet.
+        let open = lock(&shared.volumes).get(&v).map(|m| Arc::clone(&m.volume));
+        let bytes = match open {
+            Some(vol) => vol.status()?.journal_bytes,
+            None if shared.store.exists(&v)? => shared.store.volume_status(&v)?.journal_bytes,
+            None => 0,
+        };
+        held = held.saturating_add(bytes);
     }
     if held >= max {
         return Err(over_bytes(client, held, max));

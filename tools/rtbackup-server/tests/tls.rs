@@ -747,6 +747,7 @@ fn settings_file_and_metrics() {
     let scrape = || {
         use std::io::{Read, Write};
         let mut c = TcpStream::connect(&metrics).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         write!(c, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
         let mut body = String::new();
         c.read_to_string(&mut body).unwrap();
@@ -798,6 +799,22 @@ fn settings_file_and_metrics() {
         m.contains("\nrtbackup_server_journal_bytes{volume=\"v1\"} "),
         "{m}"
     );
+    // A scrape never waits on the volume lock (held by a restore or a
+    // fold) nor walks the journal.
+    let f = std::fs::File::open(store.join("volumes/v1/lock")).unwrap();
+    let held = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let start = std::time::Instant::now();
+    let m = scrape();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        m.contains("\nrtbackup_server_durable_seq{volume=\"v1\"} 6\n"),
+        "{m}"
+    );
+    drop(held);
     drop(link);
     drop(server);
 

@@ -170,6 +170,7 @@ impl Args {
             Some(a) => Some(crate::metrics::start(
                 a,
                 nbd_store.clone(),
+                server.open_volumes(),
                 metrics_pki,
                 server.stats(),
             )?),
