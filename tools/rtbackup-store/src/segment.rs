@@ -195,14 +195,14 @@ pub(crate) fn sync_data(f: &File, path: &Path) -> io::Result<()> {
 
 /// Tests make fsyncs of paths under these fail with EIO.
 #[cfg(test)]
-pub(crate) static FAIL_FSYNC_UNDER: std::sync::Mutex<Vec<PathBuf>> =
+pub(crate) static FAIL_FSYNC_UNDER: std::sync::Mutex<Vec<(PathBuf, i32)>> =
     std::sync::Mutex::new(Vec::new());
 
 #[cfg(test)]
 fn fail_point(path: &Path) -> io::Result<()> {
     let under = FAIL_FSYNC_UNDER.lock().unwrap_or_else(|p| p.into_inner());
-    if under.iter().any(|p| path.starts_with(p)) {
-        return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+    if let Some((_, errno)) = under.iter().find(|(p, _)| path.starts_with(p)) {
+        return Err(io::Error::from_raw_os_error(*errno));
     }
     Ok(())
 }

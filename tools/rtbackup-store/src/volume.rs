@@ -65,6 +65,19 @@ fn fsync_failed(dir: &Path) -> bool {
 
 /// Notes a failed fsync of the volume in `dir` and makes its error.
 fn fsync_error(dir: &Path, volume: &str, context: String, source: std::io::Error) -> StoreError {
+    // Out of descriptors: the file or directory to sync could not even be
+    // opened, so nothing failed to reach the disk. The operation fails and
+    // is retried; the volume stays usable.
+    if matches!(
+        source.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+    ) {
+        tracing::error!(
+            volume,
+            "out of file descriptors ({context}: {source}): nothing was synced; refused, not poisoned"
+        );
+        return StoreError::Io { context, source };
+    }
     tracing::error!(
         volume,
         "fsync failed ({context}: {source}): the volume is poisoned until the process restarts"
@@ -1457,12 +1470,11 @@ mod tests {
     use crate::Store;
     use rtbackup_proto::{build_record, RTB_OP_FLUSH, RTB_OP_WRITE};
 
-    fn fail_fsyncs_under(p: &Path, on: bool) {
+    fn fail_fsyncs_under(p: &Path, errno: Option<i32>) {
         let mut v = lock(&FAIL_FSYNC_UNDER);
-        if on {
-            v.push(p.to_owned());
-        } else {
-            v.retain(|x| x != p);
+        match errno {
+            Some(e) => v.push((p.to_owned(), e)),
+            None => v.retain(|x| x.0 != p),
         }
     }
 
@@ -1500,6 +1512,28 @@ mod tests {
         assert!(e.to_string().contains("restart"), "{e}");
     }
 
+    /// Running out of descriptors while syncing (EMFILE opening the
+    /// directory) refuses that operation but is no failed fsync: the
+    /// volume is not poisoned, and it opens and syncs once descriptors
+    /// are back.
+    #[test]
+    fn running_out_of_descriptors_poisons_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let vol = store.open_or_create_volume("m", 1 << 16, 512).unwrap();
+        vol.append(5, &batch(1)).unwrap();
+        drop(vol);
+        let jdir = d.path().join("volumes/m/journal");
+        fail_with_under_guarded(&jdir, nix::libc::EMFILE, || {
+            let e = store.open_volume("m").unwrap_err();
+            assert!(e.to_string().contains("Too many open files"), "{e}");
+        });
+        let vol = store.open_volume("m").unwrap();
+        assert_eq!(vol.durable(), (5, 2));
+        vol.append(5, &batch(3)).unwrap();
+        vol.sync().unwrap();
+    }
+
     #[test]
     fn open_syncs_the_active_segment_before_trusting_it() {
         let d = tempfile::tempdir().unwrap();
@@ -1531,9 +1565,13 @@ mod tests {
     }
 
     fn fail_fsync_under_guarded(p: &Path, f: impl FnOnce()) {
-        fail_fsyncs_under(p, true);
+        fail_with_under_guarded(p, nix::libc::EIO, f);
+    }
+
+    fn fail_with_under_guarded(p: &Path, errno: i32, f: impl FnOnce()) {
+        fail_fsyncs_under(p, Some(errno));
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        fail_fsyncs_under(p, false);
+        fail_fsyncs_under(p, None);
         if let Err(e) = r {
             std::panic::resume_unwind(e);
         }
