@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rtbackup_nbd::{Export, Exports, Handshake, NbdError, TlsMode};
-use rtbackup_store::{PointReader, PointSpec, Store};
+use rtbackup_store::{PointReader, Store};
 use rtbackup_tls::{rustls::ServerConfig, Pki};
 use tracing::{error, info, warn};
 
@@ -43,15 +43,9 @@ enum Reader {
     Client(String),
 }
 
-/// Splits an export name into the volume and the point.
-pub fn parse_export_name(name: &str) -> Result<(&str, PointSpec), String> {
-    let (vol, spec) = match name.split_once('@') {
-        Some((v, p)) => (v, p.parse::<PointSpec>()?),
-        None => (name, PointSpec::Latest),
-    };
-    rtbackup_proto::validate_volume_name(vol).map_err(|e| e.to_string())?;
-    Ok((vol, spec))
-}
+/// Splits an export name into the volume and the point
+/// (`VOLUME@POINT`, `VOLUME` alone the latest).
+pub use rtbackup_store::parse_volume_at as parse_export_name;
 
 /// The volumes of a store as NBD exports, as `reader` may see them.
 struct StoreExports<'a> {
@@ -330,6 +324,7 @@ impl<R: Read, W: Write> Write for ReadWrite<R, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtbackup_store::PointSpec;
 
     #[test]
     fn export_names() {

@@ -1,4 +1,4 @@
-//! Entry point of the fuzz target `segment` in `tools/fuzz`
+//! Entry points of the fuzz targets `segment` and `point` in `tools/fuzz`
 //! (Documentation/testing.rst, "Fuzzing"), kept here so that `cargo test`
 //! feeds it the inputs the fuzzer found (`tests/fuzz_regressions.rs`).
 //! Not an API.
@@ -207,4 +207,29 @@ pub fn segment_target(data: &[u8]) {
     .unwrap_or_else(|e| panic!("the walk to the end {end:?} fails: {e}"));
     assert_eq!(to.end, end);
     assert_eq!(again, records);
+}
+
+/// The `point` target: restore points and NBD export names as a peer or a
+/// user types them (`restore --at`, `VOLUME@POINT`). Whatever the bytes,
+/// parsing answers without panicking, and a point that parses prints as
+/// text that reads back as the same point.
+pub fn point_target(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(spec) = s.parse::<crate::PointSpec>() {
+        let text = spec.to_string();
+        let again: crate::PointSpec = text
+            .parse()
+            .unwrap_or_else(|e| panic!("{s:?} reads as {spec:?}, printed {text:?}: {e}"));
+        assert_eq!(again, spec, "{s:?} printed as {text:?}");
+    }
+    if let Ok((vol, spec)) = crate::parse_volume_at(s) {
+        let name = format!("{vol}@{spec}");
+        assert_eq!(
+            crate::parse_volume_at(&name),
+            Ok((vol, spec.clone())),
+            "{s:?} printed as {name:?}"
+        );
+    }
 }

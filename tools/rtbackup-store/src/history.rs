@@ -127,6 +127,17 @@ impl fmt::Display for PointSpec {
     }
 }
 
+/// Splits `VOLUME@POINT` (NBD export names) into the volume and the
+/// point; `VOLUME` alone is the latest point.
+pub fn parse_volume_at(name: &str) -> std::result::Result<(&str, PointSpec), String> {
+    let (vol, spec) = match name.split_once('@') {
+        Some((v, p)) => (v, p.parse::<PointSpec>()?),
+        None => (name, PointSpec::Latest),
+    };
+    rtbackup_proto::validate_volume_name(vol).map_err(|e| e.to_string())?;
+    Ok((vol, spec))
+}
+
 /// Parses a retention or delay duration (`7d`, `12h`, `90min`, `0`).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     if s.trim() == "0" {

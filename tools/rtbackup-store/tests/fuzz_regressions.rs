@@ -10,7 +10,7 @@ use rtbackup_proto::{
     build_record, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_RESYNC, RTB_OP_RESYNC_END,
     RTB_OP_WRITE, RTB_REC_PREFLUSH,
 };
-use rtbackup_store::fuzz::segment_target;
+use rtbackup_store::fuzz::{point_target, segment_target};
 use rtbackup_store::SegmentHeader;
 
 /// A segment file: its header, then records of every kind with seqs from
@@ -73,4 +73,31 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 fn segment_inputs() {
     let tools = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     check_target(tools, "segment", &seeds(), segment_target);
+}
+
+/// Points and export names as users and NBD clients type them.
+fn point_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    [
+        ("latest", "latest"),
+        ("seq", "seq:1234"),
+        ("bare-seq", "1234"),
+        ("mark", "mark:before-upgrade"),
+        ("id", "id:3.1048640"),
+        ("time", "2026-11-26T05:00:00Z"),
+        ("offset-time", "2026-11-26T06:00:00.5+01:00"),
+        ("spaced-time", "2026-11-26 05:00:00"),
+        ("ago", "10 minutes ago"),
+        ("export", "db1@mark:before-upgrade"),
+        ("export-id", "db1@id:2.64"),
+        ("export-bare", "db1"),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n, s.as_bytes().to_vec()))
+    .collect()
+}
+
+#[test]
+fn point_inputs() {
+    let tools = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    check_target(tools, "point", &point_seeds(), point_target);
 }
