@@ -90,7 +90,8 @@ nbd_fail() {
 }
 # -t: a request the server leaves unanswered fails instead of hanging.
 nbd-client 127.0.0.1 10809 /dev/nbd0 -N vol0@mark:m2 -readonly -t 60 \
-    -A "$PEM/ca-cert.pem" -F "$PEM/client-cert.pem" -K "$PEM/client-key.pem" -H rtbackup-server ||
+    -cacertfile "$PEM/ca-cert.pem" -certfile "$PEM/client-cert.pem" -keyfile "$PEM/client-key.pem" \
+    -tlshostname rtbackup-server ||
     nbd_fail "nbd-client could not connect vol0@mark:m2 over TLS"
 mkdir -p /tmp/atmnt
 timeout 300 mount -o ro /dev/nbd0 /tmp/atmnt || nbd_fail "cannot mount vol0@mark:m2"

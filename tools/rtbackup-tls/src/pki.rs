@@ -415,6 +415,21 @@ impl Pki {
     /// The server's TLS configuration: TLS 1.3, its certificate, and
     /// client certificates required, chained to the CA and registered.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config_for(&[&rustls::version::TLS13])
+    }
+
+    /// [`Pki::server_config`] that also takes TLS 1.2 (its ECDHE and AEAD
+    /// suites only, rustls's): for the NBD export, whose Linux client
+    /// (nbd-client 3.24, GnuTLS) offers nothing newer. The replication
+    /// port stays TLS 1.3 only.
+    pub fn nbd_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config_for(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    }
+
+    fn server_config_for(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let ca = load_cert(&self.dir.join("ca.crt"))?;
         let chain = vec![load_cert(&self.dir.join("server.crt"))?];
         let key = load_key(&self.dir.join("server.key"))?;
@@ -428,7 +443,7 @@ impl Pki {
             pki: self.clone(),
         });
         let cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_protocol_versions(versions)?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
         Ok(Arc::new(cfg))

@@ -25,7 +25,8 @@ pub struct Args {
     output: Option<PathBuf>,
     /// Also write the certificate as PEM files into this new directory
     /// (mode 0700): ca-cert.pem, client-cert.pem and client-key.pem, as
-    /// qemu's tls-creds-x509 and nbd-client (-A, -F, -K) take them.
+    /// qemu's tls-creds-x509 and nbd-client (-cacertfile, -certfile,
+    /// -keyfile) take them.
     #[arg(long, value_name = "DIR")]
     pem_dir: Option<PathBuf>,
     /// An administrator: its certificates read every client's volumes

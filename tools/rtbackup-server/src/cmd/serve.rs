@@ -152,7 +152,7 @@ impl Args {
         // The NBD export takes the server's TLS, or is plaintext on
         // loopback only.
         let nbd_tls = match &tls {
-            Some(pki) => Some((pki.server_config()?, pki.clone())),
+            Some(pki) => Some((pki.nbd_server_config()?, pki.clone())),
             None => None,
         };
         if let (Some(l), None) = (&nbd, &nbd_tls) {
