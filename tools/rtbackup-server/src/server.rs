@@ -688,15 +688,26 @@ fn authorize(shared: &Shared, link: &Link, volume: &str, claim: bool) -> Result<
     }
 }
 
+/// The limits of `client` from its enrolment (`None` without TLS: no
+/// clients, no limits).
+fn limits_of(
+    shared: &Shared,
+    client: &str,
+) -> Result<Option<rtbackup_tls::ClientLimits>, SessionError> {
+    let Some(tls) = &shared.tls else {
+        return Ok(None);
+    };
+    tls.pki
+        .limits(client)
+        .map(Some)
+        .map_err(|e| session_error(error_code::INTERNAL, e.to_string()))
+}
+
 /// Refuses a volume more to a client at its `max_volumes`.
 fn quota_for_new_volume(shared: &Shared, client: &str) -> Result<(), SessionError> {
-    let Some(tls) = &shared.tls else {
+    let Some(limits) = limits_of(shared, client)? else {
         return Ok(());
     };
-    let limits = tls
-        .pki
-        .limits(client)
-        .map_err(|e| session_error(error_code::INTERNAL, e.to_string()))?;
     let owned = shared.store.volumes_of(client)?.len();
     if owned >= limits.max_volumes as usize {
         warn!(
@@ -719,14 +730,10 @@ fn quota_for_new_volume(shared: &Shared, client: &str) -> Result<(), SessionErro
 /// How many more bytes of records client `client` may send: its
 /// `max_bytes` less the journal its volumes hold (`None`: no limit).
 fn byte_budget(shared: &Shared, client: Option<&str>) -> Result<Option<u64>, SessionError> {
-    let (Some(tls), Some(client)) = (&shared.tls, client) else {
+    let Some(client) = client else {
         return Ok(None);
     };
-    let limits = tls
-        .pki
-        .limits(client)
-        .map_err(|e| session_error(error_code::INTERNAL, e.to_string()))?;
-    let Some(max) = limits.max_bytes else {
+    let Some(max) = limits_of(shared, client)?.and_then(|l| l.max_bytes) else {
         return Ok(None);
     };
     let mut held = 0u64;
