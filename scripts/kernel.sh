@@ -17,8 +17,9 @@
 #          over and throughput ratios taken on them say nothing about a
 #          production kernel (make bench)
 #   lts    6.12 LTS (bookworm's linux-source-6.12) without the debuggers
-#          (tests/vm/kernel-bench.config merged last: they would double its
-#          build time, and the full suite with them runs on test): the
+#          (tests/vm/kernel-bench.config: they would double its build time,
+#          and the full suite with them runs on test) and without what only
+#          the other cases need (tests/vm/kernel-smoke.config, last): the
 #          build and the replication smoke test on the oldest series
 #
 # The cache lives outside the repository, in $RTBACKUP_CACHE (default
@@ -45,7 +46,7 @@ test) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.confi
 bench) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" \
     "$here/tests/vm/kernel-bench.config" ;;
 lts) set -- "$here/tests/vm/kernel.config" "$here/tests/vm/kernel-$series.config" \
-    "$here/tests/vm/kernel-bench.config" ;;
+    "$here/tests/vm/kernel-bench.config" "$here/tests/vm/kernel-smoke.config" ;;
 esac
 RUSTC=${RUSTC:-/usr/bin/rustc}
 BINDGEN=${BINDGEN:-${CARGO_HOME:-$HOME/.cargo}/bin/bindgen}
