@@ -10,10 +10,12 @@
 //! (`EFAULT`). A request that fails leaves the table as it was.
 
 use crate::device::Device;
+use crate::onfull::FullPolicy;
 use crate::ring::Ring;
 use crate::sys::{self, bdev::LowerDevice, disk::Disk, ringfile, ModuleRef};
 use crate::uapi::{
-    self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbDirty, RtbList, RtbMark, RtbRingOpen, RtbVersion,
+    self, RtbAttach, RtbDetach, RtbDeviceInfo, RtbDirty, RtbList, RtbMark, RtbRingOpen, RtbSet,
+    RtbVersion,
 };
 use core::mem::size_of;
 use kernel::{
@@ -138,6 +140,7 @@ impl Control {
             uapi::RTB_IOC_RING_OPEN => return self.ioctl_ring_open(arg),
             uapi::RTB_IOC_MARK => self.ioctl_mark(arg),
             uapi::RTB_IOC_DIRTY => self.ioctl_dirty(arg),
+            uapi::RTB_IOC_SET => self.ioctl_set(arg),
             _ => Err(ENOTTY),
         }
         .map(|()| 0)
@@ -236,6 +239,40 @@ impl Control {
             .write(&req)
     }
 
+    /// Changes what a device's full ring does.
+    fn ioctl_set(&self, arg: UserPtr) -> Result {
+        require_admin()?;
+        let req: RtbSet = UserSlice::new(arg, size_of::<RtbSet>()).reader().read()?;
+        check_version(req.abi_version)?;
+        let known = uapi::RTB_SET_ON_FULL | uapi::RTB_SET_BLOCK_TIMEOUT;
+        if req.flags == 0
+            || req.flags & !known != 0
+            || req.pad != 0
+            || req.reserved.iter().any(|&r| r != 0)
+        {
+            return Err(EINVAL);
+        }
+        let track = match (req.flags & uapi::RTB_SET_ON_FULL != 0, req.on_full) {
+            (false, 0) => None,
+            (true, uapi::RTB_ON_FULL_BLOCK) => Some(false),
+            (true, uapi::RTB_ON_FULL_TRACK) => Some(true),
+            _ => return Err(EINVAL),
+        };
+        let timeout = match (
+            req.flags & uapi::RTB_SET_BLOCK_TIMEOUT != 0,
+            req.block_timeout_ms,
+        ) {
+            (false, 0) => None,
+            (true, ms) if ms <= uapi::RTB_BLOCK_TIMEOUT_MAX_MS => Some(ms),
+            _ => return Err(EINVAL),
+        };
+        let ring = self.ring_of(req.index)?;
+        ring.set_full_policy(track, timeout);
+        let (on_full, ms) = ring.info_policy();
+        log_full_policy(req.index, on_full, ms);
+        Ok(())
+    }
+
     fn ioctl_version(&self, arg: UserPtr) -> Result {
         require_admin()?;
         let mut v = RtbVersion::ZERO;
@@ -252,8 +289,8 @@ impl Control {
         let mut req: RtbAttach = reader.read()?;
         check_version(req.abi_version)?;
         if req.flags & !uapi::RTB_ATTACH_TRACK != 0
-            || req.pad != 0
             || req.index != 0
+            || req.block_timeout_ms > uapi::RTB_BLOCK_TIMEOUT_MAX_MS
             || req.reserved.iter().any(|&r| r != 0)
         {
             return Err(EINVAL);
@@ -271,6 +308,7 @@ impl Control {
             ring_size: 0,
             chunk_size,
             track_on_full: req.flags & uapi::RTB_ATTACH_TRACK != 0,
+            block_timeout_ms: req.block_timeout_ms,
         };
         let opts = AttachOptions {
             ring_size: match req.ring_size {
@@ -298,14 +336,19 @@ impl Control {
         writer.write(&req)?;
         slots[index] = Some(attach(index as u32, cpath, &opts)?);
         pr_info!(
-            "{}{}: attached to {}, ring of {} KiB, {} when full, chunks of {} KiB\n",
+            "{}{}: attached to {}, ring of {} KiB, chunks of {} KiB\n",
             uapi::RTB_DISK_PREFIX,
             index,
             cpath,
             opts.ring_size >> 10,
-            if opts.track_on_full { "track" } else { "block" },
             opts.chunk_size >> 10
         );
+        let on_full = if opts.track_on_full {
+            uapi::RTB_ON_FULL_TRACK
+        } else {
+            uapi::RTB_ON_FULL_BLOCK
+        };
+        log_full_policy(index as u32, on_full, opts.block_timeout_ms);
         Ok(())
     }
 
@@ -371,6 +414,18 @@ struct AttachOptions {
     ring_size: u64,
     chunk_size: u64,
     track_on_full: bool,
+    block_timeout_ms: u32,
+}
+
+/// Logs what the full ring of `/dev/rtbackup<index>` does: `on_full`
+/// (`RTB_ON_FULL_*`) and the block timeout `ms`.
+fn log_full_policy(index: u32, on_full: u32, ms: u32) {
+    let prefix = uapi::RTB_DISK_PREFIX;
+    match (on_full, ms) {
+        (uapi::RTB_ON_FULL_TRACK, _) => pr_info!("{prefix}{index}: when full: track\n"),
+        (_, 0) => pr_info!("{prefix}{index}: when full: block, as long as it takes\n"),
+        (_, ms) => pr_info!("{prefix}{index}: when full: block, then track after {ms} ms\n"),
+    }
 }
 
 /// Opens `path` and stacks `/dev/rtbackup<index>` on it, with a ring and
@@ -387,11 +442,12 @@ fn attach(index: u32, path: &CStr, opts: &AttachOptions) -> Result<Attached> {
         return Err(EINVAL);
     }
     let ring = Ring::new(
+        index,
         opts.ring_size,
         lower.nr_sectors(),
         logical,
         opts.chunk_size,
-        opts.track_on_full,
+        FullPolicy::new(opts.track_on_full, opts.block_timeout_ms),
     )?;
     let max_io = ring.max_payload();
     let device = Arc::new(Device::new(index, lower, lower_path, ring), GFP_KERNEL)?;

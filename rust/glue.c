@@ -126,6 +126,21 @@ long rtb_wait_atomic_changed(atomic_t *v, int old, long timeout)
 	return wait_var_event_timeout(v, atomic_read_acquire(v) != old, timeout);
 }
 
+/*
+ * wait_var_event_timeout() in TASK_KILLABLE: there is no such macro, so this
+ * is what it expands to with the state changed (the same in 6.12 and 7.x).
+ * Returns -ERESTARTSYS when killed, 0 when the time ran out, more when the
+ * value changed.
+ */
+long rtb_wait_atomic_changed_killable(atomic_t *v, int old, long timeout)
+{
+	might_sleep();
+	if (atomic_read_acquire(v) != old)
+		return timeout ? timeout : 1;
+	return ___wait_var_event(v, ___wait_cond_timeout(atomic_read_acquire(v) != old),
+				 TASK_KILLABLE, 0, timeout, __ret = schedule_timeout(__ret));
+}
+
 /* bio_for_each_segment() and memcpy_from_bvec() are macros and inlines. */
 size_t rtb_bio_copy_data(struct bio *bio, void *dst, size_t cap)
 {

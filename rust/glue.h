@@ -49,6 +49,7 @@ void rtb_wait_atomic_zero(atomic_t *v);
 
 void rtb_atomic_inc_and_wake_up(atomic_t *v);
 long rtb_wait_atomic_changed(atomic_t *v, int old, long timeout);
+long rtb_wait_atomic_changed_killable(atomic_t *v, int old, long timeout);
 size_t rtb_bio_copy_data(struct bio *bio, void *dst, size_t cap);
 u32 rtb_crc32c(u32 crc, const void *p, size_t len);
 u64 rtb_ktime_real_ns(void);

@@ -25,18 +25,19 @@
 
 use crate::bitmap::ChunkBitmap;
 use crate::inflight::{InflightWrites, SLOTS};
+use crate::onfull::{FullPolicy, FullWait, Next, Overflow};
 use crate::sys::{
     self,
     bio::{BioRef, ReqOp},
     ringmem::{RingMapper, RingMem, Vma},
-    wait::{Generation, PollQueue},
+    wait::{Generation, PollQueue, WaitEnd},
 };
 use crate::uapi::{
     check_mark_name, record_size, RtbRecordHeader, RtbResync, RtbRingAck, RtbRingHeader,
     RtbRingInfo, RTB_ABI_VERSION, RTB_ACK_CONNECTED, RTB_ACK_SPOOLED, RTB_AGENT_CONNECTED,
-    RTB_AGENT_OPEN, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD, RTB_OP_WRITE,
-    RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA, RTB_REC_PREFLUSH,
-    RTB_RESYNC_DONE, RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM,
+    RTB_AGENT_OPEN, RTB_DISK_PREFIX, RTB_OP_DISCARD, RTB_OP_FLUSH, RTB_OP_MARK, RTB_OP_PAD,
+    RTB_OP_WRITE, RTB_OP_WRITE_ZEROES, RTB_RECORD_ALIGN, RTB_RECORD_MAGIC, RTB_REC_FUA,
+    RTB_REC_PREFLUSH, RTB_RESYNC_DONE, RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING, RTB_RESYNC_F_STREAM,
     RTB_RESYNC_TRACK_ALL, RTB_RING_F_DETACHED, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING,
     RTB_RING_F_UNSYNCED, RTB_RING_IOC_ACK, RTB_RING_IOC_RESYNC, RTB_RING_MAGIC, RTB_RING_PAGE,
 };
@@ -257,6 +258,16 @@ impl RingState {
     }
 }
 
+/// What [`Ring::with_room`] does when the task is killed while it waits
+/// for room.
+#[derive(Clone, Copy)]
+enum OnKill {
+    /// Let the ring track: a bio must go on, and nothing is lost.
+    Track,
+    /// Fail with `EINTR` (a mark: the ioctl returns to a dying task).
+    Fail,
+}
+
 /// Where [`Ring::with_room`] lets a record go.
 #[derive(Clone, Copy)]
 enum Room {
@@ -298,8 +309,10 @@ pub(crate) struct Ring {
     poll: PollQueue,
     /// A ring file is open (the agent's handle); only one may be.
     agent_open: AtomicBool,
-    /// Overflow into the dirty bitmap instead of waiting for room.
-    track_on_full: bool,
+    /// What a full ring does.
+    policy: FullPolicy,
+    /// `N` of `/dev/rtbackupN`, for messages.
+    index: u32,
     /// Serializes fetches; never taken by writers. Taken before `state`.
     fetch: Pin<KBox<Mutex<FetchBuf>>>,
     /// The bitmaps' geometry, fixed at attach: read without the mutex.
@@ -311,17 +324,17 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
-    /// A ring of `data_size` bytes (a power of two, validated by the
-    /// caller) for a device of `capacity_sectors` sectors, with dirty
-    /// bitmaps of `chunk_size` bytes per bit (a power of two, validated by
-    /// the caller). With `track_on_full`, a full ring overflows into the
-    /// bitmap instead of making writers wait.
+    /// The ring of `/dev/rtbackup<index>`: `data_size` bytes (a power of
+    /// two, validated by the caller) for a device of `capacity_sectors`
+    /// sectors, with dirty bitmaps of `chunk_size` bytes per bit (a power of
+    /// two, validated by the caller), full as `policy` says.
     pub(crate) fn new(
+        index: u32,
         data_size: u64,
         capacity_sectors: u64,
         logical_block_size: u32,
         chunk_size: u64,
-        track_on_full: bool,
+        policy: FullPolicy,
     ) -> Result<Arc<Self>> {
         let dirty = ChunkBitmap::new(capacity_sectors, chunk_size)?;
         let resync = ChunkBitmap::new(capacity_sectors, chunk_size)?;
@@ -390,7 +403,8 @@ impl Ring {
                 room: Generation::new(),
                 poll: PollQueue::new()?,
                 agent_open: AtomicBool::new(false),
-                track_on_full,
+                policy,
+                index,
                 fetch,
                 geometry,
                 ring_id,
@@ -425,33 +439,38 @@ impl Ring {
             Payload::Empty
         };
         let range = entry.range();
-        let token = self.with_room(record_size(payload_len), range, |st, room| {
-            let Some((start, end)) = range else {
-                // A flush: while tracking there is no order to mark.
-                return match room {
-                    Room::Track => Ok(0),
-                    Room::Record { pad, size } => {
-                        self.write_record(st, &entry, payload, pad, size).map(|_| 0)
-                    }
+        let token = self.with_room(
+            record_size(payload_len),
+            range,
+            OnKill::Track,
+            |st, room| {
+                let Some((start, end)) = range else {
+                    // A flush: while tracking there is no order to mark.
+                    return match room {
+                        Room::Track => Ok(0),
+                        Room::Record { pad, size } => {
+                            self.write_record(st, &entry, payload, pad, size).map(|_| 0)
+                        }
+                    };
                 };
-            };
-            // Tracked writes take a slot too: a fetch waits for them.
-            let token = self.inflight.claim(start, end)?;
-            let written = match room {
-                Room::Track => {
-                    st.dirty.set_sectors(start, end);
-                    Ok(())
+                // Tracked writes take a slot too: a fetch waits for them.
+                let token = self.inflight.claim(start, end)?;
+                let written = match room {
+                    Room::Track => {
+                        st.dirty.set_sectors(start, end);
+                        Ok(())
+                    }
+                    Room::Record { pad, size } => self
+                        .write_record(st, &entry, payload, pad, size)
+                        .map(|_| ()),
+                };
+                if let Err(e) = written {
+                    self.inflight.release(token);
+                    return Err(e);
                 }
-                Room::Record { pad, size } => self
-                    .write_record(st, &entry, payload, pad, size)
-                    .map(|_| ()),
-            };
-            if let Err(e) = written {
-                self.inflight.release(token);
-                return Err(e);
-            }
-            Ok(token)
-        })?;
+                Ok(token)
+            },
+        )?;
         self.poll.wake();
         Ok(token)
     }
@@ -472,7 +491,7 @@ impl Ring {
             has_payload: false,
         };
         let size = record_size(name.len() as u64);
-        let seq = self.with_room(size, None, |st, room| match room {
+        let seq = self.with_room(size, None, OnKill::Fail, |st, room| match room {
             Room::Track => Err(EBUSY),
             Room::Record { pad, size } => {
                 self.write_record(st, &entry, Payload::Bytes(name), pad, size)
@@ -487,15 +506,17 @@ impl Ring {
     /// before it and `size`, or [`Room::Track`] while tracking. While a
     /// record's sectors `range` overlap a write in flight, drops the mutex,
     /// sleeps and starts again; also while the record (with its padding)
-    /// does not fit between head and tail, unless the ring tracks when
-    /// full: then it starts tracking. `ENXIO` once detached.
+    /// does not fit between head and tail, as long as the [`FullPolicy`]
+    /// says (killably: a killed task does as `on_kill` says); then the ring
+    /// starts tracking. `ENXIO` once detached.
     fn with_room<R>(
         &self,
         size: u64,
         range: Option<(u64, u64)>,
+        on_kill: OnKill,
         f: impl FnOnce(&mut RingState, Room) -> Result<R>,
     ) -> Result<R> {
-        let mut waited = false;
+        let mut wait = FullWait::default();
         loop {
             let mut st = self.state.lock();
             if st.detached {
@@ -515,24 +536,60 @@ impl Ring {
             let to_end = self.data_size - off;
             let pad = if size > to_end { to_end } else { 0 };
             if st.head - st.tail + pad + size > self.data_size {
-                if self.track_on_full {
-                    st.overflows += 1;
-                    self.start_tracking(&mut st);
-                    return f(&mut st, Room::Track);
-                }
+                let first = !wait.started();
+                let ms = match wait.next(&self.policy, sys::monotonic_ns()) {
+                    Next::Wait(ms) => ms,
+                    Next::Track(why) => {
+                        self.overflow(&mut st, why);
+                        return f(&mut st, Room::Track);
+                    }
+                };
                 let generation = self.room.get();
                 drop(st);
-                if !waited {
+                if first {
                     self.full_waits.fetch_add(1, Relaxed);
-                    waited = true;
                 }
                 self.waiting.fetch_add(1, Relaxed);
-                self.room.wait_changed(generation);
+                let end = self.room.wait_changed_killable(generation, ms);
                 self.waiting.fetch_sub(1, Relaxed);
+                if end == WaitEnd::Killed {
+                    match on_kill {
+                        OnKill::Track => wait.kill(),
+                        OnKill::Fail => return Err(EINTR),
+                    }
+                }
                 continue;
             }
             return f(&mut st, Room::Record { pad, size });
         }
+    }
+
+    /// A full ring starts tracking, for the reason `why`.
+    fn overflow(&self, st: &mut RingState, why: Overflow) {
+        st.overflows += 1;
+        self.start_tracking(st);
+        let (prefix, index) = (RTB_DISK_PREFIX, self.index);
+        match why {
+            Overflow::Policy => pr_warn!("{prefix}{index}: ring full: tracking writes\n"),
+            Overflow::TimedOut => pr_warn!(
+                "{prefix}{index}: ring full for the block timeout ({} ms): tracking writes\n",
+                self.policy.abi().1
+            ),
+            Overflow::Killed => pr_warn!(
+                "{prefix}{index}: ring full and a waiting writer killed: tracking writes\n"
+            ),
+        }
+    }
+
+    /// Changes what a full ring does; writers waiting for room decide anew.
+    pub(crate) fn set_full_policy(&self, track: Option<bool>, block_timeout_ms: Option<u32>) {
+        self.policy.set(track, block_timeout_ms);
+        self.room.bump();
+    }
+
+    /// What a full ring does: `RTB_ON_FULL_*` and the block timeout.
+    pub(crate) fn info_policy(&self) -> (u32, u32) {
+        self.policy.abi()
     }
 
     /// Switches to tracking; writers waiting for room go on (they find the
@@ -868,6 +925,7 @@ impl Ring {
 
     /// The state shown by `RTB_IOC_LIST`.
     pub(crate) fn info(&self) -> RtbRingInfo {
+        let (on_full, block_timeout_ms) = self.policy.abi();
         let st = self.state.lock();
         let mut agent = 0;
         if self.agent_open.load(Relaxed) {
@@ -893,7 +951,8 @@ impl Ring {
             chunk_size: self.geometry.chunk_size,
             overflows: st.overflows,
             durable_seq: st.durable_seq,
-            ..RtbRingInfo::ZERO
+            on_full,
+            block_timeout_ms,
         }
     }
 }

@@ -9,13 +9,15 @@
 //!
 //! Files by concern: `uapi` (the ABI shared with the tools), `control` (the
 //! device table and its ioctls), `device` (one protected device and its
-//! request path), `ring` (the write-journal ring), `inflight` (write
-//! ordering), `sys` (the only code that touches C).
+//! request path), `ring` (the write-journal ring), `onfull` (what a full
+//! ring does), `inflight` (write ordering), `sys` (the only code that
+//! touches C).
 
 mod bitmap;
 mod control;
 mod device;
 mod inflight;
+mod onfull;
 mod ring;
 #[macro_use]
 mod sys;

@@ -15,7 +15,7 @@
 //! Fields named `reserved` must be zero; later versions give them a meaning.
 
 /// The version of this ABI. Bumped on any incompatible change.
-pub const RTB_ABI_VERSION: u32 = 5;
+pub const RTB_ABI_VERSION: u32 = 6;
 
 /// The ioctl type byte ("magic") of rtbackup, free in
 /// Documentation/userspace-api/ioctl/ioctl-number.rst of Linux 6.12.
@@ -95,6 +95,8 @@ pub const RTB_RING_IOC_ACK: u32 = ioc(IOC_WRITE, 16, core::mem::size_of::<RtbRin
 
 /// Mark chunks of a device dirty and start tracking ([`RtbDirty`]; ABI v4).
 pub const RTB_IOC_DIRTY: u32 = ioc(IOC_READ | IOC_WRITE, 6, core::mem::size_of::<RtbDirty>());
+/// Change what a full ring does on a live device (ABI v6; [`RtbSet`]).
+pub const RTB_IOC_SET: u32 = ioc(IOC_WRITE, 7, core::mem::size_of::<RtbSet>());
 
 /// Ring file: resync step ([`RtbResync`]; ABI v4).
 pub const RTB_RING_IOC_RESYNC: u32 =
@@ -124,8 +126,12 @@ pub struct RtbAttach {
     pub lower_path: [u8; RTB_PATH_MAX],
     /// Out: `N` of the new `/dev/rtbackupN`.
     pub index: u32,
-    /// Explicit padding, zero.
-    pub pad: u32,
+    /// In (ABI v6): without [`RTB_ATTACH_TRACK`], how long writers wait for
+    /// room in a full ring before it tracks instead, in milliseconds: at
+    /// most [`RTB_BLOCK_TIMEOUT_MAX_MS`]; 0 waits as long as it takes.
+    /// With [`RTB_ATTACH_TRACK`], kept for a later switch to blocking
+    /// ([`RTB_IOC_SET`]).
+    pub block_timeout_ms: u32,
     /// In: bytes of the write-journal ring's data area: a power of two
     /// from [`RTB_RING_MIN_SIZE`] to [`RTB_RING_MAX_SIZE`], or 0 for
     /// [`RTB_RING_DEFAULT_SIZE`].
@@ -141,6 +147,43 @@ pub struct RtbAttach {
 /// [`RtbAttach::flags`]: when the ring is full, track writes in the dirty
 /// bitmap instead of making writers wait (`--on-full track`).
 pub const RTB_ATTACH_TRACK: u32 = 1 << 0;
+
+/// Longest block timeout: a week.
+pub const RTB_BLOCK_TIMEOUT_MAX_MS: u32 = 7 * 24 * 3600 * 1000;
+
+/// [`RtbSet::on_full`] and [`RtbRingInfo::on_full`]: writers wait for room
+/// (for `block_timeout_ms` at most, if not 0).
+pub const RTB_ON_FULL_BLOCK: u32 = 0;
+/// [`RtbSet::on_full`] and [`RtbRingInfo::on_full`]: a full ring tracks.
+pub const RTB_ON_FULL_TRACK: u32 = 1;
+
+/// [`RtbSet::flags`]: set [`RtbSet::on_full`].
+pub const RTB_SET_ON_FULL: u32 = 1 << 0;
+/// [`RtbSet::flags`]: set [`RtbSet::block_timeout_ms`].
+pub const RTB_SET_BLOCK_TIMEOUT: u32 = 1 << 1;
+
+/// Request of [`RTB_IOC_SET`]: what a device's full ring does from now on.
+/// Writers waiting for room when it changes to track go on at once (the
+/// ring tracks); a new timeout counts from each writer's first wait.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtbSet {
+    /// In: [`RTB_ABI_VERSION`].
+    pub abi_version: u32,
+    /// In: `RTB_SET_*` bits, at least one: which settings to change. A
+    /// setting whose bit is clear must be zero.
+    pub flags: u32,
+    /// In: `N` of `/dev/rtbackupN`.
+    pub index: u32,
+    /// In: `RTB_ON_FULL_*`.
+    pub on_full: u32,
+    /// In: as [`RtbAttach::block_timeout_ms`].
+    pub block_timeout_ms: u32,
+    /// Explicit padding, zero.
+    pub pad: u32,
+    /// In: must be zero.
+    pub reserved: [u64; 4],
+}
 
 /// Default [`RtbAttach::chunk_size`]: 64 KiB.
 pub const RTB_CHUNK_DEFAULT: u64 = 64 << 10;
@@ -259,6 +302,7 @@ const _: () = assert!(core::mem::size_of::<RtbDetach>() == 48);
 const _: () = assert!(core::mem::size_of::<RtbStats>() == 128);
 const _: () = assert!(core::mem::size_of::<RtbDeviceInfo>() == 464 + 128);
 const _: () = assert!(core::mem::size_of::<RtbList>() == 40);
+const _: () = assert!(core::mem::size_of::<RtbSet>() == 56);
 
 impl RtbVersion {
     /// An all-zero value.
@@ -276,7 +320,7 @@ impl RtbAttach {
         flags: 0,
         lower_path: [0; RTB_PATH_MAX],
         index: 0,
-        pad: 0,
+        block_timeout_ms: 0,
         ring_size: 0,
         chunk_size: 0,
         reserved: [0; 6],
@@ -289,6 +333,19 @@ impl RtbDetach {
         abi_version: 0,
         flags: 0,
         index: 0,
+        pad: 0,
+        reserved: [0; 4],
+    };
+}
+
+impl RtbSet {
+    /// An all-zero value.
+    pub const ZERO: Self = Self {
+        abi_version: 0,
+        flags: 0,
+        index: 0,
+        on_full: 0,
+        block_timeout_ms: 0,
         pad: 0,
         reserved: [0; 4],
     };
@@ -614,8 +671,11 @@ pub struct RtbRingInfo {
     /// last said: `tail_seq - 1` unless records before the tail are only in
     /// the agent's spool ([`RTB_ACK_SPOOLED`]).
     pub durable_seq: u64,
-    /// Zero.
-    pub reserved: [u64; 1],
+    /// (ABI v6) `RTB_ON_FULL_*`: what the ring does when full.
+    pub on_full: u32,
+    /// (ABI v6) With [`RTB_ON_FULL_BLOCK`], how long writers wait before
+    /// the ring tracks, in milliseconds; 0: as long as it takes.
+    pub block_timeout_ms: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RtbRingHeader>() == 128);
@@ -717,7 +777,8 @@ impl RtbRingInfo {
         chunk_size: 0,
         overflows: 0,
         durable_seq: 0,
-        reserved: [0; 1],
+        on_full: 0,
+        block_timeout_ms: 0,
     };
 }
 

@@ -52,6 +52,12 @@ extern "C" {
         old: c_int,
         timeout: c_long,
     ) -> c_long;
+    /// The same in `TASK_KILLABLE`: `-ERESTARTSYS` when killed.
+    pub(crate) fn rtb_wait_atomic_changed_killable(
+        v: *mut bindings::atomic_t,
+        old: c_int,
+        timeout: c_long,
+    ) -> c_long;
     /// Copies the data of `bio` (from its current iterator) to `dst`;
     /// returns the bytes copied, or 0 if they exceed `cap`.
     pub(crate) fn rtb_bio_copy_data(bio: *mut bindings::bio, dst: *mut c_void, cap: usize)

@@ -66,6 +66,14 @@ pub(crate) fn real_time_ns() -> u64 {
     unsafe { glue::rtb_ktime_real_ns() }
 }
 
+/// The time since boot, `CLOCK_MONOTONIC` in nanoseconds: for intervals.
+pub(crate) fn monotonic_ns() -> u64 {
+    // SAFETY: reads the clock; callable in any context.
+    let ns = unsafe { bindings::ktime_get() };
+    // The monotonic clock starts at 0 and never goes back.
+    u64::try_from(ns).unwrap_or(0)
+}
+
 /// A random 64-bit number.
 pub(crate) fn random_u64() -> u64 {
     // SAFETY: callable in process context; may not block on entropy in
@@ -141,3 +149,5 @@ unsafe impl AsBytes for uapi::RtbResync {}
 unsafe impl FromBytes for uapi::RtbDirty {}
 // SAFETY: as above.
 unsafe impl AsBytes for uapi::RtbDirty {}
+// SAFETY: as above.
+unsafe impl FromBytes for uapi::RtbSet {}

@@ -33,6 +33,17 @@ unsafe impl Sync for Generation {}
 /// Longest single sleep in [`Generation::wait_changed`].
 pub(crate) const WAIT_SLICE_MS: u32 = 10_000;
 
+/// How [`Generation::wait_changed_killable`] ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WaitEnd {
+    /// The value changed (or may have: the caller re-checks).
+    Changed,
+    /// The time ran out first.
+    TimedOut,
+    /// The task has a fatal signal: it must stop waiting.
+    Killed,
+}
+
 impl Generation {
     /// A counter at 0.
     pub(crate) fn new() -> Self {
@@ -68,6 +79,21 @@ impl Generation {
         // SAFETY: as in `get`; the caller is in process context and holds no
         // spinlock (only `Ring` calls this, after dropping its mutex).
         unsafe { glue::rtb_wait_atomic_changed(self.v.get(), old, timeout) };
+    }
+
+    /// Sleeps until the value differs from `old`, for `ms` milliseconds
+    /// (at most [`WAIT_SLICE_MS`]) or until the task is killed. Process
+    /// context only.
+    pub(crate) fn wait_changed_killable(&self, old: i32, ms: u32) -> WaitEnd {
+        let jiffies = msecs_to_jiffies(ms.clamp(1, WAIT_SLICE_MS));
+        let timeout = c_long::try_from(jiffies).unwrap_or(c_long::MAX);
+        // SAFETY: as in `wait_changed`.
+        let ret = unsafe { glue::rtb_wait_atomic_changed_killable(self.v.get(), old, timeout) };
+        match ret {
+            0 => WaitEnd::TimedOut,
+            r if r < 0 => WaitEnd::Killed,
+            _ => WaitEnd::Changed,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ load
 d0=$(disk 0)
 zero "$d0"
 start_server
-dev=$(rtbackupctl attach --ring-size 1M --on-full block "$d0")
+dev=$(rtbackupctl attach --ring-size 1M --on-full block --block-timeout 0 "$d0")
 # The initial sync (a new attach tracks writes until it is done).
 start_agent 0 vol0
 stop "$AGENT_PID_0"

@@ -10,9 +10,11 @@
 //!   `tiny_http`);
 //! - [`logging`]: the one logging setup (`tracing-subscriber`) and the
 //!   private umask of the daemons;
-//! - [`size`]: the one size parser (`parse-size`).
+//! - [`size`]: the one size parser (`parse-size`);
+//! - [`duration`]: the one duration parser (`humantime`).
 
 pub mod config;
+pub mod duration;
 mod error;
 pub mod logging;
 pub mod metrics;

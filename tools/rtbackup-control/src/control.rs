@@ -12,11 +12,27 @@ use rtbackup_abi::{
     RTB_MAX_DEVICES, RTB_PATH_MAX, RTB_RESYNC_DONE, RTB_RESYNC_FETCH, RTB_RESYNC_F_PENDING,
     RTB_RESYNC_F_STREAM, RTB_RESYNC_TRACK_ALL, RTB_RING_MAX_SIZE, RTB_RING_MIN_SIZE,
 };
+use rtbackup_abi::{
+    RtbSet, RTB_BLOCK_TIMEOUT_MAX_MS, RTB_ON_FULL_BLOCK, RTB_ON_FULL_TRACK, RTB_SET_BLOCK_TIMEOUT,
+    RTB_SET_ON_FULL,
+};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a device does when its ring is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFull {
+    /// Track writes in the dirty bitmap; the agent resyncs them later.
+    #[default]
+    Track,
+    /// Make writers wait for room (for the block timeout at most).
+    Block,
+}
 
 /// How to attach a device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,9 +41,22 @@ pub struct AttachOptions {
     pub ring_size: u64,
     /// Bytes per dirty-bitmap chunk (0: the module's default, 64 KiB).
     pub chunk_size: u64,
-    /// When the ring is full, track writes in the bitmap instead of
-    /// making writers wait.
-    pub track_on_full: bool,
+    /// What a full ring does.
+    pub on_full: OnFull,
+    /// With [`OnFull::Block`], how long writers wait before the ring
+    /// tracks instead (zero: as long as it takes).
+    pub block_timeout: Duration,
+}
+
+/// The block timeout in the ABI's milliseconds, or the error that says it
+/// is too long. A nonzero timeout under a millisecond is one.
+fn block_timeout_ms(d: Duration) -> Result<u32> {
+    let max = Duration::from_millis(u64::from(RTB_BLOCK_TIMEOUT_MAX_MS));
+    if d > max {
+        return Err(Error::BadBlockTimeout { timeout: d, max });
+    }
+    let ms = d.as_millis().max(u128::from(!d.is_zero()));
+    Ok(u32::try_from(ms).unwrap_or(RTB_BLOCK_TIMEOUT_MAX_MS))
 }
 
 /// Where the module's control device appears.
@@ -213,7 +242,8 @@ impl Control {
         req.lower_path[..bytes.len()].copy_from_slice(bytes);
         req.ring_size = ring_size;
         req.chunk_size = opts.chunk_size;
-        if opts.track_on_full {
+        req.block_timeout_ms = block_timeout_ms(opts.block_timeout)?;
+        if opts.on_full == OnFull::Track {
             req.flags |= RTB_ATTACH_TRACK;
         }
         tracing::debug!(path = %abs.display(), "RTB_IOC_ATTACH");
@@ -272,6 +302,42 @@ impl Control {
             .into_iter()
             .find(|d| d.index == index)
             .ok_or_else(no_such)
+    }
+
+    /// Changes what the full ring of device `index` does: `on_full`, the
+    /// block timeout, or both (`None`: as it is). Writers waiting for room
+    /// go on at once when it becomes [`OnFull::Track`].
+    pub fn set_full_policy(
+        &self,
+        index: u32,
+        on_full: Option<OnFull>,
+        block_timeout: Option<Duration>,
+    ) -> Result<()> {
+        let mut req = RtbSet::ZERO;
+        req.abi_version = RTB_ABI_VERSION;
+        req.index = index;
+        if let Some(on_full) = on_full {
+            req.flags |= RTB_SET_ON_FULL;
+            req.on_full = match on_full {
+                OnFull::Track => RTB_ON_FULL_TRACK,
+                OnFull::Block => RTB_ON_FULL_BLOCK,
+            };
+        }
+        if let Some(timeout) = block_timeout {
+            req.flags |= RTB_SET_BLOCK_TIMEOUT;
+            req.block_timeout_ms = block_timeout_ms(timeout)?;
+        }
+        if req.flags == 0 {
+            return Err(Error::NothingToSet);
+        }
+        let disk = format!("{RTB_DISK_PREFIX}{index}");
+        tracing::debug!(disk, ?on_full, ?block_timeout, "RTB_IOC_SET");
+        // SAFETY: `req` is a valid `RtbSet` for the kernel to read.
+        unsafe { ioctl::set(self.fd(), &req) }.map_err(|errno| match errno {
+            Errno::ENXIO => Error::NoSuchDevice { name: disk.clone() },
+            _ => self.permission(errno, &format!("change {disk}")),
+        })?;
+        Ok(())
     }
 
     /// Removes the device `index`. Refused while it is open or mounted.

@@ -80,6 +80,17 @@ pub enum Error {
         /// Largest allowed.
         max: u64,
     },
+    /// A block timeout beyond the ABI's limit.
+    #[error("block timeout {} is longer than {}", humantime::format_duration(*.timeout), humantime::format_duration(*.max))]
+    BadBlockTimeout {
+        /// The timeout asked for.
+        timeout: std::time::Duration,
+        /// The longest allowed.
+        max: std::time::Duration,
+    },
+    /// A change of settings that names none.
+    #[error("nothing to change: give --on-full or --block-timeout")]
+    NothingToSet,
     /// A mark was asked for while the device tracks writes in its bitmap.
     #[error("/dev/{disk} is tracking writes in its dirty bitmap (its ring overflowed): there is no write order to put a mark in until rtbackup-agent's resync completes; try again then")]
     Tracking {
@@ -215,7 +226,10 @@ impl Error {
             Self::StackedOnItself { .. } | Self::BadDeviceName { .. } => Some(Errno::EINVAL),
             Self::PathTooLong { .. } => Some(Errno::ENAMETOOLONG),
             Self::Zoned { .. } => Some(Errno::EOPNOTSUPP),
-            Self::BadRingSize { .. } | Self::BadChunkSize { .. } => Some(Errno::EINVAL),
+            Self::BadRingSize { .. }
+            | Self::BadChunkSize { .. }
+            | Self::BadBlockTimeout { .. }
+            | Self::NothingToSet => Some(Errno::EINVAL),
             Self::RingNoMemory { .. } => Some(Errno::ENOMEM),
             Self::RingBusy { .. } => Some(Errno::EBUSY),
             Self::BadMarkName { .. } => Some(Errno::EINVAL),

@@ -15,7 +15,7 @@ mod status;
 
 pub use control::{
     ring_ack, ring_resync, validate_mark_name, AttachOptions, AttachedDevice, Control,
-    ModuleVersion, Resync, ResyncOp, RingAck, CONTROL_PATH,
+    ModuleVersion, OnFull, Resync, ResyncOp, RingAck, CONTROL_PATH,
 };
 pub use direct::DirectReader;
 pub use error::{Error, Result};

@@ -1,8 +1,10 @@
 //! What `rtbackupctl status` shows about a device.
 
+use crate::control::OnFull;
 use rtbackup_abi::{
     c_str_bytes, RtbDeviceInfo, RtbRingInfo, RtbStats, RTB_AGENT_CONNECTED, RTB_AGENT_OPEN,
-    RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_F_UNSYNCED, RTB_STATE_DETACHING,
+    RTB_ON_FULL_TRACK, RTB_RING_F_RESYNC, RTB_RING_F_TRACKING, RTB_RING_F_UNSYNCED,
+    RTB_STATE_DETACHING,
 };
 use serde::Serialize;
 
@@ -83,6 +85,11 @@ pub struct RingStatus {
     pub chunk_size: u64,
     /// Times the ring overflowed into tracking.
     pub overflows: u64,
+    /// What a full ring does: `track` or `block`.
+    pub on_full: OnFull,
+    /// With `block`, milliseconds a writer waits before the ring tracks
+    /// instead; 0: as long as it takes.
+    pub block_timeout_ms: u32,
 }
 
 impl RingStatus {
@@ -130,6 +137,12 @@ impl From<&RtbRingInfo> for RingStatus {
             resync_chunks: r.resync_chunks,
             chunk_size: r.chunk_size,
             overflows: r.overflows,
+            on_full: if r.on_full == RTB_ON_FULL_TRACK {
+                OnFull::Track
+            } else {
+                OnFull::Block
+            },
+            block_timeout_ms: r.block_timeout_ms,
         }
     }
 }

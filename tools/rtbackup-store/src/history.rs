@@ -5,7 +5,6 @@
 use std::fmt;
 use std::ops::ControlFlow;
 use std::str::FromStr;
-use std::time::Duration;
 
 use serde::Serialize;
 
@@ -136,14 +135,6 @@ pub fn parse_volume_at(name: &str) -> std::result::Result<(&str, PointSpec), Str
     };
     rtbackup_proto::validate_volume_name(vol).map_err(|e| e.to_string())?;
     Ok((vol, spec))
-}
-
-/// Parses a retention or delay duration (`7d`, `12h`, `90min`, `0`).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s.trim()).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 /// Turns journal walk events into index rows.
@@ -815,13 +806,5 @@ mod tests {
         for t in [t, t + 1, t + 123_456_789] {
             assert_eq!(p(&PointSpec::Time(t).to_string()), Ok(PointSpec::Time(t)));
         }
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
-        assert_eq!(parse_duration("90min"), Ok(Duration::from_secs(5400)));
-        assert!(parse_duration("soon").is_err());
     }
 }

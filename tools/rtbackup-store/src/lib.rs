@@ -32,7 +32,7 @@ use serde::Serialize;
 
 pub use clock::Clock;
 pub use error::{Result, StoreError};
-pub use history::{format_time, parse_duration, parse_volume_at, JournalEnd, PointInfo, PointSpec};
+pub use history::{format_time, parse_volume_at, JournalEnd, PointInfo, PointSpec};
 pub use index::{PointKind, RecordRow};
 pub use point::PointReader;
 pub use segment::{

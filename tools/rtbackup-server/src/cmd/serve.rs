@@ -3,7 +3,8 @@
 use super::{addr_with_port, listen_addr, NBD_PORT};
 use crate::server::Server;
 use anyhow::{bail, Context};
-use rtbackup_store::{parse_duration, LocalDirStore, Retention, Store, VolumeOptions};
+use rtbackup_cli::duration::parse_duration;
+use rtbackup_store::{LocalDirStore, Retention, Store, VolumeOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

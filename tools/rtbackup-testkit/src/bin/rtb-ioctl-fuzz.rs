@@ -117,6 +117,8 @@ unsafe impl Plain for RtbMark {}
 // SAFETY: as for RtbVersion.
 unsafe impl Plain for RtbDirty {}
 // SAFETY: as for RtbVersion.
+unsafe impl Plain for RtbSet {}
+// SAFETY: as for RtbVersion.
 unsafe impl Plain for RtbRingAck {}
 // SAFETY: as for RtbVersion.
 unsafe impl Plain for RtbResync {}
@@ -317,7 +319,7 @@ struct Known {
     size: usize,
 }
 
-const KNOWN: [Known; 9] = [
+const KNOWN: [Known; 10] = [
     Known {
         cmd: RTB_IOC_VERSION,
         name: "VERSION",
@@ -373,6 +375,14 @@ const KNOWN: [Known; 9] = [
         admin: true,
         answers: true,
         size: size_of::<RtbDirty>(),
+    },
+    Known {
+        cmd: RTB_IOC_SET,
+        name: "SET",
+        kind: Kind::Control,
+        admin: true,
+        answers: false,
+        size: size_of::<RtbSet>(),
     },
     Known {
         cmd: RTB_RING_IOC_ACK,
@@ -483,6 +493,8 @@ struct Ring {
     resync: u64,
     durable: u64,
     overflows: u64,
+    on_full: u32,
+    block_timeout_ms: u32,
 }
 
 impl Ring {
@@ -525,6 +537,8 @@ fn dev_state(i: &RtbDeviceInfo) -> DevState {
             resync: r.resync_chunks,
             durable: r.durable_seq,
             overflows: r.overflows,
+            on_full: r.on_full,
+            block_timeout_ms: r.block_timeout_ms,
         },
     }
 }
@@ -987,7 +1001,9 @@ impl Fuzzer {
             match self.rng.below(10) {
                 0 => a.abi_version = self.rng.bad_version(),
                 1 => a.flags = self.rng.nonzero_u32() & !RTB_ATTACH_TRACK | 2,
-                2 => a.pad = self.rng.nonzero_u32(),
+                2 => {
+                    a.block_timeout_ms = RTB_BLOCK_TIMEOUT_MAX_MS + 1 + self.rng.below(1000) as u32
+                }
                 3 => a.index = self.rng.nonzero_u32(),
                 4 => a.reserved[self.rng.below(6) as usize] = self.rng.nonzero_u64(),
                 5 => {
@@ -1076,6 +1092,45 @@ impl Fuzzer {
             name[0] = b'm';
         }
         name
+    }
+
+    /// A change of what a full ring does: valid (on a device of ours,
+    /// mostly), or with a field spoilt.
+    fn gen_set(&mut self) -> Vec<u8> {
+        let mut q = RtbSet::ZERO;
+        q.abi_version = RTB_ABI_VERSION;
+        q.index = self.pick_index();
+        q.flags = self.rng.pick(&[
+            RTB_SET_ON_FULL,
+            RTB_SET_BLOCK_TIMEOUT,
+            RTB_SET_ON_FULL | RTB_SET_BLOCK_TIMEOUT,
+        ]);
+        if q.flags & RTB_SET_ON_FULL != 0 {
+            q.on_full = self.rng.pick(&[RTB_ON_FULL_BLOCK, RTB_ON_FULL_TRACK]);
+        }
+        if q.flags & RTB_SET_BLOCK_TIMEOUT != 0 {
+            q.block_timeout_ms = self
+                .rng
+                .pick(&[0, 1, 100, 30_000, RTB_BLOCK_TIMEOUT_MAX_MS]);
+        }
+        for _ in 0..self.mutations() {
+            match self.rng.below(7) {
+                0 => q.abi_version = self.rng.bad_version(),
+                1 => q.flags = self.rng.pick(&[0, 4, 1 << 31, u32::MAX]),
+                2 => q.pad = self.rng.nonzero_u32(),
+                3 => q.reserved[self.rng.below(4) as usize] = self.rng.nonzero_u64(),
+                4 => q.on_full = self.rng.pick(&[2, 3, 0x100, u32::MAX]),
+                5 => {
+                    q.block_timeout_ms = RTB_BLOCK_TIMEOUT_MAX_MS + 1 + self.rng.below(1000) as u32
+                }
+                // A setting the flags do not select must be zero.
+                _ => {
+                    q.flags = RTB_SET_ON_FULL;
+                    q.block_timeout_ms = 1 + self.rng.below(1000) as u32;
+                }
+            }
+        }
+        q.to_bytes()
     }
 
     fn gen_mark(&mut self) -> Vec<u8> {
@@ -1288,6 +1343,7 @@ impl Fuzzer {
             RTB_IOC_RING_OPEN => self.gen_index_req(true),
             RTB_IOC_MARK => self.gen_mark(),
             RTB_IOC_DIRTY => self.gen_dirty(),
+            RTB_IOC_SET => self.gen_set(),
             RTB_RING_IOC_ACK => self.gen_ack(ring.map(|(gen, _)| gen)),
             _ => self.gen_resync(ring.map(|(_, abi_bytes)| abi_bytes)),
         }
@@ -1308,6 +1364,7 @@ impl Fuzzer {
             RTB_IOC_DETACH => RtbDetach::edit(bytes, |d| d.index = self.unforeign(d.index)),
             RTB_IOC_RING_OPEN => RtbRingOpen::edit(bytes, |o| o.index = self.unforeign(o.index)),
             RTB_IOC_MARK => RtbMark::edit(bytes, |m| m.index = self.unforeign(m.index)),
+            RTB_IOC_SET => RtbSet::edit(bytes, |q| q.index = self.unforeign(q.index)),
             // A valid huge ring would be a test of the guest's memory.
             RTB_IOC_ATTACH => RtbAttach::edit(bytes, |a| {
                 if a.ring_size.is_power_of_two() && a.ring_size > RING_SIZE_CAP {
@@ -1714,6 +1771,9 @@ impl Fuzzer {
             ));
             return;
         }
+        if exact && c.cmd == RTB_IOC_SET {
+            self.check_set(c, pre, post);
+        }
         // A refused request, a version or a list changes no device of ours.
         let read_only = matches!(c.cmd, RTB_IOC_VERSION | RTB_IOC_LIST)
             || known(c.cmd).is_none_or(|k| k.kind != c.kind);
@@ -1732,6 +1792,37 @@ impl Fuzzer {
                     post.get(&index)
                 ));
             }
+        }
+    }
+
+    /// A SET that succeeded: the device it names has the settings it
+    /// selected, and the others as before.
+    fn check_set(&mut self, c: &Call, pre: &Snapshot, post: &Snapshot) {
+        let Some(q) = RtbSet::from_bytes(&c.bytes) else {
+            return;
+        };
+        let (Some(before), Some(after)) = (pre.get(&q.index), post.get(&q.index)) else {
+            self.fail(format!(
+                "SET of rtbackup{} succeeded without the device",
+                q.index
+            ));
+            return;
+        };
+        let on_full = if q.flags & RTB_SET_ON_FULL != 0 {
+            q.on_full
+        } else {
+            before.ring.on_full
+        };
+        let ms = if q.flags & RTB_SET_BLOCK_TIMEOUT != 0 {
+            q.block_timeout_ms
+        } else {
+            before.ring.block_timeout_ms
+        };
+        if (after.ring.on_full, after.ring.block_timeout_ms) != (on_full, ms) {
+            self.fail(format!(
+                "SET {q:?} left rtbackup{} with on_full {} and block timeout {} ms",
+                q.index, after.ring.on_full, after.ring.block_timeout_ms
+            ));
         }
     }
 
@@ -1807,7 +1898,7 @@ impl Fuzzer {
                         RtbAttach::from_bytes(&self.gen_attach()).unwrap_or(RtbAttach::ZERO);
                     a.abi_version = RTB_ABI_VERSION;
                     a.flags &= RTB_ATTACH_TRACK;
-                    a.pad = 0;
+                    a.block_timeout_ms = a.block_timeout_ms.min(RTB_BLOCK_TIMEOUT_MAX_MS);
                     a.index = 0;
                     a.reserved = [0; 6];
                     a.to_bytes()

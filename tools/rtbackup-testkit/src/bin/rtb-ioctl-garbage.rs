@@ -257,7 +257,14 @@ fn main() {
         libc::EINVAL,
     );
     let mut a = attach_req(b"/dev/null");
-    a.reserved[5] = u64::MAX;
+    a.block_timeout_ms = RTB_BLOCK_TIMEOUT_MAX_MS + 1;
+    check(
+        "attach, block timeout over a week",
+        raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
+        libc::EINVAL,
+    );
+    let mut a = attach_req(b"/dev/null");
+    a.reserved[4] = u64::MAX;
     check(
         "attach, reserved field set",
         raw(fd, RTB_IOC_ATTACH, (&raw mut a).cast()),
@@ -623,6 +630,79 @@ fn main() {
             words.iter_mut().for_each(|w| *w = 0);
         }
     }
+
+    // RTB_IOC_SET: every malformed request is refused and changes nothing.
+    let set_req = || {
+        let mut q = RtbSet::ZERO;
+        q.abi_version = RTB_ABI_VERSION;
+        q.index = target;
+        q.flags = RTB_SET_ON_FULL | RTB_SET_BLOCK_TIMEOUT;
+        q.on_full = RTB_ON_FULL_BLOCK;
+        q.block_timeout_ms = 30_000;
+        q
+    };
+    let policy = |fd| {
+        infos(fd)
+            .into_iter()
+            .find(|d| d.index == target)
+            .map(|d| (d.ring.on_full, d.ring.block_timeout_ms))
+    };
+    let policy_before = policy(fd);
+    check(
+        "set from an unmapped address",
+        raw(fd, RTB_IOC_SET, bad_ptr),
+        libc::EFAULT,
+    );
+    let mut q = set_req();
+    q.abi_version = 5;
+    check(
+        "set, ABI version 5",
+        raw(fd, RTB_IOC_SET, (&raw mut q).cast()),
+        libc::EPROTO,
+    );
+    let mut q = set_req();
+    q.index = not_attached;
+    check(
+        "set, index not attached",
+        raw(fd, RTB_IOC_SET, (&raw mut q).cast()),
+        libc::ENXIO,
+    );
+    for (what, change) in [
+        ("no flags", 0usize),
+        ("unknown flags", 1),
+        ("padding set", 2),
+        ("reserved field set", 3),
+        ("on_full neither block nor track", 4),
+        ("block timeout over a week", 5),
+        ("on_full given but not selected", 6),
+        ("block timeout given but not selected", 7),
+    ] {
+        let mut q = set_req();
+        match change {
+            0 => q.flags = 0,
+            1 => q.flags |= 1 << 7,
+            2 => q.pad = 1,
+            3 => q.reserved[3] = 1,
+            4 => q.on_full = 2,
+            5 => q.block_timeout_ms = RTB_BLOCK_TIMEOUT_MAX_MS + 1,
+            6 => {
+                q.flags = RTB_SET_BLOCK_TIMEOUT;
+                q.on_full = RTB_ON_FULL_TRACK;
+            }
+            _ => q.flags = RTB_SET_ON_FULL,
+        }
+        check(
+            &format!("set, {what}"),
+            raw(fd, RTB_IOC_SET, (&raw mut q).cast()),
+            libc::EINVAL,
+        );
+    }
+    let policy_after = policy(fd);
+    check(
+        "refused sets left the policy as it was",
+        i32::from(policy_after != policy_before),
+        0,
+    );
 
     // With a device attached: its ring file refuses everything but a valid
     // acknowledgement, and a second agent.

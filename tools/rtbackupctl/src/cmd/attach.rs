@@ -1,7 +1,10 @@
 //! `rtbackupctl attach DEVICE`: stack /dev/rtbackupN on a block device.
 
+use super::OnFullArg;
+use rtbackup_cli::duration::parse_duration;
 use rtbackup_control::{AttachOptions, Control};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Protect a block device: create /dev/rtbackupN on top of it and print its
 /// path. The device is opened exclusively: it must not be mounted or in
@@ -9,7 +12,8 @@ use std::path::{Path, PathBuf};
 /// recorded in a ring in kernel memory until rtbackup-agent has delivered
 /// it to the backup server; when the ring is full, the device tracks
 /// changed chunks in a bitmap that the agent resyncs later (`--on-full
-/// track`, the default) or writers wait (`--on-full block`).
+/// track`, the default) or writers wait (`--on-full block`, for
+/// `--block-timeout` at most). `rtbackupctl set` changes both later.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// The block device to protect, e.g. /dev/nvme0n1.
@@ -24,9 +28,16 @@ pub(crate) struct Args {
     /// a bitmap that the agent resyncs, and the backup has no consistency
     /// point until the resync completes; `block` makes writers wait for the
     /// agent (every write keeps its order in the backup, at the price of a
-    /// stalled disk while the agent or the server is gone).
-    #[arg(long, value_enum, default_value_t = OnFull::Track)]
-    on_full: OnFull,
+    /// stalled disk while the agent or the server is gone, for
+    /// --block-timeout at most).
+    #[arg(long, value_enum, default_value_t = OnFullArg::Track)]
+    on_full: OnFullArg,
+    /// With --on-full block: how long writers wait for room before the
+    /// device tracks instead (30s, 5min, 1h...; at most 7d); 0 waits as
+    /// long as it takes. A writer killed while it waits stops waiting, and
+    /// the device tracks.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    block_timeout: Duration,
     /// Bytes of device per bit of the dirty bitmap: a power of two from 4K
     /// to 16M (default 64K). Smaller chunks resend less, at more bitmap
     /// memory (2 MiB per TiB at 64K).
@@ -37,19 +48,13 @@ pub(crate) struct Args {
     json: bool,
 }
 
-/// `--on-full`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum OnFull {
-    Block,
-    Track,
-}
-
 impl Args {
     pub(crate) fn run(self, control: &Control) -> anyhow::Result<()> {
         let opts = AttachOptions {
             ring_size: self.ring_size.unwrap_or(0),
             chunk_size: self.chunk_size.unwrap_or(0),
-            track_on_full: self.on_full == OnFull::Track,
+            on_full: self.on_full.into(),
+            block_timeout: self.block_timeout,
         };
         let attached = control.attach(&self.device, &opts)?;
         tracing::info!(device = %attached.device, lower = %attached.lower, "attached");

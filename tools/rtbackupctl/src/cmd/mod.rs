@@ -4,6 +4,7 @@ mod attach;
 mod detach;
 mod mark;
 mod rollback;
+mod set;
 mod status;
 mod sync;
 mod verify;
@@ -30,6 +31,7 @@ enum Command {
     Detach(detach::Args),
     Mark(mark::Args),
     Rollback(rollback::Args),
+    Set(set::Args),
     Status(status::Args),
     Sync(sync::Args),
     Verify(verify::Args),
@@ -45,10 +47,27 @@ impl Cli {
             Command::Detach(a) => a.run(&open()?),
             Command::Mark(a) => a.run(&open()?),
             Command::Rollback(a) => a.run(&open()?),
+            Command::Set(a) => a.run(&open()?),
             Command::Status(a) => a.run(&open()?),
             Command::Sync(a) => a.run(&open()?),
             Command::Verify(a) => a.run(&open()?),
             Command::Version(a) => a.run(&self.control),
+        }
+    }
+}
+
+/// `--on-full` of `attach` and `set`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnFullArg {
+    Block,
+    Track,
+}
+
+impl From<OnFullArg> for rtbackup_control::OnFull {
+    fn from(a: OnFullArg) -> Self {
+        match a {
+            OnFullArg::Block => Self::Block,
+            OnFullArg::Track => Self::Track,
         }
     }
 }

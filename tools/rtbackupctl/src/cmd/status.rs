@@ -87,6 +87,7 @@ fn replication_table(devices: &[DeviceStatus]) -> Table {
         "AGENT",
         "MODE",
         "RESYNC",
+        "WHEN-FULL",
     ]);
     for d in devices {
         let r = &d.ring;
@@ -106,6 +107,7 @@ fn replication_table(devices: &[DeviceStatus]) -> Table {
             agent_state(d).to_owned(),
             r.mode.to_owned(),
             resync_left(r),
+            super::set::describe(r.on_full, r.block_timeout_ms),
         ]);
     }
     t
