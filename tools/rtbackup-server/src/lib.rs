@@ -3,6 +3,7 @@
 //! volumes from it, and exports past states over NBD.
 
 pub mod cmd;
+mod error;
 mod maintenance;
 pub mod metrics;
 pub mod nbd;
@@ -10,4 +11,5 @@ mod rollback;
 pub mod server;
 mod verify;
 
+pub use error::{Result, ServerError};
 pub use server::{Server, SERVER_VERSION};

@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rtbackup_nbd::{Export, Exports, Handshake, NbdError, TlsMode};
 use rtbackup_store::{PointReader, Store};
 use rtbackup_tls::{rustls::ServerConfig, Pki};
 use tracing::{error, info, warn};
 
+use crate::error::{IoContext, Result, ServerError};
 use crate::server::{configure_socket, DEFAULT_HANDSHAKE_TIMEOUT};
 
 /// Buffer of an NBD connection's socket.
@@ -127,7 +127,7 @@ pub fn run(
     store: Store,
     tls: Option<(Arc<ServerConfig>, Pki)>,
     stop: &AtomicBool,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let shared = Arc::new((store, tls));
     let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
     let mut threads = Vec::new();
@@ -177,7 +177,7 @@ pub fn run(
                 Err(e) => warn!("NBD accept failed: {e}"),
             },
             Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e).context("polling the NBD socket"),
+            Err(e) => return Err(ServerError::io("polling the NBD socket", e)),
         }
         threads.retain(|t| !t.is_finished());
         conns
@@ -201,14 +201,17 @@ fn connection(
     store: &Store,
     tls: Option<&(Arc<ServerConfig>, Pki)>,
     peer: &str,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let Some((config, pki)) = tls else {
         let exports = StoreExports {
             store,
             reader: Reader::Anyone,
         };
         let rw = ReadWrite {
-            r: BufReader::with_capacity(NBD_BUF, conn.try_clone()?),
+            r: BufReader::with_capacity(
+                NBD_BUF,
+                conn.try_clone().doing(|| "duplicating the socket".into())?,
+            ),
             w: BufWriter::with_capacity(NBD_BUF, conn),
         };
         rtbackup_nbd::serve(rw, &exports, peer)?;
@@ -231,7 +234,8 @@ fn connection(
             Handshake::Ended(_) => return Ok(()),
             Handshake::StartTls { no_zeroes, .. } => no_zeroes,
         };
-    conn.set_read_timeout(None)?;
+    conn.set_read_timeout(None)
+        .doing(|| "clearing the read timeout".into())?;
     let left = deadline.saturating_duration_since(Instant::now());
     let link = rtbackup_tls::accept(
         conn,

@@ -1,0 +1,89 @@
+//! A client's limits from its enrolment (`enroll --max-volumes`,
+//! `--max-bytes`): a volume more, or bytes more, are refused with
+//! `over-quota`, and nothing is deleted.
+
+use super::*;
+
+/// The limits of `client` from its enrolment (`None` without TLS: no
+/// clients, no limits).
+pub(super) fn limits_of(
+    shared: &Shared,
+    client: &str,
+) -> Result<Option<rtbackup_tls::ClientLimits>, SessionError> {
+    let Some(tls) = &shared.tls else {
+        return Ok(None);
+    };
+    tls.pki
+        .limits(client)
+        .map(Some)
+        .map_err(|e| session_error(error_code::INTERNAL, e.to_string()))
+}
+
+/// Refuses a volume more to a client at its `max_volumes`.
+pub(super) fn quota_for_new_volume(shared: &Shared, client: &str) -> Result<(), SessionError> {
+    let Some(limits) = limits_of(shared, client)? else {
+        return Ok(());
+    };
+    let owned = shared.store.volumes_of(client)?.len();
+    if owned >= limits.max_volumes as usize {
+        warn!(
+            client,
+            owned,
+            max = limits.max_volumes,
+            "a volume over the client's limit refused"
+        );
+        return Err(session_error(
+            error_code::OVER_QUOTA,
+            format!(
+                "client {client} owns {owned} volumes, its limit (enroll --max-volumes); \
+                 the operator can raise it"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How many more bytes of records client `client` may send: its
+/// `max_bytes` less the journal its volumes hold (`None`: no limit).
+pub(super) fn byte_budget(
+    shared: &Shared,
+    client: Option<&str>,
+) -> Result<Option<u64>, SessionError> {
+    let Some(client) = client else {
+        return Ok(None);
+    };
+    let Some(max) = limits_of(shared, client)?.and_then(|l| l.max_bytes) else {
+        return Ok(None);
+    };
+    let mut held = 0u64;
+    for v in shared.store.volumes_of(client)? {
+        // An open volume's counters come from memory; a name given at
+        // enrolment may have no volume yet.
+        let open = lock(&shared.volumes).get(&v).map(|m| Arc::clone(&m.volume));
+        let bytes = match open {
+            Some(vol) => vol.status()?.journal_bytes,
+            None if shared.store.exists(&v)? => shared.store.volume_status(&v)?.journal_bytes,
+            None => 0,
+        };
+        held = held.saturating_add(bytes);
+    }
+    if held >= max {
+        return Err(over_bytes(client, held, max));
+    }
+    Ok(Some(max - held))
+}
+
+pub(super) fn over_bytes(client: &str, held: u64, max: u64) -> SessionError {
+    warn!(
+        client,
+        held, max, "the client's history is at its limit: nothing more acknowledged"
+    );
+    session_error(
+        error_code::OVER_QUOTA,
+        format!(
+            "client {client} holds {held} bytes of history, its limit is {max} \
+             (enroll --max-bytes): nothing more is acknowledged until retention \
+             frees room or the operator raises it; the ring keeps the records"
+        ),
+    )
+}
