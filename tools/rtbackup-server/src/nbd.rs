@@ -6,6 +6,7 @@
 //! anything else, and then sees its own volumes only (an administrator's
 //! certificate, all of them).
 
+use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -21,7 +22,7 @@ use rtbackup_tls::{rustls::ServerConfig, Pki};
 use tracing::{error, info, warn};
 
 use crate::error::{IoContext, Result, ServerError};
-use crate::server::{configure_socket, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::server::{configure_socket, DEFAULT_HANDSHAKE_TIMEOUT, REVOCATION_CHECK};
 
 /// Buffer of an NBD connection's socket.
 const NBD_BUF: usize = 256 << 10;
@@ -31,6 +32,52 @@ pub const MAX_NBD_CONNECTIONS: usize = 32;
 /// in plaintext) and then to finish the TLS handshake, however slowly it
 /// sends.
 const NBD_PLAINTEXT_DEADLINE: Duration = DEFAULT_HANDSHAKE_TIMEOUT;
+
+/// The NBD connections being served, by id: their sockets, to end them on
+/// shutdown or when the certificate they authenticated with is revoked.
+#[derive(Default)]
+struct Conns(Mutex<HashMap<u64, NbdConn>>);
+
+/// One NBD connection: its socket, and with TLS the client and the
+/// certificate (DER) it authenticated with.
+struct NbdConn {
+    tcp: TcpStream,
+    client: Option<(String, Vec<u8>)>,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, NbdConn>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connection `id` authenticated as `client` with `cert`.
+    fn authenticated(&self, id: u64, client: &str, cert: &[u8]) {
+        if let Some(c) = self.lock().get_mut(&id) {
+            c.client = Some((client.to_owned(), cert.to_vec()));
+        }
+    }
+
+    /// Ends the connections whose certificate `pki` no longer registers
+    /// (`revoke`): within [`REVOCATION_CHECK`], not at their next one.
+    fn end_revoked(&self, pki: &Pki) {
+        for c in self.lock().values() {
+            let Some((client, cert)) = &c.client else {
+                continue;
+            };
+            if pki.client_of(cert).as_deref() != Some(client.as_str()) {
+                let peer = c
+                    .tcp
+                    .peer_addr()
+                    .map_or_else(|_| "?".into(), |a| a.to_string());
+                warn!(
+                    peer,
+                    client, "the client's certificate was revoked: ending its NBD connection"
+                );
+                let _ = c.tcp.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
 
 /// Who reads the exports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,9 +176,17 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<()> {
     let shared = Arc::new((store, tls));
-    let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+    let conns = Arc::new(Conns::default());
+    let mut next_id = 0u64;
     let mut threads = Vec::new();
+    let mut checked = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if checked.elapsed() >= REVOCATION_CHECK {
+            if let Some((_, pki)) = &shared.1 {
+                conns.end_revoked(pki);
+            }
+            checked = Instant::now();
+        }
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(200u16)) {
             Ok(0) => {}
@@ -145,10 +200,13 @@ pub fn run(
                     if let Err(e) = configure_socket(&conn) {
                         warn!(%peer, "cannot set socket options: {e}");
                     }
-                    if let Ok(c) = conn.try_clone() {
-                        conns.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+                    next_id += 1;
+                    let id = next_id;
+                    if let Ok(tcp) = conn.try_clone() {
+                        conns.lock().insert(id, NbdConn { tcp, client: None });
                     }
                     let shared = Arc::clone(&shared);
+                    let conns = Arc::clone(&conns);
                     let t = thread::Builder::new()
                         .name(format!("nbd-{peer}"))
                         .spawn(move || {
@@ -156,8 +214,12 @@ pub fn run(
                             let closer = conn.try_clone();
                             let (store, tls) = &*shared;
                             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                connection(conn, store, tls.as_ref(), &peer)
+                                let authenticated = |client: &str, cert: &[u8]| {
+                                    conns.authenticated(id, client, cert);
+                                };
+                                connection(conn, store, tls.as_ref(), &peer, &authenticated)
                             }));
+                            conns.lock().remove(&id);
                             match r {
                                 Ok(Ok(())) => info!(%peer, "NBD connection closed"),
                                 Ok(Err(e)) => warn!(%peer, "NBD connection ended: {e:#}"),
@@ -180,13 +242,9 @@ pub fn run(
             Err(e) => return Err(ServerError::io("polling the NBD socket", e)),
         }
         threads.retain(|t| !t.is_finished());
-        conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|c| c.peer_addr().is_ok());
     }
-    for c in conns.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        let _ = c.shutdown(Shutdown::Both);
+    for c in conns.lock().values() {
+        let _ = c.tcp.shutdown(Shutdown::Both);
     }
     for t in threads {
         let _ = t.join();
@@ -195,12 +253,13 @@ pub fn run(
 }
 
 /// One NBD connection: plaintext, or STARTTLS and then the client's own
-/// exports.
+/// exports (`authenticated` is told the client and its certificate).
 fn connection(
     conn: TcpStream,
     store: &Store,
     tls: Option<&(Arc<ServerConfig>, Pki)>,
     peer: &str,
+    authenticated: &dyn Fn(&str, &[u8]),
 ) -> Result<()> {
     let Some((config, pki)) = tls else {
         let exports = StoreExports {
@@ -244,6 +303,9 @@ fn connection(
         left.max(Duration::from_millis(1)),
     )?;
     let client = link.client_name().unwrap_or_default().to_owned();
+    if let Some(cert) = link.client_certificate() {
+        authenticated(&client, cert);
+    }
     let reader = if pki.is_admin(&client) {
         Reader::Admin(client)
     } else {

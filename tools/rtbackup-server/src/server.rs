@@ -176,7 +176,7 @@ struct Live {
 }
 
 /// How often live sessions are checked against revocation.
-const REVOCATION_CHECK: Duration = Duration::from_secs(2);
+pub(crate) const REVOCATION_CHECK: Duration = Duration::from_secs(2);
 
 /// What the server counts for its metrics (crate::metrics).
 #[derive(Debug, Default)]

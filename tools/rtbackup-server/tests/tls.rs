@@ -465,6 +465,72 @@ fn qemu_img_nbd(addr: &str, export: &str, pem: Option<&Path>, out: &Path) -> Res
     }
 }
 
+/// A revoked certificate's NBD connection is ended within seconds: qemu-io
+/// holds one open, reads through it, and after `revoke` reads no more.
+#[test]
+fn revocation_ends_nbd_connections() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let pem = d.path().join("alice");
+    let alice = enroll_pem(&store, "alice", &pem, false);
+    let (srv, lines) = serve_lines(&store, &["--nbd-listen", "127.0.0.1:0"], 2);
+    let nbd = lines[1].strip_prefix("nbd on ").unwrap().to_owned();
+    let (la, _) = say_hello(&srv.addr, &alice, "va").unwrap();
+    stream(&la, 3);
+    let (host, port) = nbd.rsplit_once(':').unwrap();
+    let mut io = Command::new("qemu-io")
+        .arg("-r")
+        .arg("--object")
+        .arg(format!(
+            "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+            pem.display()
+        ))
+        .arg("--image-opts")
+        .arg(format!(
+            "driver=nbd,host={host},port={port},export=va,tls-creds=tls0,\
+             tls-hostname=rtbackup-server"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = io.stdin.take().unwrap();
+    let mut out = BufReader::new(io.stdout.take().unwrap());
+    writeln!(stdin, "read 0 512").unwrap();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let o = io.wait_with_output().unwrap();
+            panic!("qemu-io ended: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        if line.contains("read 512/512 bytes") {
+            break;
+        }
+    }
+    let start = std::time::Instant::now();
+    assert!(cli(&["revoke", "--store", s, "alice"]).status.success());
+    std::thread::sleep(Duration::from_secs(6));
+    writeln!(stdin, "read 0 512").unwrap();
+    writeln!(stdin, "quit").unwrap();
+    drop(stdin);
+    let o = io.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let all = format!("{rest}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !all.contains("read 512/512 bytes"),
+        "a revoked certificate read on: {all}"
+    );
+    assert!(all.contains("read failed"), "{all}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    drop(srv);
+}
+
 /// The NBD export is off unless asked for; then it speaks only TLS with a
 /// registered certificate of the store's CA, a client reads only its own
 /// volumes (another's is refused as if it did not exist) and an
