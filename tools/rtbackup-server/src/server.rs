@@ -107,6 +107,9 @@ struct Shared {
     /// TLS with client certificates; `None`: plain (loopback demos).
     tls: Option<TlsServer>,
     stats: Arc<Stats>,
+    /// The byte budgets of clients with live sessions (`quota.rs`): all
+    /// sessions of a client draw on one.
+    budgets: Mutex<HashMap<String, std::sync::Weak<quota::Budget>>>,
 }
 
 impl Shared {
@@ -324,6 +327,7 @@ impl Server {
                 stopping: AtomicBool::new(false),
                 tls: None,
                 stats: Arc::default(),
+                budgets: Mutex::new(HashMap::new()),
             }),
             _store_lock: store_lock,
         })

@@ -337,6 +337,37 @@ fn a_client_at_its_limits_gets_no_more_and_others_go_on() {
     );
 }
 
+/// Two streams of one client at once draw on one byte budget: each alone
+/// fits in `--max-bytes`, together they do not, and the second is refused
+/// without storing anything.
+#[test]
+fn streams_of_one_client_share_its_byte_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let alice = enroll_with(&store, "alice", &["--max-bytes", "64K"]);
+    let srv = serve(&store);
+    let (a1, _) = say_hello(&srv.addr, &alice, "a1").unwrap();
+    let (a2, w) = say_hello(&srv.addr, &alice, "a2").unwrap();
+    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+    // 80 writes of 512 bytes and a flush: about 45 KiB of records each.
+    stream(&a1, 80);
+    assert_eq!(durable_seq(&store, "a1"), 81);
+    let mut recs = writes(1..81);
+    append_record(&mut recs, RTB_OP_FLUSH, 0, 81, 0, 0, 81, &[]);
+    write_records_frame(&mut &a2, &[&recs]).unwrap();
+    match read_frame(&mut &a2) {
+        Ok(Frame::Error(e)) => assert_eq!(e.code, "over-quota", "{e:?}"),
+        r => panic!("a second stream passed the client's limit: {r:?}"),
+    }
+    assert_eq!(
+        durable_seq(&store, "a2"),
+        0,
+        "records past the limit were stored"
+    );
+}
+
 /// A server started with umask 000 still makes every file of its store
 /// its own alone: volumes, journals, index, owners (0600 files, 0700
 /// directories).

@@ -2,7 +2,7 @@
 //! they arrive (`receive`), and a committer thread that makes them durable
 //! in groups and acknowledges them (`Committer`).
 
-use super::quota::over_bytes;
+use super::quota::Budget;
 use super::session::End;
 use super::*;
 
@@ -22,11 +22,9 @@ pub(super) fn receive(
     ring_id: u64,
     commit: &Committer,
     stats: &Stats,
-    quota: Option<(&str, u64)>,
+    budget: Option<&Budget>,
 ) -> Result<End, SessionError> {
     let mut payload = Vec::new();
-    // Bytes the client may still send (its quota at HELLO).
-    let mut left = quota.map(|(_, b)| b);
     loop {
         if commit.failed() {
             // The committer reports its own error.
@@ -39,14 +37,10 @@ pub(super) fn receive(
         };
         match t {
             frame_type::RECORDS => {
-                if let (Some(l), Some((client, max))) = (left, quota) {
-                    let n = payload.len() as u64;
-                    if n > l {
-                        // Not appended, so not acknowledged: the agent's
-                        // ring keeps it.
-                        return Err(over_bytes(client, max - l, max));
-                    }
-                    left = Some(l - n);
+                if let Some(b) = budget {
+                    // Refused, it is not appended, so not acknowledged:
+                    // the agent's ring keeps it.
+                    b.take(payload.len() as u64)?;
                 }
                 let out = vol.append(ring_id, &payload)?;
                 debug!(

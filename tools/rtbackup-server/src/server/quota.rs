@@ -43,18 +43,48 @@ pub(super) fn quota_for_new_volume(shared: &Shared, client: &str) -> Result<(), 
     Ok(())
 }
 
-/// How many more bytes of records client `client` may send: its
-/// `max_bytes` less the journal its volumes hold (`None`: no limit).
+/// The bytes of records a client may still send, shared by all its live
+/// sessions, so that streams of several volumes at once cannot together
+/// pass its `max_bytes`. Made from the store when a client with none live
+/// connects; dropped with its last session.
+pub(super) struct Budget {
+    client: String,
+    max: u64,
+    left: Mutex<u64>,
+}
+
+impl Budget {
+    /// Takes `n` bytes from the budget, or refuses them all (`over-quota`)
+    /// if fewer are left.
+    pub(super) fn take(&self, n: u64) -> Result<(), SessionError> {
+        let mut left = lock(&self.left);
+        if n > *left {
+            return Err(over_bytes(&self.client, self.max - *left, self.max));
+        }
+        *left -= n;
+        Ok(())
+    }
+}
+
+/// The byte budget of `client` (`None`: no client, or no `max_bytes`):
+/// the one its live sessions share, or a new one of its `max_bytes` less
+/// the journal its volumes hold.
 pub(super) fn byte_budget(
     shared: &Shared,
     client: Option<&str>,
-) -> Result<Option<u64>, SessionError> {
+) -> Result<Option<Arc<Budget>>, SessionError> {
     let Some(client) = client else {
         return Ok(None);
     };
     let Some(max) = limits_of(shared, client)?.and_then(|l| l.max_bytes) else {
         return Ok(None);
     };
+    // Held while the store is read: a second session of the client waits
+    // for this one's budget instead of making its own.
+    let mut budgets = lock(&shared.budgets);
+    if let Some(b) = budgets.get(client).and_then(std::sync::Weak::upgrade) {
+        return Ok(Some(b));
+    }
     let mut held = 0u64;
     for v in shared.store.volumes_of(client)? {
         // An open volume's counters come from memory; a name given at
@@ -70,7 +100,14 @@ pub(super) fn byte_budget(
     if held >= max {
         return Err(over_bytes(client, held, max));
     }
-    Ok(Some(max - held))
+    let b = Arc::new(Budget {
+        client: client.to_owned(),
+        max,
+        left: Mutex::new(max - held),
+    });
+    budgets.retain(|_, w| w.strong_count() > 0);
+    budgets.insert(client.to_owned(), Arc::downgrade(&b));
+    Ok(Some(b))
 }
 
 pub(super) fn over_bytes(client: &str, held: u64, max: u64) -> SessionError {

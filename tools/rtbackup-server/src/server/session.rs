@@ -403,14 +403,13 @@ fn session(
         // so that the scope's join cannot wait forever.
         let _stop = StopOnDrop(&commit);
         let committer = s.spawn(move || c.run(v, hello.ring_id, writer, peer, w));
-        let quota = budget.map(|b| (link.client_name().unwrap_or("-"), b));
         let r = receive(
             &mut reader,
             &vol,
             hello.ring_id,
             &commit,
             &shared.stats,
-            quota,
+            budget.as_deref(),
         );
         commit.stop();
         let cr = committer.join().unwrap_or_else(|_| {
