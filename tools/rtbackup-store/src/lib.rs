@@ -205,6 +205,27 @@ impl Store {
         }
     }
 
+    /// Bytes of journal the volumes of `client` hold together (what
+    /// `enroll --max-bytes` limits): a volume's from `open` when it gives
+    /// them (a server's open volume, from memory), else read from the
+    /// store; a name owned with no volume yet holds none.
+    pub fn journal_bytes_of(
+        &self,
+        client: &str,
+        open: impl Fn(&str) -> Option<Result<u64>>,
+    ) -> Result<u64> {
+        let mut held = 0u64;
+        for v in self.volumes_of(client)? {
+            let bytes = match open(&v) {
+                Some(b) => b?,
+                None if self.exists(&v)? => self.volume_status(&v)?.journal_bytes,
+                None => 0,
+            };
+            held = held.saturating_add(bytes);
+        }
+        Ok(held)
+    }
+
     /// The volumes client `client` owns, sorted.
     pub fn volumes_of(&self, client: &str) -> Result<Vec<String>> {
         let dir = self.root.join(OWNERS_DIR);

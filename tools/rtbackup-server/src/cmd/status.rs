@@ -43,10 +43,7 @@ impl Args {
                 let Some(max) = limits.max_bytes else {
                     continue;
                 };
-                let mut held = 0u64;
-                for v in owned.iter().filter(|v| st.exists(v).unwrap_or(false)) {
-                    held = held.saturating_add(st.volume_status(v)?.journal_bytes);
-                }
+                let held = st.journal_bytes_of(&c.name, |_| None)?;
                 if held >= max {
                     eprintln!(
                         "warning: client {} holds {held} bytes of history, its limit is {max}: \

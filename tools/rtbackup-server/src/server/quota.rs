@@ -85,18 +85,11 @@ pub(super) fn byte_budget(
     if let Some(b) = budgets.get(client).and_then(std::sync::Weak::upgrade) {
         return Ok(Some(b));
     }
-    let mut held = 0u64;
-    for v in shared.store.volumes_of(client)? {
-        // An open volume's counters come from memory; a name given at
-        // enrolment may have no volume yet.
-        let open = lock(&shared.volumes).get(&v).map(|m| Arc::clone(&m.volume));
-        let bytes = match open {
-            Some(vol) => vol.status()?.journal_bytes,
-            None if shared.store.exists(&v)? => shared.store.volume_status(&v)?.journal_bytes,
-            None => 0,
-        };
-        held = held.saturating_add(bytes);
-    }
+    // An open volume's counters come from memory.
+    let held = shared.store.journal_bytes_of(client, |v| {
+        let open = lock(&shared.volumes).get(v).map(|m| Arc::clone(&m.volume));
+        open.map(|vol| vol.status().map(|s| s.journal_bytes))
+    })?;
     if held >= max {
         return Err(over_bytes(client, held, max));
     }
