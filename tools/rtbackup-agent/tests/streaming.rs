@@ -544,6 +544,8 @@ fn retryable_server_errors_reconnect() {
         refuse: match n {
             0 => Some("volume-busy"),
             1 => Some("too-many-connections"),
+            2 => Some("store-full"),
+            3 => Some("over-quota"),
             _ => None,
         },
         ..Default::default()
@@ -551,7 +553,7 @@ fn retryable_server_errors_reconnect() {
     let r = ring(64 << 10);
     stream(&server, &r, &config(server.addr), 100);
     assert_stored(&server, 100);
-    assert!(server.shared.connections.load(Ordering::SeqCst) >= 3);
+    assert!(server.shared.connections.load(Ordering::SeqCst) >= 5);
 }
 
 #[test]
@@ -780,7 +782,11 @@ fn a_write_blocked_by_a_server_that_stopped_reading_counts_toward_the_ack_timeou
     produce_big(&r, 48);
     let mut cfg = config(server.addr);
     cfg.batch_bytes = 8 << 20;
-    cfg.ack_timeout = Duration::from_millis(500);
+    // Long enough that the next connection, which reads, is not ended too
+    // on a loaded machine (make check runs this beside an emulated VM):
+    // that would leave two connections appending at once to the test
+    // server, which unlike the real one does not end the older.
+    cfg.ack_timeout = Duration::from_secs(3);
     // Neither of the socket's own timeouts may end it first (the TCP user
     // timeout also covers a zero window).
     cfg.write_timeout = Duration::from_secs(3600);
@@ -791,7 +797,7 @@ fn a_write_blocked_by_a_server_that_stopped_reading_counts_toward_the_ack_timeou
         let _stop = StopOnDrop(&stop);
         wait_until(
             "everything to be acknowledged after a reconnection",
-            Duration::from_secs(20),
+            Duration::from_secs(90),
             || r.view().tail_seq() == 49,
         );
         stop.store(true, Ordering::Relaxed);
