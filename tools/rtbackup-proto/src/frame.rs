@@ -98,6 +98,9 @@ pub mod error_code {
     /// nothing more is taken or acknowledged until the operator raises it
     /// or retention frees room; retry later.
     pub const OVER_QUOTA: &str = "over-quota";
+    /// The backup host's disk is full: the records were not stored, nor
+    /// are any acknowledged, until room is made; retry later.
+    pub const STORE_FULL: &str = "store-full";
 }
 
 /// The agent's handshake.

@@ -117,6 +117,21 @@ pub enum StoreError {
         /// The size asked for.
         requested: u64,
     },
+    /// The store's disk is full (or its quota reached): nothing was
+    /// stored; the volume stays usable once room is made.
+    #[error(
+        "the store's disk is full ({context}): records of volume {volume:?} are neither \
+         stored nor acknowledged until room is made; the protected host keeps them"
+    )]
+    Full {
+        /// The volume.
+        volume: String,
+        /// What failed.
+        context: String,
+        /// ENOSPC or EDQUOT.
+        #[source]
+        source: io::Error,
+    },
     /// The volume is open elsewhere (another process or handle).
     #[error("volume {0:?} is in use by another process")]
     Busy(String),
@@ -162,6 +177,7 @@ impl StoreError {
             StoreError::Busy(_) | StoreError::Locked(_) => error_code::VOLUME_BUSY,
             StoreError::StaleRing { .. } => error_code::STALE_RING,
             StoreError::NoSuchVolume(_) => error_code::NO_SUCH_VOLUME,
+            StoreError::Full { .. } => error_code::STORE_FULL,
             _ => error_code::INTERNAL,
         }
     }
@@ -190,9 +206,20 @@ impl StoreError {
         !self.is_bad_input()
             && !matches!(
                 self,
-                StoreError::Busy(_) | StoreError::Locked(_) | StoreError::NoSuchVolume(_)
+                StoreError::Busy(_)
+                    | StoreError::Locked(_)
+                    | StoreError::NoSuchVolume(_)
+                    | StoreError::Full { .. }
             )
     }
+}
+
+/// Whether `e` says the disk is full (`ENOSPC`, or `EDQUOT`: a quota).
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+    )
 }
 
 /// Result of the store.

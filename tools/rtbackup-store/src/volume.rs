@@ -250,6 +250,37 @@ struct Journal {
     poisoned: bool,
     /// Rings seen, oldest first; the current one last.
     rings: Vec<u64>,
+    /// End of the active segment's space reserved ahead of its records
+    /// (`fallocate`), so that a full disk refuses a batch before it is
+    /// written instead of failing a later fsync; `u64::MAX` where the
+    /// filesystem cannot reserve.
+    reserved: u64,
+}
+
+/// How far ahead of its records a segment's space is reserved.
+const RESERVE_AHEAD: u64 = 8 << 20;
+
+/// Reserves the space of `file` up to `end` (and [`RESERVE_AHEAD`]
+/// beyond), from `from`, without changing its size. Returns the new end of
+/// the reserved space: `u64::MAX` if the filesystem cannot reserve (the
+/// writes themselves then meet a full disk).
+fn reserve(file: &File, from: u64, end: u64) -> std::io::Result<u64> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+    use std::os::fd::AsRawFd;
+    let to = end.saturating_add(RESERVE_AHEAD);
+    let (Ok(off), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+        return Ok(u64::MAX);
+    };
+    match fallocate(
+        file.as_raw_fd(),
+        FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        off,
+        len,
+    ) {
+        Ok(()) => Ok(to),
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::ENOSYS) => Ok(u64::MAX),
+        Err(e) => Err(e.into()),
+    }
 }
 
 struct ImageState {
@@ -585,6 +616,7 @@ impl Volume {
                 durable_sections: cps.sections,
                 poisoned: false,
                 rings,
+                reserved: 0,
             }),
             image: Mutex::new(ImageState {
                 file: image,
@@ -822,20 +854,32 @@ impl Volume {
             self.roll(&mut j, ring_id, expected)?;
         }
         let at = j.appended.offset;
+        let end = at + data.len() as u64;
+        if end > j.reserved {
+            match reserve(&j.file, at, end) {
+                Ok(r) => j.reserved = r,
+                Err(e) => {
+                    let context = format!(
+                        "reserving {} bytes of {} at offset {at}",
+                        end - at + RESERVE_AHEAD,
+                        self.src.describe(j.header.id)
+                    );
+                    return Err(self.write_error(context, e));
+                }
+            }
+        }
         if let Err(e) = j.file.write_all_at(data, at) {
             // Take back a partial write; if that fails too, the segment's
             // end is unknown.
             if j.file.set_len(at).is_err() {
                 j.poisoned = true;
             }
-            return Err(StoreError::Io {
-                context: format!(
-                    "appending {} bytes to {} at offset {at}",
-                    data.len(),
-                    self.src.describe(j.header.id)
-                ),
-                source: e,
-            });
+            let context = format!(
+                "appending {} bytes to {} at offset {at}",
+                data.len(),
+                self.src.describe(j.header.id)
+            );
+            return Err(self.write_error(context, e));
         }
         // Consistency points among the records appended.
         let mut cps = j.pending;
@@ -858,6 +902,20 @@ impl Volume {
             bytes: data.len() as u64,
             last_seq: last,
         })
+    }
+
+    /// The error of a failed write or reservation of this volume: `Full`
+    /// for a full disk (nothing was stored; the volume stays usable).
+    fn write_error(&self, context: String, source: std::io::Error) -> StoreError {
+        if crate::error::is_full(&source) {
+            warn!(volume = %self.name, "{context}: {source}: not stored, not acknowledged");
+            return StoreError::Full {
+                volume: self.name.clone(),
+                context,
+                source,
+            };
+        }
+        StoreError::Io { context, source }
     }
 
     /// Seals the active segment and starts a new one for `ring_id` whose
@@ -898,12 +956,15 @@ impl Volume {
                 ));
             }
             Err(CreateSegmentError { error, .. }) => {
-                return Err(StoreError::Io {
-                    context: format!("creating {}", path.display()),
-                    source: error,
-                })
+                return Err(self.write_error(format!("creating {}", path.display()), error))
             }
         };
+        // The sealed segment keeps no space reserved past its end (the
+        // filesystems that reserve free it on a truncate to its size).
+        if j.reserved != u64::MAX {
+            let _ = j.file.set_len(j.appended.offset);
+        }
+        j.reserved = 0;
         if ring_id != j.header.ring_id {
             note_ring(&mut j.rings, ring_id);
         }
