@@ -110,11 +110,47 @@ fn require_admin() -> Result {
     Ok(())
 }
 
-/// The control state: a slot per possible device index.
+/// A slot of the device table.
+enum Slot {
+    /// Free for an attach.
+    Free,
+    /// Held, without the table's lock, by an attach that builds its device
+    /// or a detach that tears one down (`del_gendisk` may wait on a slow
+    /// lower device): no other request may use it, and its index (the
+    /// disk's name) is not reused before the old disk is gone.
+    Busy,
+    /// An attached device.
+    Attached(Attached),
+}
+
+impl Slot {
+    fn attached(&self) -> Option<&Attached> {
+        match self {
+            Slot::Attached(attached) => Some(attached),
+            _ => None,
+        }
+    }
+
+    /// The attached device, the slot left busy; `None` (the slot as it
+    /// was) if none is attached.
+    fn take_attached(&mut self) -> Option<Attached> {
+        match core::mem::replace(self, Slot::Busy) {
+            Slot::Attached(attached) => Some(attached),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
+/// The control state: a slot per possible device index. The lock is held
+/// only to look slots up and change them, never while a disk is added or
+/// deleted.
 #[pin_data]
 pub(crate) struct Control {
     #[pin]
-    slots: Mutex<KVec<Option<Attached>>>,
+    slots: Mutex<KVec<Slot>>,
 }
 
 impl Control {
@@ -123,7 +159,7 @@ impl Control {
         let max = uapi::RTB_MAX_DEVICES as usize;
         let mut slots = KVec::with_capacity(max, GFP_KERNEL)?;
         for _ in 0..max {
-            slots.push(None, GFP_KERNEL)?;
+            slots.push(Slot::Free, GFP_KERNEL)?;
         }
         Ok(pin_init!(Self {
             slots <- kernel::new_mutex!(slots, "rtbackup_slots"),
@@ -153,7 +189,7 @@ impl Control {
         let slots = self.slots.lock();
         let attached = slots
             .get(index as usize)
-            .and_then(Option::as_ref)
+            .and_then(Slot::attached)
             .ok_or(ENXIO)?;
         if attached.device.is_detaching() {
             return Err(ENXIO);
@@ -330,11 +366,26 @@ impl Control {
             CStr::from_bytes_with_nul(&req.lower_path[..=path.len()]).map_err(|_| EINVAL)?;
 
         let mut slots = self.slots.lock();
-        let index = slots.iter().position(Option::is_none).ok_or(ENOSPC)?;
+        let index = slots
+            .iter()
+            .position(|s| matches!(s, Slot::Free))
+            .ok_or(ENOSPC)?;
+        slots[index] = Slot::Busy;
+        drop(slots);
         // Answer before the disk exists: a fault here changes nothing.
         req.index = index as u32;
-        writer.write(&req)?;
-        slots[index] = Some(attach(index as u32, cpath, &opts)?);
+        let made = writer
+            .write(&req)
+            .and_then(|()| attach(index as u32, cpath, &opts));
+        let mut slots = self.slots.lock();
+        match made {
+            Ok(attached) => slots[index] = Slot::Attached(attached),
+            Err(e) => {
+                slots[index] = Slot::Free;
+                return Err(e);
+            }
+        }
+        drop(slots);
         pr_info!(
             "{}{}: attached to {}, ring of {} KiB, chunks of {} KiB\n",
             uapi::RTB_DISK_PREFIX,
@@ -361,9 +412,10 @@ impl Control {
         if req.flags != 0 || req.pad != 0 || req.reserved.iter().any(|&r| r != 0) {
             return Err(EINVAL);
         }
+        let index = req.index as usize;
         let mut slots = self.slots.lock();
-        let slot = slots.get_mut(req.index as usize).ok_or(ENXIO)?;
-        let attached = slot.as_ref().ok_or(ENXIO)?;
+        let slot = slots.get_mut(index).ok_or(ENXIO)?;
+        let attached = slot.attached().ok_or(ENXIO)?;
         attached.disk.with_open_lock(|openers| {
             if openers > 0 {
                 return Err(EBUSY);
@@ -371,9 +423,12 @@ impl Control {
             attached.device.begin_detach();
             Ok(())
         })?;
-        // Tear down under the lock, so the index (and the disk name) cannot
-        // be reused before the old disk is gone.
-        drop(slot.take());
+        let attached = slot.take_attached().ok_or(ENXIO)?;
+        drop(slots);
+        // Tear down without the lock (other devices' requests go on), the
+        // slot busy until the old disk is gone.
+        drop(attached);
+        self.slots.lock()[index] = Slot::Free;
         pr_info!("{}{}: detached\n", uapi::RTB_DISK_PREFIX, req.index);
         Ok(())
     }
@@ -397,7 +452,7 @@ impl Control {
         .writer();
         let slots = self.slots.lock();
         let mut count = 0u32;
-        for attached in slots.iter().flatten() {
+        for attached in slots.iter().filter_map(Slot::attached) {
             if (count as usize) < capacity {
                 out.write(&attached.info())?;
             }
