@@ -155,7 +155,7 @@ test:
 # tools/fuzz/work/TARGET, crashes to tools/fuzz/artifacts/TARGET. -timeout
 # catches hangs, -malloc_limit_mb allocations beyond the formats' own limits
 # (a 64 MiB frame or record, a 32 MiB NBD read).
-FUZZ_TARGETS := frame records segment nbd point
+FUZZ_TARGETS := frame records segment nbd point agent
 FUZZ_SECONDS ?= 300
 FUZZ_CHECK_SECONDS ?= 10
 FUZZ_DIR := tools/fuzz

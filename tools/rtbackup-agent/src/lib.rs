@@ -15,6 +15,7 @@ mod acks;
 pub mod cli;
 mod config;
 mod error;
+pub mod fuzz;
 mod initial;
 mod metrics;
 mod resync;

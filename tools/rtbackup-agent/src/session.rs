@@ -195,6 +195,18 @@ fn handshake<S: RingSource>(
         r => r.map_err(wire)?,
     };
     stream.tcp().set_read_timeout(None).map_err(io)?;
+    welcome_of(frame, &cfg.server, &cfg.volume, view.ring_id()).map(Some)
+}
+
+/// The server's answer to HELLO for `volume` of ring `ring_id`, checked:
+/// a WELCOME of this protocol, volume and ring (an ERROR is the server's
+/// refusal; anything else a protocol error).
+pub(crate) fn welcome_of(
+    frame: Frame,
+    server: &str,
+    volume: &str,
+    ring_id: u64,
+) -> Result<Welcome, AgentError> {
     let welcome = match frame {
         Frame::Welcome(w) => w,
         Frame::Error(e) => {
@@ -212,20 +224,17 @@ fn handshake<S: RingSource>(
     };
     if welcome.protocol != PROTOCOL_VERSION {
         return Err(AgentError::Wire {
-            server: cfg.server.clone(),
+            server: server.to_owned(),
             source: ProtoError::UnsupportedVersion(welcome.protocol),
         });
     }
-    if welcome.volume != cfg.volume || welcome.ring_id != view.ring_id() {
+    if welcome.volume != volume || welcome.ring_id != ring_id {
         return Err(AgentError::Inconsistent(format!(
-            "the server welcomed volume {:?} ring {} in answer to volume {:?} ring {}",
-            welcome.volume,
-            welcome.ring_id,
-            cfg.volume,
-            view.ring_id()
+            "the server welcomed volume {:?} ring {} in answer to volume {volume:?} ring {ring_id}",
+            welcome.volume, welcome.ring_id,
         )));
     }
-    Ok(Some(welcome))
+    Ok(welcome)
 }
 
 /// Where to resume after the server said it holds everything up to

@@ -22,7 +22,7 @@ const SECTORS: u64 = 8192;
 /// A running server on `store`.
 struct Running {
     stop: Arc<AtomicBool>,
-    thread: thread::JoinHandle<anyhow::Result<()>>,
+    thread: thread::JoinHandle<rtbackup_server::Result<()>>,
 }
 
 fn start_server(store: &Path, addr: &str) -> (Running, SocketAddr) {
