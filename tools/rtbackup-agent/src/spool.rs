@@ -19,6 +19,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rtbackup_proto::records;
@@ -84,17 +85,27 @@ fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(|e| err(dir, format_args!("syncing the directory: {e}")))
 }
 
+/// Creates `dir` (and its missing parents) readable by this user alone
+/// (0700), whatever the umask: the spool holds the device's data.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 impl Spool {
     /// Opens (creating) the spool directory `dir` for ring `ring_id`, using
     /// at most `max_bytes`: checks every file's records, cuts a torn tail
     /// off the last one, and moves files of other rings to `stale/`.
     pub(crate) fn open(dir: &Path, ring_id: u64, max_bytes: u64) -> Result<Self, SpoolError> {
-        fs::create_dir_all(dir).map_err(|e| err(dir, format_args!("creating: {e}")))?;
+        private_dir(dir).map_err(|e| err(dir, format_args!("creating: {e}")))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|e| err(&lock_path, e))?;
         match lock.try_lock() {
@@ -117,7 +128,7 @@ impl Spool {
                 mine.push((first_seq, path));
             } else {
                 let stale = dir.join("stale");
-                fs::create_dir_all(&stale).map_err(|e| err(&stale, e))?;
+                private_dir(&stale).map_err(|e| err(&stale, e))?;
                 let to = stale.join(&name);
                 fs::rename(&path, &to)
                     .map_err(|e| err(&path, format_args!("moving to {}: {e}", to.display())))?;
@@ -230,7 +241,11 @@ impl Spool {
             return Err(err(&self.dir, "no spool file"));
         };
         let res = (|| -> io::Result<()> {
-            let mut out = OpenOptions::new().create(true).append(true).open(&f.path)?;
+            let mut out = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&f.path)?;
             // A failed append leaves a torn tail past `f.bytes`: cut it.
             if out.metadata()?.len() != f.bytes {
                 out.set_len(f.bytes)?;
@@ -444,6 +459,37 @@ mod tests {
             1,
             "only the lock is left"
         );
+    }
+
+    /// The spool holds the device's data: its directories are 0700 and its
+    /// files 0600 even under a umask of 000.
+    #[test]
+    fn spool_files_are_private_whatever_the_umask() {
+        use nix::sys::stat::{umask, Mode};
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a/spool");
+        let old = umask(Mode::empty());
+        let made = (|| {
+            let mut s = Spool::open(&dir, 7, 1 << 30)?;
+            s.append(&[&recs(1, 3)], 1, 3)?;
+            drop(s);
+            // A file of another ring goes to stale/.
+            fs::write(dir.join(file_name(9, 1)), recs(1, 1)).unwrap();
+            Spool::open(&dir, 7, 1 << 30)
+        })();
+        umask(old);
+        made.unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&d.path().join("a")), 0o700);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("stale")), 0o700);
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                assert_eq!(mode(&p), 0o600, "{}", p.display());
+            }
+        }
     }
 
     #[test]
