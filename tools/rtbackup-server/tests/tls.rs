@@ -957,3 +957,147 @@ fn settings_file_and_metrics() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--segment-mib"), "{err}");
 }
+
+/// The soak test of issue 16: 64 volumes from 8 clients at once, one of
+/// them hostile. Mallory holds handshakes open (slowloris), asks for 40
+/// junk volumes (over its limit), announces a frame of 1 GiB, and streams
+/// into its one volume with times of 1970; meanwhile 7 clients stream 9
+/// volumes each, and every one of their 63 volumes restores
+/// byte-identical to what its client wrote.
+#[test]
+fn soak_64_volumes_from_8_clients_one_hostile() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let honest: Vec<Credentials> = (0..7).map(|c| enroll(&store, &format!("c{c}"))).collect();
+    let mallory = enroll_with(&store, "mallory", &["--max-volumes", "1"]);
+    let srv = serve(&store);
+    const WRITES: u64 = 40;
+    // The image volume `v` of client `c` holds: write `i` (seq i + 1) puts
+    // 512 bytes of (c, v, i) at sector 8 * i + v.
+    let data = |c: u64, v: u64, i: u64| [(c * 16 + v + i) as u8; 512];
+    let expected = |c: u64, v: u64| {
+        let mut img = vec![0u8; SIZE as usize];
+        for i in 0..WRITES {
+            let at = ((8 * i + v) * 512) as usize;
+            img[at..at + 512].copy_from_slice(&data(c, v, i));
+        }
+        img
+    };
+
+    std::thread::scope(|sc| {
+        // Mallory.
+        let addr = srv.addr.as_str();
+        let lorises: Vec<_> = (0..4).map(|_| slowloris(addr)).collect();
+        let hostile = sc.spawn(|| {
+            let (m, w) = say_hello(addr, &mallory, "m0").unwrap();
+            assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+            // Its own volume, with times of 1970.
+            let mut recs = Vec::new();
+            for seq in 1..=20 {
+                append_record(&mut recs, RTB_OP_WRITE, 0, seq, seq * 8, 512, 1, &[9; 512]);
+            }
+            append_record(&mut recs, RTB_OP_FLUSH, 0, 21, 0, 0, 1, &[]);
+            write_records_frame(&mut &m, &[&recs]).unwrap();
+            for i in 0..40 {
+                assert!(
+                    refused(say_hello(addr, &mallory, &format!("junk{i}")), "over-quota"),
+                    "junk volume {i} was not refused"
+                );
+            }
+            // A RECORDS frame header announcing 1 GiB.
+            let (big, _) = say_hello(addr, &mallory, "m0").unwrap_or_else(|e| panic!("{e}"));
+            let mut h = Vec::new();
+            h.extend_from_slice(b"RTBW");
+            h.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            h.extend_from_slice(&3u16.to_le_bytes());
+            h.extend_from_slice(&(1u32 << 30).to_le_bytes());
+            h.extend_from_slice(&0u32.to_le_bytes());
+            let _ = (&big).write_all(&h);
+            let r = read_frame(&mut &big);
+            assert!(
+                matches!(r, Ok(Frame::Error(_)) | Err(_)),
+                "a frame of 1 GiB was taken: {r:?}"
+            );
+        });
+        // The honest clients.
+        let streams: Vec<_> = honest
+            .iter()
+            .enumerate()
+            .flat_map(|(c, creds)| (0..9u64).map(move |v| (c as u64, v, creds)))
+            .map(|(c, v, creds)| {
+                sc.spawn(move || {
+                    let (l, w) = say_hello(addr, creds, &format!("c{c}v{v}")).unwrap();
+                    assert!(matches!(w, Frame::Welcome(_)), "{w:?}");
+                    // In four frames of whole records, as an agent sends
+                    // batches; the flush last.
+                    let mut frames = vec![Vec::new(); 4];
+                    for i in 0..WRITES {
+                        let seq = i + 1;
+                        append_record(
+                            &mut frames[(4 * i / WRITES) as usize],
+                            RTB_OP_WRITE,
+                            0,
+                            seq,
+                            8 * i + v,
+                            512,
+                            seq,
+                            &data(c, v, i),
+                        );
+                    }
+                    let last = &mut frames[3];
+                    append_record(last, RTB_OP_FLUSH, 0, WRITES + 1, 0, 0, WRITES + 1, &[]);
+                    for f in &frames {
+                        write_records_frame(&mut &l, &[f]).unwrap();
+                    }
+                    loop {
+                        match read_frame(&mut &l).unwrap() {
+                            Frame::Ack(a) if a == WRITES + 1 => return,
+                            Frame::Ack(_) => {}
+                            f => panic!("c{c}v{v}: {f:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in streams {
+            t.join().unwrap();
+        }
+        hostile.join().unwrap();
+        for l in lorises {
+            let held = l.join().unwrap();
+            assert!(
+                held < Duration::from_secs(30),
+                "a slowloris held on {held:?}"
+            );
+        }
+    });
+
+    for c in 0..7u64 {
+        for v in 0..9u64 {
+            let vol = format!("c{c}v{v}");
+            let out = d.path().join(format!("{vol}.img"));
+            let o = cli(&[
+                "restore",
+                "--store",
+                s,
+                "--volume",
+                &vol,
+                "--output",
+                out.to_str().unwrap(),
+            ]);
+            assert!(
+                o.status.success(),
+                "{vol}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                std::fs::read(&out).unwrap() == expected(c, v),
+                "{vol} differs"
+            );
+        }
+    }
+    drop(srv);
+}
