@@ -1119,3 +1119,49 @@ fn soak_64_volumes_from_8_clients_one_hostile() {
     }
     drop(srv);
 }
+
+/// The NBD listener serves at most 32 connections at once (the 33rd is
+/// closed without a greeting), and one that never starts TLS is closed
+/// when its 10 s for the plaintext phase are up.
+#[test]
+fn nbd_connections_are_capped_and_plaintext_is_cut_off() {
+    use std::io::Read;
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let (srv, lines) = serve_lines(&store, &["--nbd-listen", "127.0.0.1:0"], 2);
+    let nbd = lines[1].strip_prefix("nbd on ").unwrap().to_owned();
+    let start = std::time::Instant::now();
+    let mut held: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut c = TcpStream::connect(&nbd).unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            let mut greeting = [0u8; 18];
+            c.read_exact(&mut greeting).unwrap();
+            assert_eq!(&greeting[..8], b"NBDMAGIC");
+            c
+        })
+        .collect();
+    let mut extra = TcpStream::connect(&nbd).unwrap();
+    extra.set_read_timeout(Some(T)).unwrap();
+    let mut b = [0u8; 18];
+    assert_eq!(
+        extra.read(&mut b).unwrap_or(0),
+        0,
+        "a 33rd connection was greeted"
+    );
+    for c in &mut held {
+        assert_eq!(
+            c.read(&mut b).unwrap_or(0),
+            0,
+            "a silent connection got an answer"
+        );
+    }
+    let held_for = start.elapsed();
+    assert!(
+        held_for >= Duration::from_secs(9) && held_for < Duration::from_secs(20),
+        "silent connections were cut off after {held_for:?}, not 10 s"
+    );
+    drop(srv);
+}
