@@ -191,3 +191,33 @@ fn credentials_files_are_checked() {
     assert!(matches!(pki.enroll("../x", 1), Err(TlsError::BadName(_))));
     assert!(matches!(pki.enroll("", 1), Err(TlsError::BadName(_))));
 }
+
+/// Replication speaks TLS 1.3 only: an enrolled client that offers only
+/// TLS 1.2 gets no connection.
+#[test]
+fn replication_refuses_tls_1_2() {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::init(d.path()).unwrap();
+    let creds = pki.enroll("alice", 30).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(creds.ca.as_bytes()).unwrap())
+        .unwrap();
+    let cert = CertificateDer::from_pem_slice(creds.certificate.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(creds.key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls12 = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .unwrap();
+    let (s, c) = handshake(&pki, Arc::new(tls12));
+    assert!(s.is_err(), "the server accepted TLS 1.2");
+    let e = c.unwrap_err();
+    assert!(e.to_lowercase().contains("version"), "{e}");
+    // The same client with TLS 1.3 gets in.
+    let (s, c) = handshake(&pki, creds.client_config().unwrap());
+    assert!(s.is_ok() && c.is_ok());
+}
