@@ -1165,3 +1165,41 @@ fn nbd_connections_are_capped_and_plaintext_is_cut_off() {
     );
     drop(srv);
 }
+
+/// The server raises its soft limit of open files to the hard one at start
+/// (every open volume holds about 7 descriptors): started with a soft
+/// limit of 64, it runs with its hard limit (this test's).
+#[test]
+fn serve_raises_its_open_files_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("s");
+    let s = store.to_str().unwrap();
+    assert!(cli(&["init", "--store", s]).status.success());
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -Sn 64 && exec {BIN} serve --store {s} --listen 127.0.0.1:0 --keep forever"
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let nofile = |limits: &str| -> Vec<String> {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"));
+        let words = line.unwrap().split_whitespace().skip(3).take(2);
+        words.map(str::to_owned).collect()
+    };
+    let hard = nofile(&std::fs::read_to_string("/proc/self/limits").unwrap())[1].clone();
+    assert_ne!(hard, "64", "the test needs a hard limit above 64");
+    assert_eq!(nofile(&limits), [hard.clone(), hard], "{limits}");
+}
