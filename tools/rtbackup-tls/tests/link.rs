@@ -221,3 +221,27 @@ fn replication_refuses_tls_1_2() {
     let (s, c) = handshake(&pki, creds.client_config().unwrap());
     assert!(s.is_ok() && c.is_ok());
 }
+
+/// The NBD export's TLS takes 1.2 as well as 1.3, but of 1.2 only suites
+/// with ECDHE key exchange and an AEAD cipher: every TLS 1.2 suite its
+/// configuration holds is one.
+#[test]
+fn nbd_tls_1_2_takes_only_ecdhe_and_aead_suites() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::init(d.path()).unwrap();
+    let cfg = pki.nbd_server_config().unwrap();
+    let suites: Vec<String> = cfg
+        .crypto_provider()
+        .cipher_suites
+        .iter()
+        .filter(|s| s.version() == &rustls::version::TLS12)
+        .map(|s| format!("{:?}", s.suite()))
+        .collect();
+    assert!(!suites.is_empty());
+    for s in &suites {
+        assert!(
+            s.contains("_ECDHE_") && (s.contains("_GCM_") || s.contains("CHACHA20_POLY1305")),
+            "TLS 1.2 suite {s} is not ECDHE with an AEAD cipher"
+        );
+    }
+}
