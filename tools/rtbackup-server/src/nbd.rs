@@ -22,7 +22,7 @@ use rtbackup_tls::{rustls::ServerConfig, Pki};
 use tracing::{error, info, warn};
 
 use crate::error::{IoContext, Result, ServerError};
-use crate::server::{configure_socket, DEFAULT_HANDSHAKE_TIMEOUT, REVOCATION_CHECK};
+use crate::server::{configure_socket, Live, DEFAULT_HANDSHAKE_TIMEOUT, REVOCATION_CHECK};
 
 /// Buffer of an NBD connection's socket.
 const NBD_BUF: usize = 256 << 10;
@@ -36,17 +36,10 @@ const NBD_PLAINTEXT_DEADLINE: Duration = DEFAULT_HANDSHAKE_TIMEOUT;
 /// The NBD connections being served, by id: their sockets, to end them on
 /// shutdown or when the certificate they authenticated with is revoked.
 #[derive(Default)]
-struct Conns(Mutex<HashMap<u64, NbdConn>>);
-
-/// One NBD connection: its socket, and with TLS the client and the
-/// certificate (DER) it authenticated with.
-struct NbdConn {
-    tcp: TcpStream,
-    client: Option<(String, Vec<u8>)>,
-}
+struct Conns(Mutex<HashMap<u64, Live>>);
 
 impl Conns {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, NbdConn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -61,20 +54,7 @@ impl Conns {
     /// (`revoke`): within [`REVOCATION_CHECK`], not at their next one.
     fn end_revoked(&self, pki: &Pki) {
         for c in self.lock().values() {
-            let Some((client, cert)) = &c.client else {
-                continue;
-            };
-            if pki.client_of(cert).as_deref() != Some(client.as_str()) {
-                let peer = c
-                    .tcp
-                    .peer_addr()
-                    .map_or_else(|_| "?".into(), |a| a.to_string());
-                warn!(
-                    peer,
-                    client, "the client's certificate was revoked: ending its NBD connection"
-                );
-                let _ = c.tcp.shutdown(Shutdown::Both);
-            }
+            c.end_if_revoked(pki, "NBD connection");
         }
     }
 }
@@ -203,7 +183,7 @@ pub fn run(
                     next_id += 1;
                     let id = next_id;
                     if let Ok(tcp) = conn.try_clone() {
-                        conns.lock().insert(id, NbdConn { tcp, client: None });
+                        conns.lock().insert(id, Live { tcp, client: None });
                     }
                     let shared = Arc::clone(&shared);
                     let conns = Arc::clone(&conns);

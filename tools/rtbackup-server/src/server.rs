@@ -153,29 +153,38 @@ impl Shared {
     fn end_revoked(&self) {
         let Some(tls) = &self.tls else { return };
         for live in lock(&self.conns).values() {
-            let Some((client, cert)) = &live.client else {
-                continue;
-            };
-            if tls.pki.client_of(cert).as_deref() != Some(client.as_str()) {
-                let peer = live
-                    .tcp
-                    .peer_addr()
-                    .map_or_else(|_| "?".into(), |a| a.to_string());
-                warn!(
-                    peer,
-                    client, "the client's certificate was revoked: ending its session"
-                );
-                let _ = live.tcp.shutdown(Shutdown::Both);
-            }
+            live.end_if_revoked(&tls.pki, "session");
         }
     }
 }
 
-/// An authenticated connection: its socket, and with TLS the client and
-/// the certificate (DER) it authenticated with.
-struct Live {
-    tcp: TcpStream,
-    client: Option<(String, Vec<u8>)>,
+/// An authenticated connection (of an agent, or an NBD reader): its
+/// socket, and with TLS the client and the certificate (DER) it
+/// authenticated with.
+pub(crate) struct Live {
+    pub(crate) tcp: TcpStream,
+    pub(crate) client: Option<(String, Vec<u8>)>,
+}
+
+impl Live {
+    /// Ends the connection (its `what`, for the log) if its certificate
+    /// is no longer registered in `pki` (`revoke`).
+    pub(crate) fn end_if_revoked(&self, pki: &Pki, what: &str) {
+        let Some((client, cert)) = &self.client else {
+            return;
+        };
+        if pki.client_of(cert).as_deref() != Some(client.as_str()) {
+            let peer = self
+                .tcp
+                .peer_addr()
+                .map_or_else(|_| "?".into(), |a| a.to_string());
+            warn!(
+                peer,
+                client, "the client's certificate was revoked: ending its {what}"
+            );
+            let _ = self.tcp.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 /// How often live sessions are checked against revocation.

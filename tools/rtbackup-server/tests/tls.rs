@@ -57,6 +57,31 @@ impl Drop for Server {
     }
 }
 
+/// The server, started by a shell after `setup` (`umask 000`, a
+/// `ulimit`): the shell execs it, so the child's pid is the server's.
+fn serve_after(store: &Path, setup: &str) -> Server {
+    let s = store.to_str().unwrap();
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!("{setup} && exec {BIN} serve --store {s} --listen 127.0.0.1:0 --keep forever"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    Server { child, addr }
+}
+
 fn serve(store: &Path) -> Server {
     serve_with(store, &[])
 }
@@ -388,27 +413,7 @@ fn store_files_are_private_whatever_the_umask() {
     umask000(&format!("init --store {s}"));
     let alice: Credentials =
         serde_json::from_slice(&umask000(&format!("enroll --store {s} alice"))).unwrap();
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!("umask 000; exec {BIN} serve --store {s} --listen 127.0.0.1:0 --keep forever"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let srv = Server {
-        child,
-        addr: line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap()
-            .to_owned(),
-    };
+    let srv = serve_after(&store, "umask 000");
     let (l, _) = say_hello(&srv.addr, &alice, "v1").unwrap();
     stream(&l, 5);
     drop((l, srv));
@@ -1175,25 +1180,9 @@ fn serve_raises_its_open_files_limit() {
     let store = d.path().join("s");
     let s = store.to_str().unwrap();
     assert!(cli(&["init", "--store", s]).status.success());
-    let mut child = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "ulimit -Sn 64 && exec {BIN} serve --store {s} --listen 127.0.0.1:0 --keep forever"
-            ),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on "), "{line}");
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let srv = serve_after(&store, "ulimit -Sn 64");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.child.id())).unwrap();
+    drop(srv);
     let nofile = |limits: &str| -> Vec<String> {
         let line = limits.lines().find(|l| l.starts_with("Max open files"));
         let words = line.unwrap().split_whitespace().skip(3).take(2);
